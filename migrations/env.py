@@ -1,0 +1,83 @@
+"""Alembic environment: reads only the models' metadata and the database URL.
+
+The URL comes from, in order: a connection handed over by the caller
+(``config.attributes["connection"]``), ``config.attributes["database_url"]``, the
+``DATABASE_URL`` environment variable, and the SQLite default.
+"""
+
+from __future__ import annotations
+
+import os
+from logging.config import fileConfig
+from typing import Any
+
+from alembic import context
+from sqlalchemy import TypeDecorator, create_engine, pool
+from sqlalchemy.engine import Connection, make_url
+
+from models.base import Base
+
+DEFAULT_DATABASE_URL = "sqlite:///customers.db"
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
+    url = url or DEFAULT_DATABASE_URL
+    parsed = make_url(url)
+    if parsed.get_backend_name() in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    # Migrations must not import the models: write a TypeDecorator as the type it wraps.
+    if type_ == "type" and isinstance(obj, TypeDecorator):
+        return f"sa.{obj.impl!r}"
+    return False
+
+
+def _configure(connection: Connection | None = None, **kwargs: Any) -> None:
+    dialect = connection.dialect.name if connection is not None else make_url(_url()).get_backend_name()
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=dialect == "sqlite",
+        render_item=_render_item,
+        compare_type=True,
+        compare_server_default=True,
+        **kwargs,
+    )
+
+
+def run_migrations_offline() -> None:
+    """Print the DDL (``alembic upgrade head --sql``) instead of running it."""
+    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

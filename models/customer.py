@@ -1,0 +1,141 @@
+"""The documented shape: Voucherify's "Customer With Summary Loyalty Referrals".
+
+Every model keeps unknown keys (Voucherify adds fields over time) and remembers which
+keys were sent, so that :meth:`Customer.to_json` gives back exactly the JSON that came
+in: absent keys stay absent, ``null`` stays ``null``. Types are strict: no string to
+integer coercion, no fractions in integer fields.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from models.wire import Int64, WireDate, WireDateTime
+
+__all__ = [
+    "Address",
+    "Assets",
+    "Customer",
+    "GiftSummary",
+    "Loyalty",
+    "LoyaltyCampaign",
+    "LoyaltyCardSummary",
+    "OrdersSummary",
+    "RedemptionsSummary",
+    "ReferralEntry",
+    "Referrals",
+    "Summary",
+]
+
+# Keys that take part in a primary key or an index have a length cap, so that an
+# over-long value is refused here rather than by a B-tree deep inside the database.
+CustomerId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
+IndexedText = Annotated[str, StringConstraints(strict=True, max_length=500)]
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=False)
+
+
+class Address(_Shape):
+    city: str | None = None
+    state: str | None = None
+    line_1: str | None = None
+    line_2: str | None = None
+    country: str | None = None
+    postal_code: str | None = None
+
+
+class GiftSummary(_Shape):
+    redeemed_amount: Int64 | None = None
+    amount_to_go: Int64 | None = None
+
+
+class LoyaltyCardSummary(_Shape):
+    redeemed_points: Int64 | None = None
+    points_to_go: Int64 | None = None
+
+
+class RedemptionsSummary(_Shape):
+    total_redeemed: Int64 | None = None
+    total_failed: Int64 | None = None
+    total_succeeded: Int64 | None = None
+    total_rolled_back: Int64 | None = None
+    total_rollback_failed: Int64 | None = None
+    total_rollback_succeeded: Int64 | None = None
+    gift: GiftSummary | None = None
+    loyalty_card: LoyaltyCardSummary | None = None
+
+
+class OrdersSummary(_Shape):
+    total_amount: Int64 | None = None
+    total_count: Int64 | None = None
+    average_amount: Int64 | None = None
+    last_order_amount: Int64 | None = None
+    last_order_date: WireDateTime | None = None
+
+
+class Summary(_Shape):
+    redemptions: RedemptionsSummary | None = None
+    orders: OrdersSummary | None = None
+
+
+class LoyaltyCampaign(_Shape):
+    points: Int64 | None = None
+    loyalty_tier: str | None = None
+    referred_customers: Int64 | None = None
+
+
+class Loyalty(_Shape):
+    points: Int64 | None = None
+    referred_customers: Int64 | None = None
+    campaigns: dict[IndexedText, LoyaltyCampaign] | None = None
+
+
+class ReferralEntry(_Shape):
+    campaign_id: str | None = None
+    referrer_id: str | None = None
+    related_object_id: str | None = None
+    related_object_type: str | None = None
+    date: WireDateTime | None = None
+
+
+class Referrals(_Shape):
+    total: Int64 | None = None
+    campaigns: list[ReferralEntry] | None = None
+
+
+class Assets(_Shape):
+    cockpit_url: str | None = None
+    cockpit_preference_center_url: str | None = None
+
+
+class Customer(_Shape):
+    id: CustomerId
+    source_id: IndexedText | None = None
+    name: str | None = None
+    description: str | None = None
+    email: IndexedText | None = None
+    phone: str | None = None
+    birthday: WireDate | None = None
+    birthdate: WireDate | None = None
+    address: Address | None = None
+    metadata: dict[str, Any] | None = None
+    summary: Summary | None = None
+    loyalty: Loyalty | None = None
+    referrals: Referrals | None = None
+    system_metadata: dict[str, Any] | None = None
+    created_at: WireDateTime | None = None
+    updated_at: WireDateTime | None = None
+    assets: Assets | None = None
+    object: Literal["customer"] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The customer as JSON values, exactly the keys that were given."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def to_python(self) -> dict[str, Any]:
+        """Like :meth:`to_json`, with ``datetime``/``date`` objects instead of strings."""
+        return self.model_dump(exclude_unset=True)

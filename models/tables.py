@@ -1,0 +1,143 @@
+"""The relational tables: one customer row, with addresses, loyalty campaigns, referral
+entries and deletion tombstones in tables keyed by the customer id first.
+
+Each row keeps what the columns alone cannot say: ``absent_mask`` (which documented keys
+were absent), ``null_mask`` (which documented objects were ``null``) and ``extra`` (keys
+the documentation does not name). ``repository.mapping`` owns the meaning of the bits.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, SortedText, JSONDocument, UTCDateTime
+
+__all__ = [
+    "CustomerAddressRow",
+    "CustomerRow",
+    "CustomerTombstoneRow",
+    "LoyaltyCampaignRow",
+    "ReferralEntryRow",
+]
+
+_CASCADE = "all, delete-orphan"
+
+
+def _customer_fk() -> Mapped[str]:
+    return mapped_column(
+        SortedText, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class CustomerRow(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(SortedText, primary_key=True)
+    source_id: Mapped[str | None]
+    name: Mapped[str | None]
+    description: Mapped[str | None]
+    email: Mapped[str | None]
+    phone: Mapped[str | None]
+    birthday: Mapped[date | None]
+    birthdate: Mapped[date | None]
+    metadata_: Mapped[Any] = mapped_column("metadata", JSONDocument, nullable=True)
+    system_metadata: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    object: Mapped[str | None]
+
+    redemptions_total_redeemed: Mapped[int | None]
+    redemptions_total_failed: Mapped[int | None]
+    redemptions_total_succeeded: Mapped[int | None]
+    redemptions_total_rolled_back: Mapped[int | None]
+    redemptions_total_rollback_failed: Mapped[int | None]
+    redemptions_total_rollback_succeeded: Mapped[int | None]
+    gift_redeemed_amount: Mapped[int | None]
+    gift_amount_to_go: Mapped[int | None]
+    loyalty_card_redeemed_points: Mapped[int | None]
+    loyalty_card_points_to_go: Mapped[int | None]
+    orders_total_amount: Mapped[int | None]
+    orders_total_count: Mapped[int | None]
+    orders_average_amount: Mapped[int | None]
+    orders_last_order_amount: Mapped[int | None]
+    orders_last_order_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    loyalty_points: Mapped[int | None]
+    loyalty_referred_customers: Mapped[int | None]
+    referrals_total: Mapped[int | None]
+    assets_cockpit_url: Mapped[str | None]
+    assets_cockpit_preference_center_url: Mapped[str | None]
+
+    #: ``updated_at``, or ``created_at`` where that is missing: the newest-wins key.
+    version_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    absent_mask: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    null_mask: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+
+    address: Mapped[CustomerAddressRow | None] = relationship(
+        cascade=_CASCADE, passive_deletes=True
+    )
+    loyalty_campaigns: Mapped[list[LoyaltyCampaignRow]] = relationship(
+        cascade=_CASCADE, passive_deletes=True, order_by="LoyaltyCampaignRow.campaign"
+    )
+    referral_entries: Mapped[list[ReferralEntryRow]] = relationship(
+        cascade=_CASCADE, passive_deletes=True, order_by="ReferralEntryRow.position"
+    )
+
+    __table_args__ = (Index(None, "source_id"),)
+
+
+class CustomerAddressRow(Base):
+    __tablename__ = "customer_addresses"
+
+    customer_id: Mapped[str] = _customer_fk()
+    city: Mapped[str | None]
+    state: Mapped[str | None]
+    line_1: Mapped[str | None]
+    line_2: Mapped[str | None]
+    country: Mapped[str | None]
+    postal_code: Mapped[str | None]
+    absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+
+
+class LoyaltyCampaignRow(Base):
+    """One entry of ``loyalty.campaigns``, keyed by the map key (the campaign name)."""
+
+    __tablename__ = "customer_loyalty_campaigns"
+
+    customer_id: Mapped[str] = _customer_fk()
+    campaign: Mapped[str] = mapped_column(SortedText, primary_key=True)
+    points: Mapped[int | None]
+    loyalty_tier: Mapped[str | None]
+    referred_customers: Mapped[int | None]
+    absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+
+
+class ReferralEntryRow(Base):
+    """One entry of ``referrals.campaigns``; ``position`` keeps the array order."""
+
+    __tablename__ = "customer_referral_entries"
+
+    customer_id: Mapped[str] = _customer_fk()
+    position: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[str | None]
+    referrer_id: Mapped[str | None]
+    related_object_id: Mapped[str | None]
+    related_object_type: Mapped[str | None]
+    date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
+    extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+
+
+class CustomerTombstoneRow(Base):
+    """A deleted customer: its id and when it was deleted, nothing personal."""
+
+    __tablename__ = "customer_tombstones"
+
+    customer_id: Mapped[str] = mapped_column(SortedText, primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)

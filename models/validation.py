@@ -1,0 +1,164 @@
+"""Turning untrusted JSON into a :class:`Customer`, with errors that name the JSON path."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from models.customer import Customer
+
+__all__ = [
+    "MAX_NESTING",
+    "CustomerValidationError",
+    "FieldError",
+    "describe_value",
+    "json_path",
+    "parse_customer",
+]
+
+#: How deep metadata (or any unknown key) may nest; deeper input is refused.
+MAX_NESTING = 64
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "int_parsing": "an integer",
+    "string_type": "a string",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "dict_type": "an object",
+    "list_type": "an array",
+    "literal_error": 'the string "customer"',
+    "less_than_equal": "an integer that fits in 64 bits",
+    "greater_than_equal": "an integer that fits in 64 bits",
+}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem at one JSON path (``$.summary.orders.total_amount``)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class CustomerValidationError(ValueError):
+    """The input is not a customer of the documented shape; ``errors`` says where and why."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def parse_customer(raw: Customer | Mapping[str, Any]) -> Customer:
+    """Validate ``raw`` (a JSON object as Python values, or a model) into a :class:`Customer`."""
+    if isinstance(raw, Customer):
+        return raw
+    if not isinstance(raw, Mapping):
+        raise CustomerValidationError(
+            [FieldError("$", f"expected a customer object, got {describe_value(raw)}")]
+        )
+    problems = list(_unstorable_values(raw, ("$",), 0))
+    if problems:
+        raise CustomerValidationError(problems[:20])
+    try:
+        return Customer.model_validate(raw)
+    except ValidationError as exc:
+        raise CustomerValidationError([_field_error(e) for e in exc.errors()]) from None
+
+
+def json_path(parts: tuple[Any, ...] | list[Any]) -> str:
+    """Render a location as a JSON path: ``$.loyalty.campaigns["Summer Campaign"].points``."""
+    out = "$"
+    for part in parts:
+        if part == "$":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier():
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(str(part), ensure_ascii=False)}]"
+    return out
+
+
+def describe_value(value: Any) -> str:
+    """A short description of a JSON value for an error message: its type and a preview."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10**30 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        return f"integer {text}"
+    if isinstance(value, float):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        preview = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {json.dumps(preview, ensure_ascii=False)}"
+    if isinstance(value, list):
+        return f"array of {len(value)}"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _field_error(error: Any) -> FieldError:
+    path = json_path(tuple(error["loc"]))
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return FieldError(path, "required, but absent")
+    if kind in ("string_too_long", "string_too_short"):
+        return FieldError(path, f"{error['msg'].lower()}, got {describe_value(value)}")
+    if kind == "value_error":
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        if not message.startswith("expected"):
+            message = f"{message}"
+        return FieldError(path, f"{message}, got {describe_value(value)}"
+                          if "got" not in message else message)
+    expected = _EXPECTED.get(kind)
+    if expected is None:
+        return FieldError(path, f"{error['msg']}, got {describe_value(value)}")
+    return FieldError(path, f"expected {expected}, got {describe_value(value)}")
+
+
+def _unstorable_values(value: Any, path: tuple[Any, ...], depth: int) -> Any:
+    """Yield what no database column can hold: NUL, lone surrogates, NaN, deep nesting."""
+    if depth > MAX_NESTING:
+        yield FieldError(json_path(path), f"nested deeper than {MAX_NESTING} levels")
+        return
+    if isinstance(value, str):
+        problem = _bad_string(value)
+        if problem:
+            yield FieldError(json_path(path), problem)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            yield FieldError(json_path(path), f"expected a finite number, got {value!r}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            problem = _bad_string(key) if isinstance(key, str) else "expected a string key"
+            if problem:
+                yield FieldError(json_path((*path, key)), f"key {problem}")
+            yield from _unstorable_values(item, (*path, key), depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable_values(item, (*path, index), depth + 1)
+
+
+def _bad_string(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains U+0000, which PostgreSQL cannot store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate, which is not valid Unicode"
+    return None

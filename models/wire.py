@@ -1,0 +1,117 @@
+"""Wire formats of Voucherify JSON: date-times, dates, 64-bit integers.
+
+Voucherify writes date-times as ``YYYY-MM-DDTHH:MM:SS.mmmZ``. Input with another
+offset is accepted and normalised to UTC; input finer than a millisecond is refused,
+because the canonical form could not give it back.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from pydantic import Field, PlainSerializer, PlainValidator
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "Int64",
+    "WireDate",
+    "WireDateTime",
+    "format_datetime",
+    "parse_date",
+    "parse_datetime",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_DATETIME_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})"
+)
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_datetime(value: Any) -> datetime:
+    """Parse an ISO 8601 date-time with an offset into an aware UTC datetime."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("expected a date-time with a time zone, got a naive datetime")
+        return value.astimezone(timezone.utc)
+    if not isinstance(value, str):
+        raise TypeError
+    match = _DATETIME_RE.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"expected a date-time like 2024-02-01T11:16:41.002Z, got {_quote(value)}"
+        )
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    fraction = (fraction or "").ljust(9, "0")
+    if fraction[3:].strip("0"):
+        raise ValueError(
+            f"expected a date-time with at most millisecond precision, got {_quote(value)}"
+        )
+    try:
+        tz = timezone.utc
+        if offset != "Z":
+            sign = 1 if offset[0] == "+" else -1
+            tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
+        parsed = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second),
+            int(fraction[:3]) * 1000, tzinfo=tz,
+        )
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ValueError(f"expected a real date-time, got {_quote(value)}") from None
+
+
+def parse_date(value: Any) -> date:
+    """Parse a ``YYYY-MM-DD`` calendar date that exists."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise TypeError
+    if _DATE_RE.fullmatch(value) is None:
+        raise ValueError(f"expected a date like 1990-12-31, got {_quote(value)}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"expected a real date, got {_quote(value)}") from None
+
+
+def format_datetime(value: datetime) -> str:
+    """Format as Voucherify does: UTC, three fractional digits, a literal ``Z``."""
+    utc = value.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _quote(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+def _validate_datetime(value: Any) -> datetime:
+    try:
+        return parse_datetime(value)
+    except TypeError:
+        raise ValueError("expected a date-time string") from None
+
+
+def _validate_date(value: Any) -> date:
+    try:
+        return parse_date(value)
+    except TypeError:
+        raise ValueError("expected a date string") from None
+
+
+WireDateTime = Annotated[
+    datetime,
+    PlainValidator(_validate_datetime),
+    PlainSerializer(format_datetime, return_type=str, when_used="json"),
+]
+WireDate = Annotated[
+    date,
+    PlainValidator(_validate_date),
+    PlainSerializer(date.isoformat, return_type=str, when_used="json"),
+]
+Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]

@@ -1,0 +1,284 @@
+"""The customer repository: writes customers into the tables and reads them back.
+
+The caller owns the transaction: methods run inside the session's transaction and never
+commit. Writes are native upserts guarded by the newest-wins rule, so concurrent writers
+of one customer end in the newest state rather than colliding.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from models.customer import Customer
+from models.tables import (
+    CustomerAddressRow,
+    CustomerRow,
+    CustomerTombstoneRow,
+    LoyaltyCampaignRow,
+    ReferralEntryRow,
+)
+from models.validation import parse_customer
+from repository.mapping import (
+    ADDRESS_COLUMNS,
+    CUSTOMER_COLUMNS,
+    CustomerRows,
+    customer_from_rows,
+    customer_to_rows,
+)
+
+__all__ = ["CustomerRepository", "UpsertOutcome", "UpsertSummary"]
+
+_customers = CustomerRow.__table__
+_addresses = CustomerAddressRow.__table__
+_campaigns = LoyaltyCampaignRow.__table__
+_referrals = ReferralEntryRow.__table__
+_tombstones = CustomerTombstoneRow.__table__
+
+_ADDRESS_LABEL = "address__"
+_ADDRESS_SELECT = [_addresses.c[name].label(_ADDRESS_LABEL + name) for name in ADDRESS_COLUMNS]
+
+
+class UpsertOutcome(str, enum.Enum):
+    """What an upsert did: stored the payload, or kept a newer stored state."""
+
+    APPLIED = "applied"
+    STALE = "stale"
+
+
+@dataclass
+class UpsertSummary:
+    applied: int = 0
+    stale: int = 0
+
+
+class CustomerRepository:
+    """Customers in the relational tables, read and written in the documented shape."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._dialect = session.get_bind().dialect.name
+        if self._dialect not in ("postgresql", "sqlite"):
+            raise ValueError(f"unsupported database dialect {self._dialect!r}")
+
+    # -- writes ----------------------------------------------------------------------
+
+    def upsert(self, customer: Customer | Mapping[str, Any]) -> UpsertOutcome:
+        """Store ``customer`` unless a newer state (or a later deletion) is already stored.
+
+        Newest wins by ``updated_at`` (``created_at`` where it is missing); a payload as
+        new as the stored one replaces it, so delivering the same payload twice is
+        harmless. Raises :class:`models.CustomerValidationError` for bad input, before
+        anything is written.
+        """
+        rows = customer_to_rows(parse_customer(customer))
+        return self._write(rows)
+
+    def upsert_many(self, customers: Iterable[Customer | Mapping[str, Any]]) -> UpsertSummary:
+        """Upsert several customers; all are validated before the first is written."""
+        batch = [customer_to_rows(parse_customer(c)) for c in customers]
+        # One order for every writer, so that two batches never wait on each other's locks.
+        batch.sort(key=lambda rows: rows.id)
+        summary = UpsertSummary()
+        for rows in batch:
+            if self._write(rows) is UpsertOutcome.APPLIED:
+                summary.applied += 1
+            else:
+                summary.stale += 1
+        return summary
+
+    def delete(self, customer_id: str, *, deleted_at: datetime) -> bool:
+        """Delete a customer and remember the deletion, so older updates cannot revive it.
+
+        Returns whether a stored customer was removed. The tombstone is kept (or moved
+        later) even when the customer was never stored: its creation may still be on its way.
+        """
+        if deleted_at.tzinfo is None:
+            raise ValueError("deleted_at must carry a time zone")
+        self._lock(customer_id)
+        ins = self._insert(_tombstones).values(customer_id=customer_id, deleted_at=deleted_at)
+        self.session.execute(
+            ins.on_conflict_do_update(
+                index_elements=[_tombstones.c.customer_id],
+                set_={"deleted_at": ins.excluded.deleted_at},
+                where=ins.excluded.deleted_at > _tombstones.c.deleted_at,
+            )
+        )
+        result = self.session.execute(
+            delete(_customers).where(_customers.c.id == customer_id).returning(_customers.c.id)
+        )
+        return result.first() is not None
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get(self, customer_id: str) -> Customer | None:
+        """The stored customer, or ``None``. Three statements, however large it is."""
+        found = self._load(_customers.c.id == customer_id, limit=1)
+        return found[0] if found else None
+
+    def get_one_or_none(self, customer_id: str) -> Customer | None:
+        """Alias of :meth:`get`, under the name SQLAlchemy users know."""
+        return self.get(customer_id)
+
+    def get_by_source_id(self, source_id: str) -> Customer | None:
+        """The live customer with this ``source_id`` and the newest version.
+
+        Out-of-order deliveries can leave two customers with one ``source_id`` for a
+        while (the old holder's rename not yet received): the newer one is the answer.
+        """
+        newest = (
+            select(_customers.c.id)
+            .where(_customers.c.source_id == source_id)
+            .order_by(_customers.c.version_at.desc().nulls_last(), _customers.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        found = self._load(_customers.c.id == newest, limit=1)
+        return found[0] if found else None
+
+    def is_deleted(self, customer_id: str) -> datetime | None:
+        """When the customer was deleted, if a tombstone says so."""
+        value: datetime | None = self.session.scalar(
+            select(_tombstones.c.deleted_at).where(_tombstones.c.customer_id == customer_id)
+        )
+        return value
+
+    def count(self) -> int:
+        """How many customers are stored (deleted ones excluded)."""
+        return int(self.session.scalar(select(func.count()).select_from(_customers)) or 0)
+
+    def iter_all(self, *, batch_size: int = 500) -> Iterator[Customer]:
+        """Every stored customer, ordered by id, in pages: memory stays constant.
+
+        Pages follow the primary key (keyset pagination), so late pages cost what the
+        first one does and rows written meanwhile are seen at most once.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        after: str | None = None
+        while True:
+            condition = _customers.c.id > after if after is not None else None
+            page = self._load(condition, limit=batch_size)
+            yield from page
+            if len(page) < batch_size:
+                return
+            after = page[-1].id
+
+    # -- internals -------------------------------------------------------------------
+
+    def _write(self, rows: CustomerRows) -> UpsertOutcome:
+        self._lock(rows.id)
+        if self._blocked_by_tombstone(rows):
+            return UpsertOutcome.STALE
+        ins = self._insert(_customers).values(**rows.customer)
+        stored, incoming = _customers.c.version_at, ins.excluded.version_at
+        upsert = ins.on_conflict_do_update(
+            index_elements=[_customers.c.id],
+            set_={name: ins.excluded[name] for name in CUSTOMER_COLUMNS if name != "id"},
+            where=or_(stored.is_(None), and_(incoming.is_not(None), incoming >= stored)),
+        ).returning(_customers.c.id)
+        if self.session.execute(upsert).first() is None:
+            return UpsertOutcome.STALE
+        self._replace_children(rows)
+        return UpsertOutcome.APPLIED
+
+    def _blocked_by_tombstone(self, rows: CustomerRows) -> bool:
+        """Whether a deletion at least as new as this payload is remembered.
+
+        A payload newer than the deletion clears the tombstone. The first statement is a
+        write so that SQLite takes its write lock here, before the check is read.
+        """
+        if rows.version_at is not None:
+            self.session.execute(
+                delete(_tombstones).where(
+                    _tombstones.c.customer_id == rows.id,
+                    _tombstones.c.deleted_at < rows.version_at,
+                )
+            )
+        return self.is_deleted(rows.id) is not None
+
+    def _replace_children(self, rows: CustomerRows) -> None:
+        for table in (_addresses, _campaigns, _referrals):
+            self.session.execute(delete(table).where(table.c.customer_id == rows.id))
+        if rows.address is not None:
+            self.session.execute(insert(_addresses), [rows.address])
+        if rows.campaigns:
+            self.session.execute(insert(_campaigns), rows.campaigns)
+        if rows.referrals:
+            self.session.execute(insert(_referrals), rows.referrals)
+
+    def _lock(self, customer_id: str) -> None:
+        # A race the upsert alone cannot close on PostgreSQL: a deletion committing between
+        # an upsert's tombstone check and its insert would let the customer come back.
+        # Every writer of one customer takes this transaction-scoped lock first. SQLite
+        # has a single writer, so it needs none.
+        if self._dialect == "postgresql":
+            key = func.hashtextextended(customer_id, 0)
+            self.session.execute(select(func.pg_advisory_xact_lock(key)))
+
+    def _insert(self, table: Any) -> Any:
+        dialect = postgresql if self._dialect == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
+        query: Select[Any] = (
+            select(_customers, *_ADDRESS_SELECT)
+            .select_from(_customers.outerjoin(_addresses))
+            .order_by(_customers.c.id)
+            .limit(limit)
+        )
+        if condition is not None:
+            query = query.where(condition)
+        heads = [row._mapping for row in self.session.execute(query)]
+        if not heads:
+            return []
+        ids = [head["id"] for head in heads]
+        campaigns = self._children(_campaigns, ids, _campaigns.c.campaign)
+        referrals = self._children(_referrals, ids, _referrals.c.position)
+        return [
+            customer_from_rows(
+                head,
+                _address_of(head),
+                campaigns.get(head["id"], ()),
+                referrals.get(head["id"], ()),
+            )
+            for head in heads
+        ]
+
+    def _children(
+        self, table: Any, ids: Sequence[str], order: Any
+    ) -> dict[str, list[Mapping[str, Any]]]:
+        grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        query = (
+            select(table)
+            .where(table.c.customer_id.in_(ids))
+            .order_by(table.c.customer_id, order)
+        )
+        for row in self.session.execute(query):
+            grouped[row.customer_id].append(row._mapping)
+        return grouped
+
+
+def _address_of(head: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    if head[_ADDRESS_LABEL + "customer_id"] is None:
+        return None
+    return {name: head[_ADDRESS_LABEL + name] for name in ADDRESS_COLUMNS}
+
+

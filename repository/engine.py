@@ -1,0 +1,116 @@
+"""Engines for the two supported databases: PostgreSQL (production) and SQLite (embedded)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["DEFAULT_DATABASE_URL", "make_engine", "make_session_factory", "normalize_url"]
+
+DEFAULT_DATABASE_URL = "sqlite:///customers.db"
+
+#: Milliseconds a SQLite writer waits for another writer's lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver; refuse others."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise ValueError(f"unsupported SQLite driver {parsed.drivername!r}")
+    else:
+        raise ValueError(
+            f"unsupported database {backend!r}: use postgresql://… or sqlite:///path"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
+    """Create an engine for ``postgresql://…``, ``postgresql+psycopg://…`` or ``sqlite:///path``.
+
+    SQLite connections get foreign keys, WAL and a busy timeout; PostgreSQL connections
+    are checked before use, and JSON is written so that JSONB gives back every number as
+    the same JSON value.
+    """
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("json_serializer", dumps_for_jsonb)
+    return create_engine(url, **kwargs)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def dumps_for_jsonb(value: Any) -> str:
+    """``json.dumps`` whose floats survive JSONB's ``numeric`` round trip as floats.
+
+    JSONB keeps numbers as ``numeric``: ``1e+300`` comes back as 301 digits with no
+    decimal point, which JSON readers take for an integer. Floats written in plain
+    notation with a decimal point stay floats.
+    """
+    if not _has_exponent_float(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
+
+
+def _has_exponent_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return "e" in repr(value)
+    if isinstance(value, dict):
+        return any(_has_exponent_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_exponent_float(v) for v in value)
+    return False
+
+
+def _write(value: Any, parts: list[str]) -> None:
+    if isinstance(value, float):
+        text = repr(value)
+        if "e" in text:
+            text = format(Decimal(text), "f")
+            text = text if "." in text else text + ".0"
+        parts.append(text)
+    elif isinstance(value, dict):
+        parts.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            parts.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
+            _write(item, parts)
+        parts.append("}")
+    elif isinstance(value, list):
+        parts.append("[")
+        for i, item in enumerate(value):
+            if i:
+                parts.append(",")
+            _write(item, parts)
+        parts.append("]")
+    else:
+        parts.append(json.dumps(value, ensure_ascii=False))

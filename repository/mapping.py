@@ -1,0 +1,255 @@
+"""The mapping between the documented customer shape and the relational rows.
+
+A layout says, for every documented key, where its value lives (a column, a nested
+object, a JSON document column or a child table) and which bit of ``absent_mask`` /
+``null_mask`` records that the key was absent or an object was ``null``. Keys the layout
+does not name go to the row's ``extra`` JSON, under the dotted path of their object.
+
+Bit numbers are stored in every row: never renumber them. A new documented key takes a
+new bit (and a migration moves it out of ``extra``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Union
+
+from models.customer import Customer
+
+__all__ = [
+    "ADDRESS_COLUMNS",
+    "CAMPAIGN_COLUMNS",
+    "CUSTOMER_COLUMNS",
+    "REFERRAL_COLUMNS",
+    "CustomerRows",
+    "customer_from_rows",
+    "customer_to_rows",
+]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A scalar stored in ``column``."""
+
+    column: str
+    bit: int
+
+
+@dataclass(frozen=True)
+class Document:
+    """Arbitrary JSON stored whole in a JSON column (``null`` is SQL NULL)."""
+
+    column: str
+    bit: int
+
+
+@dataclass(frozen=True)
+class Child:
+    """An object or array stored in a child table."""
+
+    bit: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """A nested object whose keys are laid out in the same row."""
+
+    bit: int
+    fields: dict[str, Spec]
+
+
+Spec = Union[Leaf, Document, Child, Node]
+
+
+def _leaves(columns: Sequence[str], prefix: str = "", first_bit: int = 0) -> dict[str, Spec]:
+    return {name: Leaf(prefix + name, first_bit + i) for i, name in enumerate(columns)}
+
+
+_COUNTERS = (
+    "total_redeemed", "total_failed", "total_succeeded",
+    "total_rolled_back", "total_rollback_failed", "total_rollback_succeeded",
+)
+
+CUSTOMER_LAYOUT: dict[str, Spec] = {
+    "id": Leaf("id", 0),
+    "source_id": Leaf("source_id", 1),
+    "name": Leaf("name", 2),
+    "description": Leaf("description", 3),
+    "email": Leaf("email", 4),
+    "phone": Leaf("phone", 5),
+    "birthday": Leaf("birthday", 6),
+    "birthdate": Leaf("birthdate", 7),
+    "address": Child(8),
+    "metadata": Document("metadata", 9),
+    "summary": Node(10, {
+        "redemptions": Node(11, {
+            **_leaves(_COUNTERS, "redemptions_", 12),
+            "gift": Node(18, _leaves(("redeemed_amount", "amount_to_go"), "gift_", 19)),
+            "loyalty_card": Node(21, _leaves(
+                ("redeemed_points", "points_to_go"), "loyalty_card_", 22)),
+        }),
+        "orders": Node(24, _leaves(
+            ("total_amount", "total_count", "average_amount", "last_order_amount",
+             "last_order_date"), "orders_", 25)),
+    }),
+    "loyalty": Node(30, {
+        **_leaves(("points", "referred_customers"), "loyalty_", 31),
+        "campaigns": Child(33),
+    }),
+    "referrals": Node(34, {"total": Leaf("referrals_total", 35), "campaigns": Child(36)}),
+    "system_metadata": Document("system_metadata", 37),
+    "created_at": Leaf("created_at", 38),
+    "updated_at": Leaf("updated_at", 39),
+    "assets": Node(40, _leaves(("cockpit_url", "cockpit_preference_center_url"), "assets_", 41)),
+    "object": Leaf("object", 43),
+}
+ADDRESS_LAYOUT = _leaves(("city", "state", "line_1", "line_2", "country", "postal_code"))
+CAMPAIGN_LAYOUT = _leaves(("points", "loyalty_tier", "referred_customers"))
+REFERRAL_LAYOUT = _leaves(
+    ("campaign_id", "referrer_id", "related_object_id", "related_object_type", "date")
+)
+
+
+def _columns(layout: Mapping[str, Spec]) -> list[str]:
+    out: list[str] = []
+    for spec in layout.values():
+        if isinstance(spec, (Leaf, Document)):
+            out.append(spec.column)
+        elif isinstance(spec, Node):
+            out.extend(_columns(spec.fields))
+    return out
+
+
+_BOOKKEEPING = ["absent_mask", "extra"]
+CUSTOMER_COLUMNS = [*_columns(CUSTOMER_LAYOUT), "version_at", "null_mask", *_BOOKKEEPING]
+ADDRESS_COLUMNS = ["customer_id", *_columns(ADDRESS_LAYOUT), *_BOOKKEEPING]
+CAMPAIGN_COLUMNS = ["customer_id", "campaign", *_columns(CAMPAIGN_LAYOUT), *_BOOKKEEPING]
+REFERRAL_COLUMNS = ["customer_id", "position", *_columns(REFERRAL_LAYOUT), *_BOOKKEEPING]
+
+
+@dataclass
+class CustomerRows:
+    """One customer as rows of each table, ready for ``insert().values(...)``."""
+
+    customer: dict[str, Any]
+    address: dict[str, Any] | None = None
+    campaigns: list[dict[str, Any]] = field(default_factory=list)
+    referrals: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return str(self.customer["id"])
+
+    @property
+    def version_at(self) -> datetime | None:
+        value: datetime | None = self.customer["version_at"]
+        return value
+
+
+@dataclass
+class _Encoding:
+    row: dict[str, Any]
+    absent: int = 0
+    null: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    children: dict[str, Any] = field(default_factory=dict)
+
+
+def customer_to_rows(customer: Customer) -> CustomerRows:
+    """Lay a validated customer out as rows."""
+    enc = _Encoding(row=dict.fromkeys(_columns(CUSTOMER_LAYOUT)))
+    _encode(CUSTOMER_LAYOUT, customer.to_python(), "", enc)
+    row = enc.row
+    row["version_at"] = row["updated_at"] if row["updated_at"] is not None else row["created_at"]
+    row.update(absent_mask=enc.absent, null_mask=enc.null, extra=enc.extra or None)
+    customer_id = row["id"]
+
+    rows = CustomerRows(customer=row)
+    address = enc.children.get("address")
+    if address is not None:
+        rows.address = _flat_row(ADDRESS_LAYOUT, address, customer_id=customer_id)
+    campaigns = enc.children.get("loyalty.campaigns") or {}
+    rows.campaigns = [
+        _flat_row(CAMPAIGN_LAYOUT, entry, customer_id=customer_id, campaign=key)
+        for key, entry in campaigns.items()
+    ]
+    referrals = enc.children.get("referrals.campaigns") or []
+    rows.referrals = [
+        _flat_row(REFERRAL_LAYOUT, entry, customer_id=customer_id, position=index)
+        for index, entry in enumerate(referrals)
+    ]
+    return rows
+
+
+def customer_from_rows(
+    customer: Mapping[str, Any],
+    address: Mapping[str, Any] | None,
+    campaigns: Sequence[Mapping[str, Any]],
+    referrals: Sequence[Mapping[str, Any]],
+) -> Customer:
+    """Reassemble the documented shape from a customer's rows."""
+    children = {
+        "address": _flat_value(ADDRESS_LAYOUT, address) if address is not None else None,
+        "loyalty.campaigns": {row["campaign"]: _flat_value(CAMPAIGN_LAYOUT, row) for row in campaigns},
+        "referrals.campaigns": [
+            _flat_value(REFERRAL_LAYOUT, row)
+            for row in sorted(referrals, key=lambda r: r["position"])
+        ],
+    }
+    value = _decode(
+        CUSTOMER_LAYOUT, customer, "", customer["absent_mask"], customer["null_mask"],
+        customer["extra"] or {}, children,
+    )
+    return Customer.model_validate(value)
+
+
+def _encode(layout: Mapping[str, Spec], value: Mapping[str, Any], path: str, enc: _Encoding) -> None:
+    for key, spec in layout.items():
+        if key not in value:
+            enc.absent |= 1 << spec.bit
+            continue
+        item = value[key]
+        if isinstance(spec, (Leaf, Document)):
+            enc.row[spec.column] = item
+        elif item is None:
+            enc.null |= 1 << spec.bit
+        elif isinstance(spec, Node):
+            _encode(spec.fields, item, f"{path}{key}.", enc)
+        else:
+            enc.children[path + key] = item
+    unknown = {k: v for k, v in value.items() if k not in layout}
+    if unknown:
+        enc.extra[path.rstrip(".")] = unknown
+
+
+def _decode(
+    layout: Mapping[str, Spec], row: Mapping[str, Any], path: str, absent: int, null: int,
+    extra: Mapping[str, Any], children: Mapping[str, Any],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, spec in layout.items():
+        if absent >> spec.bit & 1:
+            continue
+        if isinstance(spec, (Leaf, Document)):
+            out[key] = row[spec.column]
+        elif null >> spec.bit & 1:
+            out[key] = None
+        elif isinstance(spec, Node):
+            out[key] = _decode(spec.fields, row, f"{path}{key}.", absent, null, extra, children)
+        else:
+            out[key] = children[path + key]
+    out.update(extra.get(path.rstrip("."), {}))
+    return out
+
+
+def _flat_row(layout: Mapping[str, Spec], value: Mapping[str, Any], **keys: Any) -> dict[str, Any]:
+    enc = _Encoding(row=dict.fromkeys(_columns(layout)))
+    _encode(layout, value, "", enc)
+    return {**keys, **enc.row, "absent_mask": enc.absent, "extra": enc.extra.get("") or None}
+
+
+def _flat_value(layout: Mapping[str, Spec], row: Mapping[str, Any]) -> dict[str, Any]:
+    extra = {"": row["extra"]} if row["extra"] else {}
+    return _decode(layout, row, "", row["absent_mask"], 0, extra, {})
