@@ -1,0 +1,1 @@
+"""Entry points of the customer store: the ``customer-store`` command line."""

@@ -1,0 +1,125 @@
+"""Bulk import: every record is stored, counted stale, or rejected with its reason.
+
+Records are validated one by one (a bad record never reaches the database) and written in
+batches, one transaction per batch. If the database refuses a batch, its records are
+written again one transaction each, so that only the record it refuses is rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.customer import Customer
+from models.validation import CustomerValidationError, parse_customer
+from repository.customers import CustomerRepository, UpsertOutcome
+from repository.records import Record
+
+__all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
+
+DEFAULT_BATCH_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Rejection:
+    location: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    """Running totals of an import."""
+
+    applied: int = 0
+    stale: int = 0
+    rejected: int = 0
+    rejections: list[Rejection] = field(default_factory=list, repr=False)
+
+    @property
+    def total(self) -> int:
+        return self.applied + self.stale + self.rejected
+
+    def count(self, outcome: UpsertOutcome) -> None:
+        if outcome is UpsertOutcome.APPLIED:
+            self.applied += 1
+        else:
+            self.stale += 1
+
+
+def import_records(
+    sessions: sessionmaker[Session],
+    records: Iterable[Record],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_reject: Callable[[Rejection], None] | None = None,
+    on_progress: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    """Validate and store ``records``; return what happened to each kind."""
+    report = ImportReport()
+
+    def reject(location: str, reason: str) -> None:
+        report.rejected += 1
+        rejection = Rejection(location, reason)
+        if on_reject is not None:
+            on_reject(rejection)
+        else:
+            report.rejections.append(rejection)
+
+    for chunk in _chunks(records, batch_size):
+        valid: list[tuple[str, Customer]] = []
+        for record in chunk:
+            if record.error is not None:
+                reject(record.location, record.error)
+                continue
+            try:
+                valid.append((record.location, parse_customer(record.value)))
+            except CustomerValidationError as exc:
+                reject(record.location, str(exc))
+        if valid:
+            _write_batch(sessions, valid, report, reject)
+        if on_progress is not None:
+            on_progress(report)
+    return report
+
+
+def _write_batch(
+    sessions: sessionmaker[Session],
+    batch: list[tuple[str, Customer]],
+    report: ImportReport,
+    reject: Callable[[str, str], None],
+) -> None:
+    # One id order for every writer, so concurrent importers never wait on each other in a
+    # cycle. The sort is stable: two versions of one customer keep their file order.
+    ordered = sorted(batch, key=lambda item: item[1].id)
+    try:
+        with sessions.begin() as session:
+            repo = CustomerRepository(session)
+            outcomes = [repo.upsert(customer) for _, customer in ordered]
+    except DBAPIError:
+        for location, customer in ordered:
+            try:
+                with sessions.begin() as session:
+                    outcome = CustomerRepository(session).upsert(customer)
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                reject(location, f"the database refused it: {_first_line(exc.orig)}")
+                continue
+            report.count(outcome)
+        return
+    for outcome in outcomes:
+        report.count(outcome)
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    iterator = iter(records)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _first_line(error: BaseException | None) -> str:
+    return str(error).strip().splitlines()[0] if error is not None and str(error).strip() else "unknown error"

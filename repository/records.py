@@ -1,0 +1,148 @@
+"""Reading customer records from files: JSON Lines, a JSON array, or Voucherify list pages.
+
+Parsing never raises for bad data: a line that is not JSON becomes a :class:`Record`
+with an ``error``, so that one bad line costs one record, not the whole file. Large
+JSON arrays and JSON Lines are read incrementally; memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = ["Record", "read_records"]
+
+_CHUNK = 1 << 16
+_decoder = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input record: where it came from, and its value or why it could not be read."""
+
+    location: str
+    value: Any = None
+    error: str | None = None
+
+
+def read_records(stream: TextIO) -> Iterator[Record]:
+    """Yield the customer records in ``stream``, whichever of the three forms it has."""
+    head = _skip_blank(stream)
+    if head == "":
+        return
+    if head == "[":
+        yield from _array_records(stream, head)
+        return
+    first_line = head + stream.readline()
+    try:
+        value = json.loads(first_line)
+    except (json.JSONDecodeError, RecursionError):
+        # Not one JSON value per line: perhaps one pretty-printed document.
+        rest = first_line + stream.read()
+        try:
+            document = json.loads(rest)
+        except (json.JSONDecodeError, RecursionError):
+            yield from _line_records(iter(rest.splitlines(keepends=True)), start=1)
+            return
+        yield from _expand(document, "document", "")
+        return
+    yield from _expand(value, "line 1", "line 1 ")
+    yield from _line_records(stream, start=2)
+
+
+def _line_records(lines: Any, *, start: int) -> Iterator[Record]:
+    for number, line in enumerate(lines, start=start):
+        if not line.strip():
+            continue
+        location = f"line {number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield Record(location, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+            continue
+        except RecursionError:
+            yield Record(location, error="invalid JSON: nested too deeply")
+            continue
+        yield from _expand(value, location, location + " ")
+
+
+def _expand(value: Any, location: str, prefix: str) -> Iterator[Record]:
+    """A list page or an array stands for its customers; anything else for itself."""
+    if isinstance(value, dict) and value.get("object") == "list" and "customers" in value:
+        customers = value["customers"]
+        if not isinstance(customers, list):
+            yield Record(location, error="$.customers: expected an array of customers")
+            return
+        for index, item in enumerate(customers):
+            yield Record(f"{prefix}customers[{index}]", item)
+    elif isinstance(value, list) and location == "document":
+        for index, item in enumerate(value):
+            yield Record(f"index {index}", item)
+    else:
+        yield Record(location, value)
+
+
+def _array_records(stream: TextIO, head: str) -> Iterator[Record]:
+    """Decode ``[v0, v1, ...]`` element by element, holding one chunk at a time."""
+    buffer = ""
+    position = 0
+    index = 0
+    expect_value = True
+    eof = False
+
+    def fill() -> bool:
+        nonlocal buffer, position, eof
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            eof = True
+            return False
+        buffer = buffer[position:] + chunk
+        position = 0
+        return True
+
+    buffer = head[1:]
+    while True:
+        while position < len(buffer) and buffer[position] in " \t\r\n":
+            position += 1
+        if position >= len(buffer):
+            if fill():
+                continue
+            yield Record(f"index {index}", error="invalid JSON: the array is not closed")
+            return
+        char = buffer[position]
+        if char == "]" and (not expect_value or index == 0):
+            return
+        if char == "," and not expect_value:
+            position += 1
+            expect_value = True
+            continue
+        if not expect_value:
+            yield Record(f"index {index}", error=f"invalid JSON: expected ',' or ']', got {char!r}")
+            return
+        try:
+            value, end = _decoder.raw_decode(buffer, position)
+        except json.JSONDecodeError as exc:
+            # The value may continue in the next chunk; only at the end is it truly bad.
+            if not eof and fill():
+                continue
+            yield Record(f"index {index}", error=f"invalid JSON: {exc.msg}")
+            return
+        except RecursionError:
+            yield Record(f"index {index}", error="invalid JSON: nested too deeply")
+            return
+        if end == len(buffer) and not eof and fill():
+            # A number at the very end of the chunk might be cut short: decode it again.
+            continue
+        position = end
+        yield Record(f"index {index}", value)
+        index += 1
+        expect_value = False
+
+
+def _skip_blank(stream: TextIO) -> str:
+    while True:
+        char = stream.read(1)
+        if char == "" or not (char.isspace() or char == "\ufeff"):
+            return char
