@@ -1,0 +1,142 @@
+"""Shared fixtures: real SQLite and PostgreSQL databases, migrated by Alembic.
+
+PostgreSQL comes from ``CUSTOMER_STORE_TEST_POSTGRES_URL`` (default: the local server's
+``test`` database). Each test run creates its own database there and drops it at the
+end. Without a reachable server, PostgreSQL tests are skipped locally and fail when
+``CUSTOMER_STORE_REQUIRE_POSTGRES=1`` (as in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from models import Base
+from repository import CustomerRepository, make_engine
+from repository.schema import upgrade_to_head
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXAMPLES = FIXTURES / "voucherify"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def load_example_customers() -> list[tuple[str, Any]]:
+    """Every customer payload from Voucherify's public specification, by file name."""
+    return [
+        (path.name, json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted((EXAMPLES / "customers").glob("*.json"))
+    ]
+
+
+def load_example_events() -> list[tuple[str, Any]]:
+    return [
+        (path.name, json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted((EXAMPLES / "events").glob("*.json"))
+    ]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    url = os.environ.get("CUSTOMER_STORE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        message = f"PostgreSQL is not reachable at {make_url(url).render_as_string()}: {exc}"
+        if os.environ.get("CUSTOMER_STORE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    finally:
+        engine.dispose()
+    return make_engine(url).url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def make_postgres_database(postgres_admin_url: str) -> Iterator[Any]:
+    """A factory of empty PostgreSQL databases, dropped when the test run ends."""
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"cstest_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(postgres_admin_url).set(database=name).render_as_string(
+            hide_password=False
+        )
+
+    yield create
+    with admin.connect() as connection:
+        for name in created:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def make_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """A factory of empty databases of a backend: ``make_database("sqlite")``."""
+
+    def create(backend: str) -> str:
+        if backend == "sqlite":
+            path = tmp_path_factory.mktemp("sqlite") / "customers.db"
+            return f"sqlite:///{path}"
+        factory = request.getfixturevalue("make_postgres_database")
+        url: str = factory()
+        return url
+
+    return create
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, make_database: Any) -> str:
+    """A migrated database of each backend, shared by the tests of a run."""
+    url: str = make_database(request.param)
+    upgrade_to_head(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """A session on a database with no rows; what the test commits is removed afterwards."""
+    with Session(engine) as session:
+        yield session
+        session.rollback()
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(delete(table))
+
+
+@pytest.fixture
+def repo(session: Session) -> CustomerRepository:
+    return CustomerRepository(session)
+
+
+@pytest.fixture
+def backend(engine: Engine) -> str:
+    return engine.dialect.name
+
+
+@pytest.fixture(scope="session")
+def example_customers() -> list[tuple[str, Any]]:
+    return load_example_customers()
