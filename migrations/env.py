@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import context
 from sqlalchemy import TypeDecorator, create_engine, pool
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from models.base import Base
 
@@ -63,18 +63,21 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        _run(given)
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    engine = given if isinstance(given, Engine) else create_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+        _run(connection)
+    if given is None:
+        engine.dispose()
+
+
+def _run(connection: Connection) -> None:
+    _configure(connection)
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 if context.is_offline_mode():

@@ -1,0 +1,343 @@
+"""The repository on both databases: lossless storage, newest wins, tombstones, reads."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session
+
+from models import (
+    CustomerAddressRow,
+    CustomerRow,
+    CustomerValidationError,
+    LoyaltyCampaignRow,
+    ReferralEntryRow,
+)
+from repository import CustomerRepository, UpsertOutcome, make_engine
+from tests.conftest import load_example_customers
+
+VALID_EXAMPLE_REJECTIONS = {
+    "07-ariana-patel-customer-updated.json": "$.referrals.campaigns[0]",
+    "59-firstname-lastname-examine-vouchers-qualification.json": "$.birthdate",
+}
+
+
+def _customer(customer_id: str = "cust_test0001", **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": customer_id,
+        "source_id": "jane@example.com",
+        "name": "Jane Doe",
+        "email": "jane@example.com",
+        "address": {"city": "Kraków", "country": "PL", "postal_code": None},
+        "metadata": {"tier": "gold", "big": 2**70, "nested": {"list": [1, "two", None]}},
+        "summary": {"orders": {"total_amount": 5_000_000_000, "total_count": 3}},
+        "loyalty": {"points": 10, "campaigns": {"Summer Campaign": {"points": 10}}},
+        "referrals": {"total": 1, "campaigns": [{
+            "campaign_id": "camp_1", "referrer_id": "cust_ref", "related_object_id": "r_1",
+            "related_object_type": "redemption", "date": "2024-01-02T03:04:05.678Z",
+        }]},
+        "created_at": "2024-01-01T00:00:00.000Z",
+        "updated_at": "2024-02-01T00:00:00.000Z",
+        "object": "customer",
+    }
+    base.update(fields)
+    return base
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _stored(repo: CustomerRepository, customer_id: str) -> dict[str, Any] | None:
+    found = repo.get(customer_id)
+    return None if found is None else found.to_json()
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [pytest.param(name, raw, id=name[:40]) for name, raw in load_example_customers()
+     if name not in VALID_EXAMPLE_REJECTIONS],
+)
+def test_every_valid_voucherify_example_reads_back_identical(
+    repo: CustomerRepository, name: str, payload: dict[str, Any]
+) -> None:
+    assert repo.upsert(payload) is UpsertOutcome.APPLIED
+    repo.session.commit()
+    assert _stored(repo, payload["id"]) == payload
+
+
+@pytest.mark.parametrize(("name", "path"), sorted(VALID_EXAMPLE_REJECTIONS.items()))
+def test_examples_outside_the_documented_types_are_rejected_with_their_path(
+    repo: CustomerRepository, example_customers: list[tuple[str, Any]], name: str, path: str
+) -> None:
+    payload = dict(example_customers)[name]
+    with pytest.raises(CustomerValidationError) as caught:
+        repo.upsert(payload)
+    assert [e.path for e in caught.value.errors] == [path]
+    assert repo.count() == 0
+
+
+def test_all_examples_stored_together_keep_the_newest_version_of_each_id(
+    repo: CustomerRepository, example_customers: list[tuple[str, Any]]
+) -> None:
+    expected: dict[str, dict[str, Any]] = {}
+    for name, payload in example_customers:
+        if name in VALID_EXAMPLE_REJECTIONS:
+            continue
+        repo.upsert(payload)
+        version = payload.get("updated_at") or payload.get("created_at")
+        current = expected.get(payload["id"])
+        current_version = current and (current.get("updated_at") or current.get("created_at"))
+        if current is None or current_version is None or (
+            version is not None and version >= current_version
+        ):
+            expected[payload["id"]] = payload
+    repo.session.commit()
+    stored = [c.to_json() for c in repo.iter_all(batch_size=7)]
+    assert [c["id"] for c in stored] == sorted(expected)
+    assert stored == [expected[i] for i in sorted(expected)]
+
+
+def test_a_datetime_with_an_offset_comes_back_as_the_same_instant_in_utc(
+    repo: CustomerRepository,
+) -> None:
+    repo.upsert(_customer(updated_at="2024-02-01T02:30:00.5+02:00"))
+    assert _stored(repo, "cust_test0001")["updated_at"] == "2024-02-01T00:30:00.500Z"  # type: ignore[index]
+
+
+def test_null_absent_and_empty_objects_are_told_apart(repo: CustomerRepository) -> None:
+    variants = {
+        "cust_addr_null": {"address": None},
+        "cust_addr_empty": {"address": {}},
+        "cust_addr_nulls": {"address": dict.fromkeys(
+            ["city", "state", "line_1", "line_2", "country", "postal_code"])},
+        "cust_addr_absent": {},
+    }
+    for customer_id, fields in variants.items():
+        payload = {"id": customer_id, **fields}
+        repo.upsert(payload)
+        assert _stored(repo, customer_id) == payload
+
+
+def test_unknown_keys_are_kept_at_every_level(repo: CustomerRepository) -> None:
+    payload = _customer(
+        future_field={"x": [1, 2]},
+        summary={"orders": {"total_count": 1, "new_counter": 7}, "vouchers": {"n": 1}},
+        loyalty={"campaigns": {"A": {"points": 1, "redeemed_points": 5}}},
+        referrals={"campaigns": [{"campaign_id": "camp_1", "channel": "web"}], "extra": True},
+        assets={"cockpit_url": "https://x", "new_url": "https://y"},
+    )
+    payload["address"] = {"city": "X", "building": "B"}
+    repo.upsert(payload)
+    assert _stored(repo, "cust_test0001") == payload
+
+
+def test_an_older_payload_after_a_newer_one_changes_nothing(repo: CustomerRepository) -> None:
+    newer = _customer(name="New Name", updated_at="2024-03-01T00:00:00.000Z")
+    older = _customer(name="Old Name", updated_at="2024-02-01T00:00:00.000Z",
+                      loyalty={"campaigns": {}})
+    assert repo.upsert(newer) is UpsertOutcome.APPLIED
+    assert repo.upsert(older) is UpsertOutcome.STALE
+    assert _stored(repo, "cust_test0001") == newer
+
+
+def test_created_at_is_the_version_when_updated_at_is_missing(repo: CustomerRepository) -> None:
+    created = _customer(created_at="2024-01-05T00:00:00.000Z")
+    del created["updated_at"]
+    updated = _customer(updated_at="2024-01-04T00:00:00.000Z", name="Earlier")
+    assert repo.upsert(created) is UpsertOutcome.APPLIED
+    assert repo.upsert(updated) is UpsertOutcome.STALE
+    assert _stored(repo, "cust_test0001") == created
+
+
+def test_a_payload_without_timestamps_does_not_replace_a_dated_one(
+    repo: CustomerRepository,
+) -> None:
+    dated = _customer()
+    stub = {"id": "cust_test0001", "name": "Stub", "summary": None}
+    assert repo.upsert(dated) is UpsertOutcome.APPLIED
+    assert repo.upsert(stub) is UpsertOutcome.STALE
+    assert _stored(repo, "cust_test0001") == dated
+
+
+def test_the_same_payload_twice_is_idempotent(repo: CustomerRepository, session: Session) -> None:
+    payload = _customer()
+    assert repo.upsert(payload) is UpsertOutcome.APPLIED
+    assert repo.upsert(copy.deepcopy(payload)) is UpsertOutcome.APPLIED
+    assert _stored(repo, "cust_test0001") == payload
+    assert session.scalar(select(func.count()).select_from(LoyaltyCampaignRow)) == 1
+    assert session.scalar(select(func.count()).select_from(ReferralEntryRow)) == 1
+    assert session.scalar(select(func.count()).select_from(CustomerAddressRow)) == 1
+
+
+def test_a_newer_payload_replaces_child_rows_entirely(repo: CustomerRepository) -> None:
+    repo.upsert(_customer())
+    newer = _customer(
+        updated_at="2024-05-01T00:00:00.000Z",
+        address=None,
+        loyalty={"campaigns": {"Winter": {"points": 3, "loyalty_tier": "ltr_1"}}},
+        referrals={"campaigns": []},
+    )
+    assert repo.upsert(newer) is UpsertOutcome.APPLIED
+    assert _stored(repo, "cust_test0001") == newer
+
+
+def test_a_deleted_customer_is_not_brought_back_by_an_older_update(
+    repo: CustomerRepository,
+) -> None:
+    repo.upsert(_customer())
+    assert repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z")) is True
+    assert repo.get("cust_test0001") is None
+    late_update = _customer(updated_at="2024-02-15T00:00:00.000Z", name="Late")
+    assert repo.upsert(late_update) is UpsertOutcome.STALE
+    same_instant = _customer(updated_at="2024-03-01T00:00:00.000Z")
+    assert repo.upsert(same_instant) is UpsertOutcome.STALE
+    assert repo.get("cust_test0001") is None
+    assert repo.is_deleted("cust_test0001") == _at("2024-03-01T00:00:00Z")
+
+
+def test_a_deletion_before_the_creation_arrives_still_wins(repo: CustomerRepository) -> None:
+    assert repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z")) is False
+    assert repo.upsert(_customer()) is UpsertOutcome.STALE
+    assert repo.count() == 0
+
+
+def test_a_payload_newer_than_the_deletion_is_stored_and_clears_the_tombstone(
+    repo: CustomerRepository,
+) -> None:
+    repo.delete("cust_test0001", deleted_at=_at("2024-01-15T00:00:00Z"))
+    payload = _customer()
+    assert repo.upsert(payload) is UpsertOutcome.APPLIED
+    assert _stored(repo, "cust_test0001") == payload
+    assert repo.is_deleted("cust_test0001") is None
+
+
+def test_deleting_removes_every_child_row(repo: CustomerRepository, session: Session) -> None:
+    repo.upsert(_customer())
+    repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
+    for table in (CustomerRow, CustomerAddressRow, LoyaltyCampaignRow, ReferralEntryRow):
+        assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_an_earlier_deletion_does_not_move_the_tombstone_back(repo: CustomerRepository) -> None:
+    repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
+    repo.delete("cust_test0001", deleted_at=_at("2024-01-01T00:00:00Z"))
+    assert repo.is_deleted("cust_test0001") == _at("2024-03-01T00:00:00Z")
+
+
+def test_delete_refuses_a_naive_time(repo: CustomerRepository) -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        repo.delete("cust_test0001", deleted_at=datetime(2024, 1, 1))  # noqa: DTZ001
+
+
+def test_source_id_lookup_returns_the_newest_live_holder(repo: CustomerRepository) -> None:
+    old = _customer("cust_old", source_id="shared@example.com",
+                    updated_at="2024-01-01T00:00:00.000Z")
+    new = _customer("cust_new", source_id="shared@example.com",
+                    updated_at="2024-06-01T00:00:00.000Z")
+    repo.upsert(new)
+    repo.upsert(old)
+    assert repo.get_by_source_id("shared@example.com").id == "cust_new"  # type: ignore[union-attr]
+    repo.delete("cust_new", deleted_at=_at("2024-07-01T00:00:00Z"))
+    assert repo.get_by_source_id("shared@example.com").id == "cust_old"  # type: ignore[union-attr]
+    assert repo.get_by_source_id("nobody@example.com") is None
+
+
+def test_upsert_many_counts_applied_and_stale(repo: CustomerRepository) -> None:
+    newer = _customer("cust_a", updated_at="2024-06-01T00:00:00.000Z")
+    older = _customer("cust_a", updated_at="2024-01-01T00:00:00.000Z", name="Older")
+    summary = repo.upsert_many([newer, older, _customer("cust_b")])
+    assert (summary.applied, summary.stale) == (2, 1)
+    assert _stored(repo, "cust_a") == newer
+
+
+def test_iter_all_streams_every_customer_in_id_order(repo: CustomerRepository) -> None:
+    ids = [f"cust_{i:04d}" for i in range(0, 230, 3)] + ["CUST_upper", "cust_zz", "cust_Ä"]
+    for customer_id in reversed(ids):
+        repo.upsert(_customer(customer_id))
+    streamed = [c.id for c in repo.iter_all(batch_size=10)]
+    assert streamed == sorted(ids, key=lambda s: s.encode("utf-8"))
+
+
+def test_get_costs_the_same_statements_for_one_campaign_and_for_sixty(
+    repo: CustomerRepository, engine: Engine
+) -> None:
+    small = _customer("cust_small")
+    large = _customer(
+        "cust_large",
+        loyalty={"campaigns": {f"Campaign {i}": {"points": i, "loyalty_tier": f"ltr_{i}"}
+                               for i in range(60)}},
+        referrals={"total": 60, "campaigns": [
+            {"campaign_id": f"camp_{i}", "referrer_id": "cust_x", "related_object_id": f"r_{i}",
+             "related_object_type": "redemption", "date": "2024-01-01T00:00:00.000Z"}
+            for i in range(60)]},
+    )
+    repo.upsert(small)
+    repo.upsert(large)
+    repo.session.commit()
+
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert repo.get("cust_small").to_json() == small  # type: ignore[union-attr]
+        small_count = len(statements)
+        statements.clear()
+        assert repo.get("cust_large").to_json() == large  # type: ignore[union-attr]
+        large_count = len(statements)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert small_count == large_count
+    assert large_count <= 3
+
+
+def test_a_rejected_upsert_leaves_the_stored_customer_as_it_was(
+    repo: CustomerRepository,
+) -> None:
+    good = _customer()
+    repo.upsert(good)
+    bad = _customer(updated_at="2025-01-01T00:00:00.000Z",
+                    summary={"orders": {"total_amount": "lots"}})
+    with pytest.raises(CustomerValidationError) as caught:
+        repo.upsert(bad)
+    assert caught.value.errors[0].path == "$.summary.orders.total_amount"
+    assert _stored(repo, "cust_test0001") == good
+
+
+def test_large_metadata_numbers_and_floats_keep_their_json_type(
+    repo: CustomerRepository,
+) -> None:
+    payload = _customer(metadata={
+        "huge": 2**100, "negative": -(2**80), "float": 1e300, "tiny": 1e-300,
+        "one_point_zero": 1.0, "exact": 0.1, "flag": True, "unicode_ключ": "値 🎉",
+    })
+    repo.upsert(payload)
+    back = _stored(repo, "cust_test0001")
+    assert json.dumps(back, sort_keys=True) == json.dumps(payload, sort_keys=True)
+
+
+@pytest.mark.parametrize("url", ["mysql://u@localhost/x", "sqlite+aiosqlite:///x.db"])
+def test_make_engine_refuses_unsupported_databases(url: str) -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        make_engine(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u@h/db", "postgres://u@h/db", "postgresql+psycopg://u@h/db"]
+)
+def test_make_engine_uses_psycopg_for_every_postgresql_spelling(url: str) -> None:
+    assert make_engine(url).dialect.driver == "psycopg"
+
+
+def test_stored_times_are_utc(repo: CustomerRepository, session: Session) -> None:
+    repo.upsert(_customer(updated_at="2024-02-01T05:00:00.000+05:00"))
+    row = session.scalars(select(CustomerRow)).one()
+    assert row.version_at == datetime(2024, 2, 1, 0, 0, tzinfo=timezone.utc)
