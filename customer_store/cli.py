@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="import customers: JSON Lines, a JSON array, or Voucherify list pages",
     )
     imp.add_argument("path", nargs="?", default="-", help="input file, or - for stdin")
-    imp.add_argument("--batch-size", type=_positive_int, default=500, help="records per transaction")
+    imp.add_argument(
+        "--batch-size", type=_positive_int, default=500, help="records per transaction"
+    )
 
     get = commands.add_parser("get", help="print one customer as JSON")
     which = get.add_mutually_exclusive_group(required=True)
@@ -197,8 +199,9 @@ def _open_input(path: str) -> Iterator[TextIO]:
     # Undecodable bytes become lone surrogates, which validation rejects per record
     # instead of the whole file failing at the first bad byte.
     if path == "-":
-        stream = open(sys.stdin.fileno(), encoding="utf-8-sig", errors="surrogateescape",
-                      closefd=False)
+        stream = open(  # noqa: SIM115
+            sys.stdin.fileno(), encoding="utf-8-sig", errors="surrogateescape", closefd=False
+        )
     else:
         try:
             stream = open(path, encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115

@@ -1,4 +1,4 @@
-"""Alembic migrations for the customer store (shipped with the package for `customer-store migrate`)."""
+"""Alembic migrations of the customer store, shipped in the package for `customer-store migrate`."""
 
 from pathlib import Path
 

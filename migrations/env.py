@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from logging.config import fileConfig
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import TypeDecorator, create_engine, pool
 from sqlalchemy.engine import Connection, Engine, make_url
 
@@ -35,7 +36,9 @@ def _url() -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def _render_item(
+    type_: str, obj: Any, autogen_context: AutogenContext
+) -> str | Literal[False]:
     # Migrations must not import the models: write a TypeDecorator as the type it wraps.
     if type_ == "type" and isinstance(obj, TypeDecorator):
         return f"sa.{obj.impl!r}"
@@ -43,7 +46,10 @@ def _render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
 
 
 def _configure(connection: Connection | None = None, **kwargs: Any) -> None:
-    dialect = connection.dialect.name if connection is not None else make_url(_url()).get_backend_name()
+    if connection is not None:
+        dialect = connection.dialect.name
+    else:
+        dialect = make_url(_url()).get_backend_name()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

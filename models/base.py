@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Dialect, MetaData, Text, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase
 
-__all__ = ["Base", "SortedText", "JSONDocument", "UTCDateTime", "NAMING_CONVENTION"]
+__all__ = ["NAMING_CONVENTION", "Base", "JSONDocument", "SortedText", "UTCDateTime"]
 
 #: Alembic's recommended convention, so every constraint has a predictable name.
 NAMING_CONVENTION = {
@@ -41,21 +41,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: give a time zone")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        moment: datetime = value
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
 
 
 #: Arbitrary JSON: JSONB on PostgreSQL, JSON text on SQLite. SQL NULL stands for "none";
 #: whether a key was absent or ``null`` is recorded beside it, not in the value.
 JSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
-#: Keys (customer ids, campaign keys) sort bytewise on both databases ("C" collation on PostgreSQL), so
+#: Keys (customer ids, campaign keys) sort bytewise on both databases ("C" collation on
+#: PostgreSQL), so
 #: ``ORDER BY id`` and keyset pagination agree between them and use the primary key.
 SortedText = Text().with_variant(Text(collation="C"), "postgresql")

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from models.base import Base, SortedText, JSONDocument, UTCDateTime
+from models.base import Base, JSONDocument, SortedText, UTCDateTime
 
 __all__ = [
     "CustomerAddressRow",

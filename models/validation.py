@@ -97,7 +97,9 @@ def describe_value(value: Any) -> str:
     if isinstance(value, bool):
         return f"boolean {'true' if value else 'false'}"
     if isinstance(value, int):
-        text = str(value) if abs(value) < 10**30 else f"{str(value)[:12]}... ({len(str(value))} digits)"
+        text = str(value)
+        if len(text) > 30:
+            text = f"{text[:12]}... ({len(text)} digits)"
         return f"integer {text}"
     if isinstance(value, float):
         return f"number {value!r}"

@@ -8,7 +8,7 @@ because the canonical form could not give it back.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from pydantic import Field, PlainSerializer, PlainValidator
@@ -38,7 +38,7 @@ def parse_datetime(value: Any) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("expected a date-time with a time zone, got a naive datetime")
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     if not isinstance(value, str):
         raise TypeError
     match = _DATETIME_RE.fullmatch(value)
@@ -53,7 +53,7 @@ def parse_datetime(value: Any) -> datetime:
             f"expected a date-time with at most millisecond precision, got {_quote(value)}"
         )
     try:
-        tz = timezone.utc
+        tz = UTC
         if offset != "Z":
             sign = 1 if offset[0] == "+" else -1
             tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
@@ -61,7 +61,7 @@ def parse_datetime(value: Any) -> datetime:
             int(year), int(month), int(day), int(hour), int(minute), int(second),
             int(fraction[:3]) * 1000, tzinfo=tz,
         )
-        return parsed.astimezone(timezone.utc)
+        return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise ValueError(f"expected a real date-time, got {_quote(value)}") from None
 
@@ -82,7 +82,7 @@ def parse_date(value: Any) -> date:
 
 def format_datetime(value: datetime) -> str:
     """Format as Voucherify does: UTC, three fractional digits, a literal ``Z``."""
-    utc = value.astimezone(timezone.utc)
+    utc = value.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

@@ -12,11 +12,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
     and_,
     delete,
     func,
@@ -46,17 +47,17 @@ from repository.mapping import (
 
 __all__ = ["CustomerRepository", "UpsertOutcome", "UpsertSummary"]
 
-_customers = CustomerRow.__table__
-_addresses = CustomerAddressRow.__table__
-_campaigns = LoyaltyCampaignRow.__table__
-_referrals = ReferralEntryRow.__table__
-_tombstones = CustomerTombstoneRow.__table__
+_customers = cast(Table, CustomerRow.__table__)
+_addresses = cast(Table, CustomerAddressRow.__table__)
+_campaigns = cast(Table, LoyaltyCampaignRow.__table__)
+_referrals = cast(Table, ReferralEntryRow.__table__)
+_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 _ADDRESS_LABEL = "address__"
 _ADDRESS_SELECT = [_addresses.c[name].label(_ADDRESS_LABEL + name) for name in ADDRESS_COLUMNS]
 
 
-class UpsertOutcome(str, enum.Enum):
+class UpsertOutcome(enum.StrEnum):
     """What an upsert did: stored the payload, or kept a newer stored state."""
 
     APPLIED = "applied"
@@ -264,8 +265,8 @@ class CustomerRepository:
 
     def _children(
         self, table: Any, ids: Sequence[str], order: Any
-    ) -> dict[str, list[Mapping[str, Any]]]:
-        grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    ) -> dict[str, list[Mapping[Any, Any]]]:
+        grouped: dict[str, list[Mapping[Any, Any]]] = defaultdict(list)
         query = (
             select(table)
             .where(table.c.customer_id.in_(ids))
@@ -276,7 +277,7 @@ class CustomerRepository:
         return grouped
 
 
-def _address_of(head: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _address_of(head: Mapping[Any, Any]) -> Mapping[Any, Any] | None:
     if head[_ADDRESS_LABEL + "customer_id"] is None:
         return None
     return {name: head[_ADDRESS_LABEL + name] for name in ADDRESS_COLUMNS}

@@ -122,4 +122,5 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _first_line(error: BaseException | None) -> str:
-    return str(error).strip().splitlines()[0] if error is not None and str(error).strip() else "unknown error"
+    text = str(error).strip() if error is not None else ""
+    return text.splitlines()[0] if text else "unknown error"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Union
+from typing import Any
 
 from models.customer import Customer
 
@@ -60,7 +60,7 @@ class Node:
     fields: dict[str, Spec]
 
 
-Spec = Union[Leaf, Document, Child, Node]
+Spec = Leaf | Document | Child | Node
 
 
 def _leaves(columns: Sequence[str], prefix: str = "", first_bit: int = 0) -> dict[str, Spec]:
@@ -184,15 +184,17 @@ def customer_to_rows(customer: Customer) -> CustomerRows:
 
 
 def customer_from_rows(
-    customer: Mapping[str, Any],
-    address: Mapping[str, Any] | None,
-    campaigns: Sequence[Mapping[str, Any]],
-    referrals: Sequence[Mapping[str, Any]],
+    customer: Mapping[Any, Any],
+    address: Mapping[Any, Any] | None,
+    campaigns: Sequence[Mapping[Any, Any]],
+    referrals: Sequence[Mapping[Any, Any]],
 ) -> Customer:
     """Reassemble the documented shape from a customer's rows."""
     children = {
         "address": _flat_value(ADDRESS_LAYOUT, address) if address is not None else None,
-        "loyalty.campaigns": {row["campaign"]: _flat_value(CAMPAIGN_LAYOUT, row) for row in campaigns},
+        "loyalty.campaigns": {
+            row["campaign"]: _flat_value(CAMPAIGN_LAYOUT, row) for row in campaigns
+        },
         "referrals.campaigns": [
             _flat_value(REFERRAL_LAYOUT, row)
             for row in sorted(referrals, key=lambda r: r["position"])
@@ -205,7 +207,9 @@ def customer_from_rows(
     return Customer.model_validate(value)
 
 
-def _encode(layout: Mapping[str, Spec], value: Mapping[str, Any], path: str, enc: _Encoding) -> None:
+def _encode(
+    layout: Mapping[str, Spec], value: Mapping[str, Any], path: str, enc: _Encoding
+) -> None:
     for key, spec in layout.items():
         if key not in value:
             enc.absent |= 1 << spec.bit
@@ -225,7 +229,7 @@ def _encode(layout: Mapping[str, Spec], value: Mapping[str, Any], path: str, enc
 
 
 def _decode(
-    layout: Mapping[str, Spec], row: Mapping[str, Any], path: str, absent: int, null: int,
+    layout: Mapping[str, Spec], row: Mapping[Any, Any], path: str, absent: int, null: int,
     extra: Mapping[str, Any], children: Mapping[str, Any],
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -244,12 +248,14 @@ def _decode(
     return out
 
 
-def _flat_row(layout: Mapping[str, Spec], value: Mapping[str, Any], **keys: Any) -> dict[str, Any]:
+def _flat_row(
+    layout: Mapping[str, Spec], value: Mapping[str, Any], **keys: Any
+) -> dict[str, Any]:
     enc = _Encoding(row=dict.fromkeys(_columns(layout)))
     _encode(layout, value, "", enc)
     return {**keys, **enc.row, "absent_mask": enc.absent, "extra": enc.extra.get("") or None}
 
 
-def _flat_value(layout: Mapping[str, Spec], row: Mapping[str, Any]) -> dict[str, Any]:
+def _flat_value(layout: Mapping[str, Spec], row: Mapping[Any, Any]) -> dict[str, Any]:
     extra = {"": row["extra"]} if row["extra"] else {}
     return _decode(layout, row, "", row["absent_mask"], 0, extra, {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -111,7 +111,7 @@ def test_a_datetime_with_an_offset_comes_back_as_the_same_instant_in_utc(
 
 
 def test_null_absent_and_empty_objects_are_told_apart(repo: CustomerRepository) -> None:
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "cust_addr_null": {"address": None},
         "cust_addr_empty": {"address": {}},
         "cust_addr_nulls": {"address": dict.fromkeys(
@@ -232,7 +232,7 @@ def test_an_earlier_deletion_does_not_move_the_tombstone_back(repo: CustomerRepo
 
 def test_delete_refuses_a_naive_time(repo: CustomerRepository) -> None:
     with pytest.raises(ValueError, match="time zone"):
-        repo.delete("cust_test0001", deleted_at=datetime(2024, 1, 1))  # noqa: DTZ001
+        repo.delete("cust_test0001", deleted_at=datetime(2024, 1, 1))
 
 
 def test_source_id_lookup_returns_the_newest_live_holder(repo: CustomerRepository) -> None:
@@ -340,4 +340,4 @@ def test_make_engine_uses_psycopg_for_every_postgresql_spelling(url: str) -> Non
 def test_stored_times_are_utc(repo: CustomerRepository, session: Session) -> None:
     repo.upsert(_customer(updated_at="2024-02-01T05:00:00.000+05:00"))
     row = session.scalars(select(CustomerRow)).one()
-    assert row.version_at == datetime(2024, 2, 1, 0, 0, tzinfo=timezone.utc)
+    assert row.version_at == datetime(2024, 2, 1, 0, 0, tzinfo=UTC)

@@ -6,6 +6,7 @@ Create Date: 2026-11-25
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -24,14 +25,14 @@ JSON = sa.JSON(none_as_null=True).with_variant(
 TIME = sa.DateTime(timezone=True)
 
 
-def _bookkeeping(mask_type: sa.types.TypeEngine) -> list[sa.Column]:
+def _bookkeeping(mask_type: sa.types.TypeEngine[int]) -> list[sa.Column[Any]]:
     return [
         sa.Column("absent_mask", mask_type, server_default=sa.text("0"), nullable=False),
         sa.Column("extra", JSON, nullable=True),
     ]
 
 
-def _customer_key() -> sa.Column:
+def _customer_key() -> sa.Column[str]:
     return sa.Column("customer_id", KEY, nullable=False)
 
 
