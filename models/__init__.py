@@ -5,6 +5,7 @@ No I/O happens here: the repository package reads and writes these.
 
 from models.base import Base
 from models.customer import Customer
+from models.events import EventOutcome, WebhookEventRow
 from models.tables import (
     CustomerAddressRow,
     CustomerRow,
@@ -21,8 +22,10 @@ __all__ = [
     "CustomerRow",
     "CustomerTombstoneRow",
     "CustomerValidationError",
+    "EventOutcome",
     "FieldError",
     "LoyaltyCampaignRow",
     "ReferralEntryRow",
+    "WebhookEventRow",
     "parse_customer",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "describe_value",
     "json_path",
     "parse_customer",
+    "text_problem",
 ]
 
 #: How deep metadata (or any unknown key) may nest; deeper input is refused.
@@ -139,7 +140,7 @@ def _unstorable_values(value: Any, path: tuple[Any, ...], depth: int) -> Any:
         yield FieldError(json_path(path), f"nested deeper than {MAX_NESTING} levels")
         return
     if isinstance(value, str):
-        problem = _bad_string(value)
+        problem = text_problem(value)
         if problem:
             yield FieldError(json_path(path), problem)
     elif isinstance(value, float):
@@ -147,7 +148,7 @@ def _unstorable_values(value: Any, path: tuple[Any, ...], depth: int) -> Any:
             yield FieldError(json_path(path), f"expected a finite number, got {value!r}")
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            problem = _bad_string(key) if isinstance(key, str) else "expected a string key"
+            problem = text_problem(key) if isinstance(key, str) else "expected a string key"
             if problem:
                 yield FieldError(json_path((*path, key)), f"key {problem}")
             yield from _unstorable_values(item, (*path, key), depth + 1)
@@ -156,7 +157,8 @@ def _unstorable_values(value: Any, path: tuple[Any, ...], depth: int) -> Any:
             yield from _unstorable_values(item, (*path, index), depth + 1)
 
 
-def _bad_string(text: str) -> str | None:
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored in a text column, or ``None`` if it can."""
     if "\x00" in text:
         return "contains U+0000, which PostgreSQL cannot store"
     try:

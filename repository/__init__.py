@@ -1,7 +1,12 @@
 """Reading and writing customers: the mapping between the shape and the rows, the
 queries, bulk import, and running the migrations. All SQL of the project lives here."""
 
-from repository.customers import CustomerRepository, UpsertOutcome, UpsertSummary
+from repository.customers import (
+    CustomerRepository,
+    DeleteOutcome,
+    UpsertOutcome,
+    UpsertSummary,
+)
 from repository.engine import DEFAULT_DATABASE_URL, make_engine, make_session_factory
 from repository.importer import ImportReport, Rejection, import_records
 from repository.records import Record, read_records
@@ -9,6 +14,7 @@ from repository.records import Record, read_records
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "CustomerRepository",
+    "DeleteOutcome",
     "ImportReport",
     "Record",
     "Rejection",

@@ -45,7 +45,7 @@ from repository.mapping import (
     customer_to_rows,
 )
 
-__all__ = ["CustomerRepository", "UpsertOutcome", "UpsertSummary"]
+__all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
 
 _customers = cast(Table, CustomerRow.__table__)
 _addresses = cast(Table, CustomerAddressRow.__table__)
@@ -61,6 +61,15 @@ class UpsertOutcome(enum.StrEnum):
     """What an upsert did: stored the payload, or kept a newer stored state."""
 
     APPLIED = "applied"
+    STALE = "stale"
+
+
+class DeleteOutcome(enum.StrEnum):
+    """What a delete did: removed a stored customer, only remembered the deletion (none
+    was stored, or only a dated tombstone), or nothing (a later deletion is known)."""
+
+    REMOVED = "removed"
+    RECORDED = "recorded"
     STALE = "stale"
 
 
@@ -105,27 +114,29 @@ class CustomerRepository:
                 summary.stale += 1
         return summary
 
-    def delete(self, customer_id: str, *, deleted_at: datetime) -> bool:
+    def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
         """Delete a customer and remember the deletion, so older updates cannot revive it.
 
-        Returns whether a stored customer was removed. The tombstone is kept (or moved
-        later) even when the customer was never stored: its creation may still be on its way.
+        The tombstone is kept (or moved later) even when the customer was never stored:
+        its creation may still be on its way.
         """
         if deleted_at.tzinfo is None:
             raise ValueError("deleted_at must carry a time zone")
         self._lock(customer_id)
         ins = self._insert(_tombstones).values(customer_id=customer_id, deleted_at=deleted_at)
-        self.session.execute(
+        remembered = self.session.execute(
             ins.on_conflict_do_update(
                 index_elements=[_tombstones.c.customer_id],
                 set_={"deleted_at": ins.excluded.deleted_at},
                 where=ins.excluded.deleted_at > _tombstones.c.deleted_at,
-            )
-        )
-        result = self.session.execute(
+            ).returning(_tombstones.c.customer_id)
+        ).first()
+        removed = self.session.execute(
             delete(_customers).where(_customers.c.id == customer_id).returning(_customers.c.id)
-        )
-        return result.first() is not None
+        ).first()
+        if removed is not None:
+            return DeleteOutcome.REMOVED
+        return DeleteOutcome.RECORDED if remembered is not None else DeleteOutcome.STALE
 
     # -- reads -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from models import (
     ReferralEntryRow,
 )
 from repository import CustomerRepository, UpsertOutcome, make_engine
+from repository.customers import DeleteOutcome
 from tests.conftest import load_example_customers
 
 VALID_EXAMPLE_REJECTIONS = {
@@ -191,7 +192,8 @@ def test_a_deleted_customer_is_not_brought_back_by_an_older_update(
     repo: CustomerRepository,
 ) -> None:
     repo.upsert(_customer())
-    assert repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z")) is True
+    removed = repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
+    assert removed is DeleteOutcome.REMOVED
     assert repo.get("cust_test0001") is None
     late_update = _customer(updated_at="2024-02-15T00:00:00.000Z", name="Late")
     assert repo.upsert(late_update) is UpsertOutcome.STALE
@@ -202,7 +204,8 @@ def test_a_deleted_customer_is_not_brought_back_by_an_older_update(
 
 
 def test_a_deletion_before_the_creation_arrives_still_wins(repo: CustomerRepository) -> None:
-    assert repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z")) is False
+    recorded = repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
+    assert recorded is DeleteOutcome.RECORDED
     assert repo.upsert(_customer()) is UpsertOutcome.STALE
     assert repo.count() == 0
 
@@ -226,7 +229,8 @@ def test_deleting_removes_every_child_row(repo: CustomerRepository, session: Ses
 
 def test_an_earlier_deletion_does_not_move_the_tombstone_back(repo: CustomerRepository) -> None:
     repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
-    repo.delete("cust_test0001", deleted_at=_at("2024-01-01T00:00:00Z"))
+    earlier = repo.delete("cust_test0001", deleted_at=_at("2024-01-01T00:00:00Z"))
+    assert earlier is DeleteOutcome.STALE
     assert repo.is_deleted("cust_test0001") == _at("2024-03-01T00:00:00Z")
 
 

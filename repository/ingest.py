@@ -1,0 +1,292 @@
+"""Webhook ingestion: at-least-once, out-of-order deliveries stored exactly once.
+
+Every delivery with an event id is recorded in ``webhook_events`` with its raw body. The
+event row is claimed with a native upsert before anything else happens: the first
+delivery inserts it, a redelivery of a rejected event takes it over, and any other
+redelivery finds it taken and is a duplicate. The claim, the customer change and the
+outcome commit together, so a crash leaves either all of them or none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.customer import Customer
+from models.events import EventOutcome, WebhookEventRow
+from models.validation import CustomerValidationError, parse_customer
+from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
+from models.wire import parse_datetime
+from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
+from repository.retry import run_in_transaction
+
+__all__ = [
+    "IngestResult",
+    "MalformedDelivery",
+    "count_events",
+    "ingest",
+    "ingest_delivery",
+    "list_events",
+    "replay_rejected",
+]
+
+_events = cast(Table, WebhookEventRow.__table__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one delivery did."""
+
+    event_id: str
+    outcome: EventOutcome
+    event_type: str | None = None
+    customer_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Upsert:
+    customer: Customer
+
+
+@dataclass(frozen=True)
+class _Delete:
+    customer_id: str
+    deleted_at: datetime
+
+
+@dataclass(frozen=True)
+class _Ignore:
+    pass
+
+
+@dataclass(frozen=True)
+class _Reject:
+    error: str
+
+
+_Action = _Upsert | _Delete | _Ignore | _Reject
+
+
+def ingest(
+    session: Session,
+    body: bytes,
+    *,
+    received_at: datetime | None = None,
+    count_delivery: bool = True,
+) -> IngestResult:
+    """Record and process one delivery in the caller's transaction.
+
+    Raises :class:`MalformedDelivery` (and records nothing) when the body is not a JSON
+    object with an event id.
+    """
+    envelope = parse_envelope(body)
+    action = _plan(envelope)
+    now = received_at or datetime.now(UTC)
+    provisional = _provisional_outcome(action)
+    error = action.error if isinstance(action, _Reject) else None
+    if not _claim(session, envelope, body, now, provisional, error, count_delivery):
+        return IngestResult(
+            envelope.event_id, EventOutcome.DUPLICATE, envelope.event_type, envelope.customer_id
+        )
+    outcome = _perform(session, action)
+    if outcome is not provisional:
+        session.execute(
+            update(_events)
+            .where(_events.c.event_id == envelope.event_id)
+            .values(outcome=outcome.value)
+        )
+    return IngestResult(
+        envelope.event_id, outcome, envelope.event_type, envelope.customer_id, error
+    )
+
+
+def ingest_delivery(
+    sessions: sessionmaker[Session],
+    body: bytes,
+    *,
+    received_at: datetime | None = None,
+    count_delivery: bool = True,
+) -> IngestResult:
+    """:func:`ingest` in a transaction of its own, retried when the database asks for it."""
+    return run_in_transaction(
+        sessions,
+        lambda session: ingest(
+            session, body, received_at=received_at, count_delivery=count_delivery
+        ),
+    )
+
+
+def list_events(
+    session: Session,
+    *,
+    outcome: EventOutcome | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> Sequence[WebhookEventRow]:
+    """Recorded events ordered by event id, a page at a time (``after`` = last id seen)."""
+    query = select(WebhookEventRow).order_by(WebhookEventRow.event_id).limit(limit)
+    if outcome is EventOutcome.DUPLICATE:
+        query = query.where(WebhookEventRow.deliveries > 1)
+    elif outcome is not None:
+        query = query.where(WebhookEventRow.outcome == outcome.value)
+    if after is not None:
+        query = query.where(WebhookEventRow.event_id > after)
+    return session.scalars(query).all()
+
+
+def count_events(session: Session) -> dict[str, int]:
+    """How many recorded events have each outcome, and how many redeliveries were duplicates."""
+    rows = session.execute(
+        select(_events.c.outcome, func.count(), func.sum(_events.c.deliveries - 1))
+        .group_by(_events.c.outcome)
+    ).all()
+    counts = {outcome: int(n) for outcome, n, _ in rows}
+    counts[EventOutcome.DUPLICATE.value] = sum(int(d or 0) for _, _, d in rows)
+    return counts
+
+
+def replay_rejected(
+    sessions: sessionmaker[Session],
+    *,
+    on_result: Callable[[IngestResult], None] | None = None,
+) -> list[IngestResult]:
+    """Process every recorded ``rejected`` event again (after a fix), from its raw body."""
+    results: list[IngestResult] = []
+    for event_id, body in _rejected_bodies(sessions):
+        try:
+            result = ingest_delivery(sessions, body, count_delivery=False)
+        except MalformedDelivery as exc:  # recorded once, so only a changed parser gets here
+            result = IngestResult(event_id, EventOutcome.REJECTED, error=str(exc))
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _rejected_bodies(sessions: sessionmaker[Session]) -> Iterator[tuple[str, bytes]]:
+    after = ""
+    while True:
+        with sessions() as session:
+            page = session.execute(
+                select(_events.c.event_id, _events.c.body)
+                .where(_events.c.outcome == EventOutcome.REJECTED.value)
+                .where(_events.c.event_id > after)
+                .order_by(_events.c.event_id)
+                .limit(100)
+            ).all()
+        if not page:
+            return
+        for event_id, body in page:
+            yield event_id, bytes(body)
+        after = page[-1][0]
+
+
+def _plan(envelope: Envelope) -> _Action:
+    """Decide what the delivery asks for, before touching the database."""
+    if envelope.problem is not None:
+        return _Reject(envelope.problem)
+    if envelope.event_type not in CUSTOMER_CHANGE_EVENTS:
+        # Other events may carry a smaller customer; it must not replace the full one.
+        return _Ignore()
+    customer = envelope.customer
+    if not isinstance(customer, dict):
+        return _Reject("$.data.customer: expected an object")
+    if envelope.event_type == "customer.deleted":
+        return _plan_deletion(envelope, customer)
+    try:
+        return _Upsert(parse_customer(customer))
+    except CustomerValidationError as exc:
+        return _Reject("; ".join(
+            f"$.data.customer{e.path[1:]}: {e.message}" for e in exc.errors
+        ))
+
+
+def _plan_deletion(envelope: Envelope, customer: dict[str, Any]) -> _Action:
+    customer_id = envelope.customer_id
+    if customer_id is None:
+        return _Reject("$.data.customer.id: expected a customer id string")
+    times = [envelope.created_at] if envelope.created_at is not None else []
+    for key in ("updated_at", "created_at"):
+        value = customer.get(key)
+        if value is None:
+            continue
+        try:
+            times.append(parse_datetime(value))
+        except (TypeError, ValueError) as exc:
+            return _Reject(f"$.data.customer.{key}: {exc or 'expected a date-time string'}")
+        break
+    if not times:
+        return _Reject("no time to date the deletion: $.event.created_at is missing")
+    # The tombstone is dated at the later of the customer's last change and the event, so
+    # that no update of the customer, however late it arrives, outlives the deletion.
+    return _Delete(customer_id, max(times))
+
+
+def _provisional_outcome(action: _Action) -> EventOutcome:
+    if isinstance(action, _Reject):
+        return EventOutcome.REJECTED
+    if isinstance(action, _Ignore):
+        return EventOutcome.IGNORED
+    return EventOutcome.APPLIED
+
+
+def _claim(
+    session: Session,
+    envelope: Envelope,
+    body: bytes,
+    now: datetime,
+    outcome: EventOutcome,
+    error: str | None,
+    count_delivery: bool,
+) -> bool:
+    """Insert the event row, or take over a rejected one; False if another delivery has it."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    fields = {
+        "envelope_id": envelope.envelope_id,
+        "event_type": envelope.event_type,
+        "project_id": envelope.project_id,
+        "customer_id": envelope.customer_id,
+        "event_created_at": envelope.created_at,
+        "last_received_at": now,
+        "outcome": outcome.value,
+        "error": error,
+        "body": body,
+    }
+    ins = dialect.insert(_events).values(
+        event_id=envelope.event_id, first_received_at=now, deliveries=1, **fields
+    )
+    deliveries = _events.c.deliveries + 1 if count_delivery else _events.c.deliveries
+    claim = ins.on_conflict_do_update(
+        index_elements=[_events.c.event_id],
+        set_={**{name: ins.excluded[name] for name in fields}, "deliveries": deliveries},
+        where=_events.c.outcome == EventOutcome.REJECTED.value,
+    ).returning(_events.c.event_id)
+    if session.execute(claim).first() is not None:
+        return True
+    if count_delivery:
+        session.execute(
+            update(_events)
+            .where(_events.c.event_id == envelope.event_id)
+            .values(deliveries=_events.c.deliveries + 1, last_received_at=now)
+        )
+    return False
+
+
+def _perform(session: Session, action: _Action) -> EventOutcome:
+    if isinstance(action, _Reject):
+        return EventOutcome.REJECTED
+    if isinstance(action, _Ignore):
+        return EventOutcome.IGNORED
+    repo = CustomerRepository(session)
+    if isinstance(action, _Upsert):
+        upserted = repo.upsert(action.customer)
+        return EventOutcome.APPLIED if upserted is UpsertOutcome.APPLIED else EventOutcome.STALE
+    deleted = repo.delete(action.customer_id, deleted_at=action.deleted_at)
+    return EventOutcome.STALE if deleted is DeleteOutcome.STALE else EventOutcome.APPLIED
