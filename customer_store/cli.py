@@ -1,24 +1,36 @@
-"""``customer-store``: migrate, import, get and export customers from the command line.
+"""``customer-store``: the command line of the customer store.
 
-Exit status: 0 success, 1 when records were rejected or a customer was not found or the
-database failed, 2 for usage errors.
+Customer commands (migrate, import, get, export) live here; webhook commands (ingest,
+serve, events, replay) in :mod:`customer_store.webhooks_cli`. Exit status: 0 success,
+1 when records were rejected, a customer was not found or the database failed, 2 for
+usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, TextIO
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
+from customer_store import webhooks_cli
+from customer_store.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    db_message,
+    open_engine,
+    open_input,
+    open_output,
+    require_schema,
+    safe_url,
+)
 from customer_store.progress import Progress
 from repository import (
     DEFAULT_DATABASE_URL,
@@ -26,23 +38,12 @@ from repository import (
     ImportReport,
     Rejection,
     import_records,
-    make_engine,
     make_session_factory,
     read_records,
 )
-from repository.schema import current_revision, head_revision, upgrade_to_head
+from repository.schema import current_revision, upgrade_to_head
 
-__all__ = ["main"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class CommandError(Exception):
-    """A failure to report in one line, with its exit status."""
-
-    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,50 +54,60 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--database-url",
         default=None,
-        help="database URL: postgresql://user@host/db or sqlite:///path "
+        metavar="URL",
+        help="postgresql://user@host/db or sqlite:///path "
         f"(default: $DATABASE_URL, else {DEFAULT_DATABASE_URL})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    migrate = commands.add_parser(
+        "migrate", help="upgrade the database schema to the newest revision"
+    )
+    migrate.set_defaults(run=None)
 
     imp = commands.add_parser(
-        "import",
-        help="import customers: JSON Lines, a JSON array, or Voucherify list pages",
+        "import", help="import customers: JSON Lines, a JSON array, or Voucherify list pages"
     )
     imp.add_argument("path", nargs="?", default="-", help="input file, or - for stdin")
     imp.add_argument(
-        "--batch-size", type=_positive_int, default=500, help="records per transaction"
+        "--batch-size", type=positive_int, default=500, help="records per transaction"
     )
+    imp.set_defaults(run=_import)
 
     get = commands.add_parser("get", help="print one customer as JSON")
     which = get.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="the Voucherify customer id (cust_...)")
     which.add_argument("--source-id", help="look the customer up by source_id instead")
+    get.set_defaults(run=_get)
 
     exp = commands.add_parser("export", help="write every customer as JSON Lines, ordered by id")
     exp.add_argument("path", nargs="?", default="-", help="output file, or - for stdout")
+    exp.set_defaults(run=_export)
+
+    webhooks_cli.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
-        if args.command == "migrate":
+        if args.run is None:
             return _migrate(url)
-        engine = _engine(url)
+        engine = open_engine(url)
         try:
-            _require_schema(engine)
-            handler = {"import": _import, "get": _get, "export": _export}[args.command]
-            return handler(engine, args)
+            require_schema(engine)
+            status: int = args.run(engine, args)
+            return status
         finally:
             engine.dispose()
     except CommandError as exc:
         print(f"customer-store: {exc}", file=sys.stderr)
         return exc.status
     except SQLAlchemyError as exc:
-        print(f"customer-store: database error: {_db_message(exc)}", file=sys.stderr)
+        print(f"customer-store: database error: {db_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("customer-store: interrupted", file=sys.stderr)
@@ -108,14 +119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _migrate(url: str) -> int:
-    engine = _engine(url)
+    engine = open_engine(url)
     try:
         upgrade_to_head(url)
         revision = current_revision(engine)
     finally:
         engine.dispose()
-    print(f"schema of {_safe(url)} is at revision {revision} (head)", file=sys.stderr)
+    print(f"schema of {safe_url(url)} is at revision {revision} (head)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -127,11 +148,13 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
         print(f"rejected {rejection.location}: {rejection.reason}", file=sys.stderr)
 
     def on_progress(report: ImportReport) -> None:
-        progress.update(report.total, f"{report.applied} applied, {report.stale} stale, "
-                        f"{report.rejected} rejected")
+        progress.update(
+            report.total,
+            f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
+        )
 
     started = time.monotonic()
-    with _open_input(args.path) as stream:
+    with open_input(args.path) as stream:
         report = import_records(
             make_session_factory(engine),
             read_records(stream),
@@ -140,10 +163,9 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
             on_progress=on_progress,
         )
     progress.finish()
-    elapsed = time.monotonic() - started
     print(
-        f"imported {report.total} records in {elapsed:.1f}s: {report.applied} applied, "
-        f"{report.stale} stale, {report.rejected} rejected",
+        f"imported {report.total} records in {time.monotonic() - started:.1f}s: "
+        f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
         file=sys.stderr,
     )
     return EXIT_FAILED if report.rejected else EXIT_OK
@@ -166,7 +188,7 @@ def _get(engine: Engine, args: argparse.Namespace) -> int:
 def _export(engine: Engine, args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, noun="customers")
     count = 0
-    with make_session_factory(engine)() as session, _open_output(args.path) as out:
+    with make_session_factory(engine)() as session, open_output(args.path) as out:
         for customer in CustomerRepository(session).iter_all():
             out.write(json.dumps(customer.to_json(), ensure_ascii=False, separators=(",", ":")))
             out.write("\n")
@@ -176,78 +198,6 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
     progress.finish()
     print(f"exported {count} customers", file=sys.stderr)
     return EXIT_OK
-
-
-def _engine(url: str) -> Engine:
-    try:
-        return make_engine(url)
-    except (ValueError, ArgumentError) as exc:
-        raise CommandError(f"bad database URL: {exc}", EXIT_USAGE) from None
-
-
-def _require_schema(engine: Engine) -> None:
-    current, head = current_revision(engine), head_revision()
-    if current != head:
-        raise CommandError(
-            f"the schema of {_safe(engine.url)} is at revision {current or 'none'}, "
-            f"not {head}: run `customer-store migrate` first"
-        )
-
-
-@contextmanager
-def _open_input(path: str) -> Iterator[TextIO]:
-    # Undecodable bytes become lone surrogates, which validation rejects per record
-    # instead of the whole file failing at the first bad byte.
-    if path == "-":
-        stream = open(  # noqa: SIM115
-            sys.stdin.fileno(), encoding="utf-8-sig", errors="surrogateescape", closefd=False
-        )
-    else:
-        try:
-            stream = open(path, encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115
-        except OSError as exc:
-            raise CommandError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
-    with stream:
-        yield stream
-
-
-@contextmanager
-def _open_output(path: str) -> Iterator[TextIO]:
-    if path == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    try:
-        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror}", EXIT_USAGE) from None
-    with stream:
-        yield stream
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _safe(url: Any) -> str:
-    try:
-        return make_url(str(url) if not hasattr(url, "render_as_string") else url).render_as_string(
-            hide_password=True
-        )
-    except ArgumentError:
-        return "<unparseable URL>"
-
-
-def _db_message(exc: SQLAlchemyError) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

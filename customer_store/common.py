@@ -1,0 +1,115 @@
+"""What the command-line modules share: errors with exit codes, files, safe messages."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO, TextIO
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from repository import make_engine
+from repository.schema import current_revision, head_revision
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandError",
+    "db_message",
+    "open_binary_input",
+    "open_engine",
+    "open_input",
+    "open_output",
+    "require_schema",
+    "safe_url",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A failure to report in one line, with its exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def open_engine(url: str) -> Engine:
+    try:
+        return make_engine(url)
+    except (ValueError, ArgumentError) as exc:
+        raise CommandError(f"bad database URL: {exc}", EXIT_USAGE) from None
+
+
+def require_schema(engine: Engine) -> None:
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise CommandError(
+            f"the schema of {safe_url(engine.url)} is at revision {current or 'none'}, "
+            f"not {head}: run `customer-store migrate` first"
+        )
+
+
+@contextmanager
+def open_input(path: str) -> Iterator[TextIO]:
+    """Text input; undecodable bytes become lone surrogates, which validation rejects
+    per record instead of the whole file failing at the first bad byte."""
+    try:
+        if path == "-":
+            stream = open(  # noqa: SIM115
+                sys.stdin.fileno(), encoding="utf-8-sig", errors="surrogateescape", closefd=False
+            )
+        else:
+            stream = open(path, encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    with stream:
+        yield stream
+
+
+@contextmanager
+def open_binary_input(path: str) -> Iterator[BinaryIO]:
+    """Raw bytes, for webhook bodies that must be kept exactly as received."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        stream = open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    with stream:
+        yield stream
+
+
+@contextmanager
+def open_output(path: str) -> Iterator[TextIO]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}", EXIT_USAGE) from None
+    with stream:
+        yield stream
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, fit for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def db_message(exc: SQLAlchemyError) -> str:
+    """The first line of the driver's message (never the statement or its parameters)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,151 @@
+"""Webhook commands: ``ingest``, ``serve``, ``events`` and ``replay``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import Engine
+
+from customer_store.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, open_binary_input
+from customer_store.progress import Progress
+from models.events import EventOutcome
+from repository import make_session_factory
+from repository.ingest import (
+    IngestResult,
+    MalformedDelivery,
+    ingest_delivery,
+    list_events,
+    replay_rejected,
+)
+
+__all__ = ["SECRET_ENV", "add_commands"]
+
+SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"  # noqa: S105 (the variable name, not a secret)
+
+
+def add_commands(commands: Any) -> None:
+    """Register the webhook subcommands on the main parser's subparsers."""
+    ingest = commands.add_parser(
+        "ingest", help="ingest Voucherify webhook envelopes, one JSON object per line"
+    )
+    ingest.add_argument("path", nargs="?", default="-", help="input file, or - for stdin")
+    ingest.set_defaults(run=_ingest)
+
+    serve = commands.add_parser("serve", help="receive Voucherify webhooks over HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=1024 * 1024, help="largest body accepted"
+    )
+    serve.add_argument(
+        "--no-signature-check",
+        action="store_true",
+        help=f"accept unsigned deliveries (only for tests; without it {SECRET_ENV} is required)",
+    )
+    serve.set_defaults(run=_serve)
+
+    events = commands.add_parser("events", help="list recorded webhook events as JSON Lines")
+    events.add_argument("--outcome", choices=[o.value for o in EventOutcome])
+    events.add_argument("--limit", type=int, default=None, help="at most this many events")
+    events.set_defaults(run=_events)
+
+    replay = commands.add_parser("replay", help="process recorded rejected events again")
+    replay.set_defaults(run=_replay)
+
+
+def _ingest(engine: Engine, args: argparse.Namespace) -> int:
+    sessions = make_session_factory(engine)
+    counts: Counter[str] = Counter()
+    progress = Progress(sys.stderr, noun="events")
+    with open_binary_input(args.path) as stream:
+        for number, line in enumerate(stream, start=1):
+            body = line.rstrip(b"\r\n")
+            if not body.strip():
+                continue
+            try:
+                result = ingest_delivery(sessions, body)
+            except MalformedDelivery as exc:
+                counts["malformed"] += 1
+                progress.clear()
+                print(f"malformed line {number}: {exc}", file=sys.stderr)
+                continue
+            counts[result.outcome.value] += 1
+            if result.outcome is EventOutcome.REJECTED:
+                progress.clear()
+                print(f"rejected line {number} (event {result.event_id}): {result.error}",
+                      file=sys.stderr)
+            progress.update(sum(counts.values()), _summary(counts))
+    progress.finish()
+    print(f"ingested {sum(counts.values())} events: {_summary(counts)}", file=sys.stderr)
+    return EXIT_FAILED if counts["rejected"] or counts["malformed"] else EXIT_OK
+
+
+def _serve(engine: Engine, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from customer_store.web import create_app
+
+    secret = os.environ.get(SECRET_ENV, "")
+    if not secret and not args.no_signature_check:
+        raise CommandError(
+            f"set {SECRET_ENV} to the webhook secret of the Voucherify project, or pass "
+            "--no-signature-check to accept unsigned deliveries", EXIT_USAGE,
+        )
+    app = create_app(
+        make_session_factory(engine),
+        secret=secret.encode("utf-8") if secret else None,
+        max_body_bytes=args.max_body_bytes,
+    )
+    print(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
+          f"(signatures {'checked' if secret else 'NOT checked'})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+    return EXIT_OK
+
+
+def _events(engine: Engine, args: argparse.Namespace) -> int:
+    sessions = make_session_factory(engine)
+    outcome = EventOutcome(args.outcome) if args.outcome else None
+    shown, after = 0, None
+    with sessions() as session:
+        while args.limit is None or shown < args.limit:
+            page = list_events(session, outcome=outcome, after=after, limit=500)
+            if not page:
+                break
+            for row in page[: None if args.limit is None else args.limit - shown]:
+                print(json.dumps({
+                    "event_id": row.event_id,
+                    "type": row.event_type,
+                    "customer_id": row.customer_id,
+                    "outcome": row.outcome,
+                    "deliveries": row.deliveries,
+                    "first_received_at": row.first_received_at.isoformat(),
+                    "last_received_at": row.last_received_at.isoformat(),
+                    "error": row.error,
+                }, ensure_ascii=False))
+                shown += 1
+            after = page[-1].event_id
+            session.expunge_all()
+    return EXIT_OK
+
+
+def _replay(engine: Engine, args: argparse.Namespace) -> int:
+    counts: Counter[str] = Counter()
+
+    def on_result(result: IngestResult) -> None:
+        counts[result.outcome.value] += 1
+        if result.outcome is EventOutcome.REJECTED:
+            print(f"still rejected: event {result.event_id}: {result.error}", file=sys.stderr)
+
+    replay_rejected(make_session_factory(engine), on_result=on_result)
+    print(f"replayed {sum(counts.values())} events: {_summary(counts)}", file=sys.stderr)
+    return EXIT_FAILED if counts["rejected"] else EXIT_OK
+
+
+def _summary(counts: Counter[str]) -> str:
+    order = [o.value for o in EventOutcome] + ["malformed"]
+    return ", ".join(f"{counts[name]} {name}" for name in order if counts[name]) or "nothing"
