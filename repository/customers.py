@@ -8,15 +8,13 @@ of one customer end in the newest state rather than colliding.
 from __future__ import annotations
 
 import enum
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
     Table,
     and_,
     delete,
@@ -37,13 +35,8 @@ from models.tables import (
     ReferralEntryRow,
 )
 from models.validation import parse_customer
-from repository.mapping import (
-    ADDRESS_COLUMNS,
-    CUSTOMER_COLUMNS,
-    CustomerRows,
-    customer_from_rows,
-    customer_to_rows,
-)
+from repository.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
+from repository.reads import customer_select, decode_customer
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
 
@@ -52,9 +45,6 @@ _addresses = cast(Table, CustomerAddressRow.__table__)
 _campaigns = cast(Table, LoyaltyCampaignRow.__table__)
 _referrals = cast(Table, ReferralEntryRow.__table__)
 _tombstones = cast(Table, CustomerTombstoneRow.__table__)
-
-_ADDRESS_LABEL = "address__"
-_ADDRESS_SELECT = [_addresses.c[name].label(_ADDRESS_LABEL + name) for name in ADDRESS_COLUMNS]
 
 
 class UpsertOutcome(enum.StrEnum):
@@ -141,7 +131,7 @@ class CustomerRepository:
     # -- reads -----------------------------------------------------------------------
 
     def get(self, customer_id: str) -> Customer | None:
-        """The stored customer, or ``None``. Three statements, however large it is."""
+        """The stored customer, or ``None``: one statement, however large it is."""
         found = self._load(_customers.c.id == customer_id, limit=1)
         return found[0] if found else None
 
@@ -250,47 +240,7 @@ class CustomerRepository:
         return dialect.insert(table)
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
-        query: Select[Any] = (
-            select(_customers, *_ADDRESS_SELECT)
-            .select_from(_customers.outerjoin(_addresses))
-            .order_by(_customers.c.id)
-            .limit(limit)
-        )
+        query = customer_select(self._dialect).limit(limit)
         if condition is not None:
             query = query.where(condition)
-        heads = [row._mapping for row in self.session.execute(query)]
-        if not heads:
-            return []
-        ids = [head["id"] for head in heads]
-        campaigns = self._children(_campaigns, ids, _campaigns.c.campaign)
-        referrals = self._children(_referrals, ids, _referrals.c.position)
-        return [
-            customer_from_rows(
-                head,
-                _address_of(head),
-                campaigns.get(head["id"], ()),
-                referrals.get(head["id"], ()),
-            )
-            for head in heads
-        ]
-
-    def _children(
-        self, table: Any, ids: Sequence[str], order: Any
-    ) -> dict[str, list[Mapping[Any, Any]]]:
-        grouped: dict[str, list[Mapping[Any, Any]]] = defaultdict(list)
-        query = (
-            select(table)
-            .where(table.c.customer_id.in_(ids))
-            .order_by(table.c.customer_id, order)
-        )
-        for row in self.session.execute(query):
-            grouped[row.customer_id].append(row._mapping)
-        return grouped
-
-
-def _address_of(head: Mapping[Any, Any]) -> Mapping[Any, Any] | None:
-    if head[_ADDRESS_LABEL + "customer_id"] is None:
-        return None
-    return {name: head[_ADDRESS_LABEL + name] for name in ADDRESS_COLUMNS}
-
-
+        return [decode_customer(row) for row in self.session.execute(query)]

@@ -1,0 +1,94 @@
+"""Reading whole customers in one statement per page, on both databases.
+
+The customer row, its address and its loyalty campaigns and referral entries (each
+aggregated into a JSON array by a correlated subquery) come back in one row per customer:
+one round trip for ``get``, one per page for ``iter_all`` and ``find``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import JSON, ColumnElement, Select, Table, func, select, type_coerce
+from sqlalchemy.engine import Row
+
+from models.customer import Customer
+from models.tables import CustomerAddressRow, CustomerRow, LoyaltyCampaignRow, ReferralEntryRow
+from repository.mapping import (
+    ADDRESS_COLUMNS,
+    CAMPAIGN_COLUMNS,
+    REFERRAL_COLUMNS,
+    customer_from_rows,
+)
+
+__all__ = ["customer_select", "decode_customer"]
+
+customers = cast(Table, CustomerRow.__table__)
+addresses = cast(Table, CustomerAddressRow.__table__)
+campaigns = cast(Table, LoyaltyCampaignRow.__table__)
+referrals = cast(Table, ReferralEntryRow.__table__)
+
+_ADDRESS = "address__"
+_CAMPAIGN_FIELDS = [name for name in CAMPAIGN_COLUMNS if name != "customer_id"]
+_REFERRAL_FIELDS = [name for name in REFERRAL_COLUMNS if name != "customer_id"]
+
+
+def customer_select(dialect: str) -> Select[Any]:
+    """``SELECT`` of whole customers, ordered by id; add ``where``/``limit`` to use it."""
+    return (
+        select(
+            customers,
+            *(addresses.c[name].label(_ADDRESS + name) for name in ADDRESS_COLUMNS),
+            _aggregate(campaigns, _CAMPAIGN_FIELDS, dialect).label("campaigns_json"),
+            _aggregate(referrals, _REFERRAL_FIELDS, dialect).label("referrals_json"),
+        )
+        .select_from(customers.outerjoin(addresses))
+        .order_by(customers.c.id)
+    )
+
+
+def decode_customer(row: Row[Any]) -> Customer:
+    """Reassemble the documented shape from one row of :func:`customer_select`."""
+    head = row._mapping
+    address = None
+    if head[_ADDRESS + "customer_id"] is not None:
+        address = {name: head[_ADDRESS + name] for name in ADDRESS_COLUMNS}
+    campaign_rows = [
+        _fields(_CAMPAIGN_FIELDS, values) for values in head["campaigns_json"] or ()
+    ]
+    referral_rows = [
+        _fields(_REFERRAL_FIELDS, values) for values in head["referrals_json"] or ()
+    ]
+    for entry in referral_rows:
+        entry["date"] = _timestamp(entry["date"])
+    return customer_from_rows(head, address, campaign_rows, referral_rows)
+
+
+def _aggregate(table: Table, fields: list[str], dialect: str) -> ColumnElement[Any]:
+    """A JSON array of ``[field, ...]`` arrays, one per child row of the outer customer."""
+    columns: list[Any] = [table.c[name] for name in fields]
+    if dialect == "postgresql":
+        aggregate = func.json_agg(func.json_build_array(*columns))
+    else:
+        # SQLite keeps JSON as text: json() embeds it as JSON rather than as a string.
+        columns = [
+            func.json(c) if name == "extra" else c
+            for name, c in zip(fields, columns, strict=True)
+        ]
+        aggregate = func.json_group_array(func.json(func.json_array(*columns)))
+    subquery = select(aggregate).where(table.c.customer_id == customers.c.id).scalar_subquery()
+    return type_coerce(subquery, JSON)
+
+
+def _fields(names: list[str], values: list[Any]) -> dict[str, Any]:
+    return dict(zip(names, values, strict=True))
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    """A timestamp as JSON renders it: ISO 8601 with an offset (PostgreSQL) or naive UTC text
+    (SQLite's storage form)."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
