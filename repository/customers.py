@@ -35,6 +35,7 @@ from models.tables import (
     ReferralEntryRow,
 )
 from models.validation import parse_customer
+from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
 from repository.reads import customer_select, decode_customer
 
@@ -227,13 +228,7 @@ class CustomerRepository:
             self.session.execute(insert(_referrals), rows.referrals)
 
     def _lock(self, customer_id: str) -> None:
-        # A race the upsert alone cannot close on PostgreSQL: a deletion committing between
-        # an upsert's tombstone check and its insert would let the customer come back.
-        # Every writer of one customer takes this transaction-scoped lock first. SQLite
-        # has a single writer, so it needs none.
-        if self._dialect == "postgresql":
-            key = func.hashtextextended(customer_id, 0)
-            self.session.execute(select(func.pg_advisory_xact_lock(key)))
+        lock_customers(self.session, [customer_id])
 
     def _insert(self, table: Any) -> Any:
         dialect = postgresql if self._dialect == "postgresql" else sqlite

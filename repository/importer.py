@@ -1,14 +1,16 @@
 """Bulk import: every record is stored, counted stale, or rejected with its reason.
 
 Records are validated one by one (a bad record never reaches the database) and written in
-batches, one transaction per batch. If the database refuses a batch, its records are
-written again one transaction each, so that only the record it refuses is rejected.
+batches with :func:`repository.bulk.bulk_upsert`, one transaction per batch, retried when
+the database asks for it. If the database refuses a batch, its records are written again
+one transaction each, so that only the record it refuses is rejected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 
 from sqlalchemy.exc import DBAPIError
@@ -16,8 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
 from models.validation import CustomerValidationError, parse_customer
-from repository.customers import CustomerRepository, UpsertOutcome
+from repository.bulk import bulk_upsert
+from repository.customers import UpsertOutcome
+from repository.mapping import CustomerRows, customer_to_rows
 from repository.records import Record
+from repository.retry import is_retryable, run_in_transaction
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
 
@@ -92,27 +97,29 @@ def _write_batch(
     report: ImportReport,
     reject: Callable[[str, str], None],
 ) -> None:
-    # One id order for every writer, so concurrent importers never wait on each other in a
-    # cycle. The sort is stable: two versions of one customer keep their file order.
-    ordered = sorted(batch, key=lambda item: item[1].id)
+    rows = [customer_to_rows(customer) for _, customer in batch]
     try:
-        with sessions.begin() as session:
-            repo = CustomerRepository(session)
-            outcomes = [repo.upsert(customer) for _, customer in ordered]
-    except DBAPIError:
-        for location, customer in ordered:
+        applied = run_in_transaction(sessions, lambda session: bulk_upsert(session, rows))
+    except DBAPIError as exc:
+        if is_retryable(exc):
+            raise
+        # The database refused something in the batch: find which record, one at a time.
+        for (location, _), one in zip(batch, rows, strict=True):
             try:
-                with sessions.begin() as session:
-                    outcome = CustomerRepository(session).upsert(customer)
-            except DBAPIError as exc:
-                if exc.connection_invalidated:
+                outcome = run_in_transaction(sessions, partial(_upsert_one, rows=one))
+            except DBAPIError as single:
+                if is_retryable(single):
                     raise
-                reject(location, f"the database refused it: {_first_line(exc.orig)}")
+                reject(location, f"the database refused it: {_first_line(single.orig)}")
                 continue
-            report.count(outcome)
+            report.count(UpsertOutcome.APPLIED if outcome else UpsertOutcome.STALE)
         return
-    for outcome in outcomes:
-        report.count(outcome)
+    for was_applied in applied:
+        report.count(UpsertOutcome.APPLIED if was_applied else UpsertOutcome.STALE)
+
+
+def _upsert_one(session: Session, *, rows: CustomerRows) -> bool:
+    return bulk_upsert(session, [rows])[0]
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
