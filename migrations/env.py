@@ -16,6 +16,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import TypeDecorator, create_engine, pool
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from migrations import include_object_for
 from models.base import Base
 
 DEFAULT_DATABASE_URL = "sqlite:///customers.db"
@@ -55,6 +56,7 @@ def _configure(connection: Connection | None = None, **kwargs: Any) -> None:
         target_metadata=target_metadata,
         render_as_batch=dialect == "sqlite",
         render_item=_render_item,
+        include_object=include_object_for(dialect),
         compare_type=True,
         compare_server_default=True,
         **kwargs,

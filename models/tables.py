@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, text
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, JSONDocument, SortedText, UTCDateTime
@@ -87,7 +87,28 @@ class CustomerRow(Base):
         cascade=_CASCADE, passive_deletes=True, order_by="ReferralEntryRow.position"
     )
 
-    __table_args__ = (Index(None, "source_id"),)
+    __table_args__ = (
+        Index(None, "source_id"),
+        # The indexes behind repository.queries' filters (revision 0003), with the
+        # expression indexes below the class.
+        Index(None, "created_at"),
+        Index(None, "updated_at"),
+        Index(None, "orders_last_order_date"),
+    )
+
+
+Index("ix_customers_email_lower", func.lower(CustomerRow.email))
+Index(
+    "ix_customers_name_lower_prefix",
+    func.lower(CustomerRow.name).label("lower_name"),
+    postgresql_ops={"lower_name": "text_pattern_ops"},
+).ddl_if(dialect="postgresql")
+Index(
+    "ix_customers_metadata_gin",
+    CustomerRow.metadata_,
+    postgresql_using="gin",
+    postgresql_ops={"metadata": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
 
 
 class CustomerAddressRow(Base):
@@ -117,6 +138,11 @@ class LoyaltyCampaignRow(Base):
     absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
 
+    __table_args__ = (
+        Index("ix_customer_loyalty_campaigns_campaign_points", "campaign", "points"),
+        Index("ix_customer_loyalty_campaigns_campaign_tier", "campaign", "loyalty_tier"),
+    )
+
 
 class ReferralEntryRow(Base):
     """One entry of ``referrals.campaigns``; ``position`` keeps the array order."""
@@ -132,6 +158,8 @@ class ReferralEntryRow(Base):
     date: Mapped[datetime | None] = mapped_column(UTCDateTime)
     absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+
+    __table_args__ = (Index(None, "referrer_id"),)
 
 
 class CustomerTombstoneRow(Base):

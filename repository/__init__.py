@@ -9,13 +9,17 @@ from repository.customers import (
 )
 from repository.engine import DEFAULT_DATABASE_URL, make_engine, make_session_factory
 from repository.importer import ImportReport, Rejection, import_records
+from repository.queries import CustomerFilter, InvalidCursor, Page
 from repository.records import Record, read_records
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "CustomerFilter",
     "CustomerRepository",
     "DeleteOutcome",
     "ImportReport",
+    "InvalidCursor",
+    "Page",
     "Record",
     "Rejection",
     "UpsertOutcome",

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
-    func,
     insert,
     or_,
     select,
@@ -35,8 +34,10 @@ from models.tables import (
     ReferralEntryRow,
 )
 from models.validation import parse_customer
+from repository import queries
 from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
+from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
@@ -163,9 +164,19 @@ class CustomerRepository:
         )
         return value
 
-    def count(self) -> int:
-        """How many customers are stored (deleted ones excluded)."""
-        return int(self.session.scalar(select(func.count()).select_from(_customers)) or 0)
+    def count(self, filters: CustomerFilter | None = None) -> int:
+        """How many stored customers match ``filters`` (all of them without)."""
+        return queries.count(self.session, filters)
+
+    def find(
+        self,
+        filters: CustomerFilter | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """One page of matching customers ordered by id; ``page.next_cursor`` continues."""
+        return queries.find(self.session, filters, cursor=cursor, limit=limit)
 
     def iter_all(self, *, batch_size: int = 500) -> Iterator[Customer]:
         """Every stored customer, ordered by id, in pages: memory stays constant.

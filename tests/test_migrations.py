@@ -21,6 +21,7 @@ from pytest_alembic.tests import (
 )
 from sqlalchemy import Engine, inspect
 
+from migrations import include_object_for
 from models import Base
 from repository import make_engine
 from repository.schema import alembic_config as shipped_alembic_config
@@ -84,7 +85,12 @@ def test_migrated_schema_matches_the_models(make_database: Any, backend: str) ->
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(
-                connection, opts={"compare_type": True, "compare_server_default": True}
+                connection,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": True,
+                    "include_object": include_object_for(engine.dialect.name),
+                },
             )
             assert compare_metadata(context, Base.metadata) == []
     finally:
