@@ -1,7 +1,8 @@
 """``customer-store``: the command line of the customer store.
 
-Customer commands (migrate, import, get, export) live here; webhook commands (ingest,
-serve, events, replay) in :mod:`customer_store.webhooks_cli`. Exit status: 0 success,
+Customer commands (migrate, import, get, export) live here; search (find, stats) in
+:mod:`customer_store.search_cli`; webhook commands (ingest, serve, events, replay) in
+:mod:`customer_store.webhooks_cli`. Exit status: 0 success,
 1 when records were rejected, a customer was not found or the database failed, 2 for
 usage errors.
 """
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from customer_store import webhooks_cli
+from customer_store import search_cli, webhooks_cli
 from customer_store.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("path", nargs="?", default="-", help="output file, or - for stdout")
     exp.set_defaults(run=_export)
 
+    search_cli.add_commands(commands)
     webhooks_cli.add_commands(commands)
     return parser
 

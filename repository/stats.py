@@ -1,0 +1,57 @@
+"""Figures about the store for ops: rows, deletions, events by outcome, table sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Table, func, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from models.base import Base
+from models.tables import CustomerRow, CustomerTombstoneRow
+from repository.ingest import count_events
+
+__all__ = ["StoreStats", "store_stats"]
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    customers: int
+    deleted: int
+    events: dict[str, int]
+    #: Bytes on disk per table, indexes included; ``None`` where the database cannot say.
+    table_bytes: dict[str, int | None]
+
+
+def store_stats(session: Session) -> StoreStats:
+    customers = cast(Table, CustomerRow.__table__)
+    tombstones = cast(Table, CustomerTombstoneRow.__table__)
+    return StoreStats(
+        customers=int(session.scalar(select(func.count()).select_from(customers)) or 0),
+        deleted=int(session.scalar(select(func.count()).select_from(tombstones)) or 0),
+        events=count_events(session),
+        table_bytes={table: _table_bytes(session, table) for table in Base.metadata.tables},
+    )
+
+
+def _table_bytes(session: Session, table: str) -> int | None:
+    if session.get_bind().dialect.name == "postgresql":
+        size = session.scalar(
+            text("SELECT pg_total_relation_size(CAST(:table AS regclass))"), {"table": table}
+        )
+        return int(size) if size is not None else None
+    try:
+        # dbstat is compiled into most SQLite builds; where it is not, the size is unknown.
+        with session.begin_nested():
+            size = session.scalar(
+                text(
+                    "SELECT SUM(d.pgsize) FROM dbstat AS d JOIN sqlite_master AS m"
+                    " ON d.name = m.name WHERE m.tbl_name = :table"
+                ),
+                {"table": table},
+            )
+    except OperationalError:
+        return None
+    return int(size or 0)
