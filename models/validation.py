@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,10 @@ __all__ = [
     "MAX_NESTING",
     "CustomerValidationError",
     "FieldError",
+    "NonFiniteNumber",
     "describe_value",
     "json_path",
+    "loads_json",
     "parse_customer",
     "text_problem",
 ]
@@ -59,17 +62,23 @@ class CustomerValidationError(ValueError):
         super().__init__("; ".join(str(e) for e in errors))
 
 
-def parse_customer(raw: Customer | Mapping[str, Any]) -> Customer:
-    """Validate ``raw`` (a JSON object as Python values, or a model) into a :class:`Customer`."""
+def parse_customer(raw: Customer | Mapping[str, Any], *, source: str | None = None) -> Customer:
+    """Validate ``raw`` (a JSON object as Python values, or a model) into a :class:`Customer`.
+
+    ``source``, the JSON text ``raw`` was parsed from with :func:`loads_json`, lets a quick
+    look at the text stand in for walking every value, when the text shows none of what
+    could not be stored.
+    """
     if isinstance(raw, Customer):
         return raw
     if not isinstance(raw, Mapping):
         raise CustomerValidationError(
             [FieldError("$", f"expected a customer object, got {describe_value(raw)}")]
         )
-    problems = list(_unstorable_values(raw, ("$",), 0))
-    if problems:
-        raise CustomerValidationError(problems[:20])
+    if source is None or not _plainly_storable(source):
+        problems = list(_unstorable_values(raw, ("$",), 0))
+        if problems:
+            raise CustomerValidationError(problems[:20])
     try:
         return Customer.model_validate(raw)
     except ValidationError as exc:
@@ -132,6 +141,47 @@ def _field_error(error: Any) -> FieldError:
     if expected is None:
         return FieldError(path, f"{error['msg']}, got {describe_value(value)}")
     return FieldError(path, f"expected {expected}, got {describe_value(value)}")
+
+
+class NonFiniteNumber(ValueError):
+    """JSON text with NaN, Infinity, or a number too large for a float."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise NonFiniteNumber(f"the number {text[:24]} is too large for a float")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses non-finite numbers (:class:`NonFiniteNumber`), which no
+    JSON column can hold; text read with it can be passed to :func:`parse_customer` as
+    ``source``."""
+    return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+
+
+# In JSON text read by loads_json, what _unstorable_values looks for can only hide behind
+# these: a NUL or a surrogate escape, brackets enough to nest too deep, or a surrogate
+# character (from undecodable input).
+_ESCAPES = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _plainly_storable(source: str) -> bool:
+    if source.count("{") + source.count("[") > MAX_NESTING:
+        return False
+    if "\\u" in source and _ESCAPES.search(source):
+        return False
+    if not source.isascii():
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _unstorable_values(value: Any, path: tuple[Any, ...], depth: int) -> Any:

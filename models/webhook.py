@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from models.validation import text_problem
+from models.validation import loads_json, text_problem
 from models.wire import parse_datetime
 
 __all__ = [
@@ -59,10 +59,15 @@ class Envelope:
 def parse_envelope(body: bytes) -> Envelope:
     """Read a delivery's raw body."""
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 JSON"
-        raise MalformedDelivery(f"the body is not JSON: {reason}") from None
+        document = loads_json(body)
+    except json.JSONDecodeError as exc:
+        raise MalformedDelivery(f"the body is not JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise MalformedDelivery("the body is not UTF-8 text") from None
+    except RecursionError:
+        raise MalformedDelivery("the body is nested too deeply") from None
+    except ValueError as exc:
+        raise MalformedDelivery(f"the body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise MalformedDelivery("the body is not a JSON object")
     legacy = document.get("object") == "event"
@@ -93,7 +98,7 @@ def parse_envelope(body: bytes) -> Envelope:
     try:
         created_at = parse_datetime(source.get(created))
     except (TypeError, ValueError) as exc:
-        problems.append(f"{prefix}.created_at: {exc or 'expected a date-time string'}")
+        problems.append(f"{prefix}.created_at: {str(exc) or 'expected a date-time string'}")
     data = document.get("data")
     if not isinstance(data, dict):
         problems.append("$.data: expected an object")

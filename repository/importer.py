@@ -81,7 +81,7 @@ def import_records(
                 reject(record.location, record.error)
                 continue
             try:
-                valid.append((record.location, parse_customer(record.value)))
+                valid.append((record.location, parse_customer(record.value, source=record.text)))
             except CustomerValidationError as exc:
                 reject(record.location, str(exc))
         if valid:

@@ -220,7 +220,7 @@ def _plan_deletion(envelope: Envelope, customer: dict[str, Any]) -> _Action:
         try:
             times.append(parse_datetime(value))
         except (TypeError, ValueError) as exc:
-            return _Reject(f"$.data.customer.{key}: {exc or 'expected a date-time string'}")
+            return _Reject(f"$.data.customer.{key}: {str(exc) or 'expected a date-time string'}")
         break
     if not times:
         return _Reject("no time to date the deletion: $.event.created_at is missing")

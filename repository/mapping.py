@@ -122,11 +122,15 @@ def _columns(layout: Mapping[str, Spec]) -> list[str]:
     return out
 
 
+_CUSTOMER_LEAVES = _columns(CUSTOMER_LAYOUT)
+_ADDRESS_LEAVES = _columns(ADDRESS_LAYOUT)
+_CAMPAIGN_LEAVES = _columns(CAMPAIGN_LAYOUT)
+_REFERRAL_LEAVES = _columns(REFERRAL_LAYOUT)
 _BOOKKEEPING = ["absent_mask", "extra"]
-CUSTOMER_COLUMNS = [*_columns(CUSTOMER_LAYOUT), "version_at", "null_mask", *_BOOKKEEPING]
-ADDRESS_COLUMNS = ["customer_id", *_columns(ADDRESS_LAYOUT), *_BOOKKEEPING]
-CAMPAIGN_COLUMNS = ["customer_id", "campaign", *_columns(CAMPAIGN_LAYOUT), *_BOOKKEEPING]
-REFERRAL_COLUMNS = ["customer_id", "position", *_columns(REFERRAL_LAYOUT), *_BOOKKEEPING]
+CUSTOMER_COLUMNS = [*_CUSTOMER_LEAVES, "version_at", "null_mask", *_BOOKKEEPING]
+ADDRESS_COLUMNS = ["customer_id", *_ADDRESS_LEAVES, *_BOOKKEEPING]
+CAMPAIGN_COLUMNS = ["customer_id", "campaign", *_CAMPAIGN_LEAVES, *_BOOKKEEPING]
+REFERRAL_COLUMNS = ["customer_id", "position", *_REFERRAL_LEAVES, *_BOOKKEEPING]
 
 
 @dataclass
@@ -159,7 +163,7 @@ class _Encoding:
 
 def customer_to_rows(customer: Customer) -> CustomerRows:
     """Lay a validated customer out as rows."""
-    enc = _Encoding(row=dict.fromkeys(_columns(CUSTOMER_LAYOUT)))
+    enc = _Encoding(row=dict.fromkeys(_CUSTOMER_LEAVES))
     _encode(CUSTOMER_LAYOUT, customer.to_python(), "", enc)
     row = enc.row
     row["version_at"] = row["updated_at"] if row["updated_at"] is not None else row["created_at"]
@@ -169,15 +173,15 @@ def customer_to_rows(customer: Customer) -> CustomerRows:
     rows = CustomerRows(customer=row)
     address = enc.children.get("address")
     if address is not None:
-        rows.address = _flat_row(ADDRESS_LAYOUT, address, customer_id=customer_id)
+        rows.address = _flat_row(ADDRESS_LAYOUT, _ADDRESS_LEAVES, address, customer_id=customer_id)
     campaigns = enc.children.get("loyalty.campaigns") or {}
     rows.campaigns = [
-        _flat_row(CAMPAIGN_LAYOUT, entry, customer_id=customer_id, campaign=key)
+        _flat_row(CAMPAIGN_LAYOUT, _CAMPAIGN_LEAVES, entry, customer_id=customer_id, campaign=key)
         for key, entry in campaigns.items()
     ]
     referrals = enc.children.get("referrals.campaigns") or []
     rows.referrals = [
-        _flat_row(REFERRAL_LAYOUT, entry, customer_id=customer_id, position=index)
+        _flat_row(REFERRAL_LAYOUT, _REFERRAL_LEAVES, entry, customer_id=customer_id, position=index)
         for index, entry in enumerate(referrals)
     ]
     return rows
@@ -249,9 +253,9 @@ def _decode(
 
 
 def _flat_row(
-    layout: Mapping[str, Spec], value: Mapping[str, Any], **keys: Any
+    layout: Mapping[str, Spec], leaves: list[str], value: Mapping[str, Any], **keys: Any
 ) -> dict[str, Any]:
-    enc = _Encoding(row=dict.fromkeys(_columns(layout)))
+    enc = _Encoding(row=dict.fromkeys(leaves))
     _encode(layout, value, "", enc)
     return {**keys, **enc.row, "absent_mask": enc.absent, "extra": enc.extra.get("") or None}
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from models.validation import NonFiniteNumber, loads_json
+
 __all__ = ["Record", "read_records"]
 
 _CHUNK = 1 << 16
@@ -25,6 +27,8 @@ class Record:
     location: str
     value: Any = None
     error: str | None = None
+    #: The JSON text ``value`` was parsed from, when it is exactly one line of input.
+    text: str | None = None
 
 
 def read_records(stream: TextIO) -> Iterator[Record]:
@@ -37,18 +41,18 @@ def read_records(stream: TextIO) -> Iterator[Record]:
         return
     first_line = head + stream.readline()
     try:
-        value = json.loads(first_line)
-    except (json.JSONDecodeError, RecursionError):
+        value = loads_json(first_line)
+    except (ValueError, RecursionError):
         # Not one JSON value per line: perhaps one pretty-printed document.
         rest = first_line + stream.read()
         try:
-            document = json.loads(rest)
-        except (json.JSONDecodeError, RecursionError):
+            document = loads_json(rest)
+        except (ValueError, RecursionError):
             yield from _line_records(iter(rest.splitlines(keepends=True)), start=1)
             return
         yield from _expand(document, "document", "")
         return
-    yield from _expand(value, "line 1", "line 1 ")
+    yield from _expand(value, "line 1", "line 1 ", first_line)
     yield from _line_records(stream, start=2)
 
 
@@ -58,17 +62,20 @@ def _line_records(lines: Any, *, start: int) -> Iterator[Record]:
             continue
         location = f"line {number}"
         try:
-            value = json.loads(line)
+            value = loads_json(line)
         except json.JSONDecodeError as exc:
             yield Record(location, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+            continue
+        except NonFiniteNumber as exc:
+            yield Record(location, error=f"invalid JSON: {exc}")
             continue
         except RecursionError:
             yield Record(location, error="invalid JSON: nested too deeply")
             continue
-        yield from _expand(value, location, location + " ")
+        yield from _expand(value, location, location + " ", line)
 
 
-def _expand(value: Any, location: str, prefix: str) -> Iterator[Record]:
+def _expand(value: Any, location: str, prefix: str, text: str | None = None) -> Iterator[Record]:
     """A list page or an array stands for its customers; anything else for itself."""
     if isinstance(value, dict) and value.get("object") == "list" and "customers" in value:
         customers = value["customers"]
@@ -81,7 +88,7 @@ def _expand(value: Any, location: str, prefix: str) -> Iterator[Record]:
         for index, item in enumerate(value):
             yield Record(f"index {index}", item)
     else:
-        yield Record(location, value)
+        yield Record(location, value, text=text)
 
 
 def _array_records(stream: TextIO, head: str) -> Iterator[Record]:
