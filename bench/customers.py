@@ -12,15 +12,29 @@ __all__ = ["generate_customers", "write_jsonl"]
 
 _FIRST = ["Alice", "Bob", "Jane", "John", "Ariana", "Lionel", "Jan", "Zoë", "Łukasz", "Nana"]
 _LAST = ["Smith", "Morgan", "Doe", "Patel", "Johnson", "Kowalski", "Lemon", "Müller"]
-_CITIES = [("New York", "NY", "United States"), ("Kraków", None, "Poland"),
-           ("Nottingham", "England", "United Kingdom"), ("Berlin", None, "Germany")]
-_CAMPAIGNS = ["Summer Campaign", "Winter Campaign", "Spring Campaign", "Fall Campaign",
-              "Christmas Campaign", "Loyalty Program", "VIP Club", "Referral Program"]
+_CITIES = [
+    ("New York", "NY", "United States"),
+    ("Kraków", None, "Poland"),
+    ("Nottingham", "England", "United Kingdom"),
+    ("Berlin", None, "Germany"),
+]
+_CAMPAIGNS = [
+    "Summer Campaign",
+    "Winter Campaign",
+    "Spring Campaign",
+    "Fall Campaign",
+    "Christmas Campaign",
+    "Loyalty Program",
+    "VIP Club",
+    "Referral Program",
+]
 _EPOCH = datetime(2022, 1, 1, tzinfo=UTC)
 
 
 def _time(rng: random.Random, days: int = 900) -> str:
-    moment = _EPOCH + timedelta(seconds=rng.randrange(days * 86400), milliseconds=rng.randrange(1000))
+    moment = _EPOCH + timedelta(
+        seconds=rng.randrange(days * 86400), milliseconds=rng.randrange(1000)
+    )
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -49,20 +63,37 @@ def customer(index: int, rng: random.Random) -> dict[str, Any]:
         "name": f"{first} {last}",
         "description": rng.choice([None, "A frequent customer", "Famous"]),
         "email": email,
-        "phone": f"+1 {rng.randrange(200, 999)} {rng.randrange(100, 999)} {rng.randrange(1000, 9999)}",
-        "birthdate": f"{rng.randrange(1950, 2005)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}",
-        "address": {"city": city, "state": state, "line_1": f"{rng.randrange(1, 999)} Main St.",
-                    "line_2": None, "country": country, "postal_code": f"{rng.randrange(10000, 99999)}"},
+        "phone": f"+1 {rng.randrange(200, 999)} {rng.randrange(100, 999)} "
+        f"{rng.randrange(1000, 9999)}",
+        "birthdate": f"{rng.randrange(1950, 2005)}-{rng.randrange(1, 13):02d}-"
+        f"{rng.randrange(1, 29):02d}",
+        "address": {
+            "city": city,
+            "state": state,
+            "line_1": f"{rng.randrange(1, 999)} Main St.",
+            "line_2": None,
+            "country": country,
+            "postal_code": f"{rng.randrange(10000, 99999)}",
+        },
         "summary": {
             "redemptions": {
-                "total_redeemed": total_orders, "total_failed": 0, "total_succeeded": total_orders,
-                "total_rolled_back": 0, "total_rollback_failed": 0, "total_rollback_succeeded": 0,
+                "total_redeemed": total_orders,
+                "total_failed": 0,
+                "total_succeeded": total_orders,
+                "total_rolled_back": 0,
+                "total_rollback_failed": 0,
+                "total_rollback_succeeded": 0,
                 "gift": {"redeemed_amount": 0, "amount_to_go": 0},
-                "loyalty_card": {"redeemed_points": rng.randrange(1000), "points_to_go": rng.randrange(5000)},
+                "loyalty_card": {
+                    "redeemed_points": rng.randrange(1000),
+                    "points_to_go": rng.randrange(5000),
+                },
             },
             "orders": {
-                "total_amount": amount, "total_count": total_orders,
-                "average_amount": amount // max(total_orders, 1), "last_order_amount": rng.randrange(10000),
+                "total_amount": amount,
+                "total_count": total_orders,
+                "average_amount": amount // max(total_orders, 1),
+                "last_order_amount": rng.randrange(10000),
                 **({"last_order_date": _time(rng)} if total_orders else {}),
             },
         },
@@ -70,8 +101,11 @@ def customer(index: int, rng: random.Random) -> dict[str, Any]:
             "points": rng.randrange(-100, 10000),
             "referred_customers": rng.randrange(5),
             "campaigns": {
-                name: {"points": rng.randrange(5000), "loyalty_tier": f"ltr_{rng.randrange(4)}",
-                       "referred_customers": rng.randrange(3)}
+                name: {
+                    "points": rng.randrange(5000),
+                    "loyalty_tier": f"ltr_{rng.randrange(4)}",
+                    "referred_customers": rng.randrange(3),
+                }
                 for name in campaigns
             },
         },

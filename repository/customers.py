@@ -38,7 +38,7 @@ from repository import queries
 from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
 from repository.queries import CustomerFilter, Page
-from repository.reads import customer_select, decode_customer
+from repository.reads import customer_select, decode_customer, get_by_id_statement
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
 
@@ -134,8 +134,8 @@ class CustomerRepository:
 
     def get(self, customer_id: str) -> Customer | None:
         """The stored customer, or ``None``: one statement, however large it is."""
-        found = self._load(_customers.c.id == customer_id, limit=1)
-        return found[0] if found else None
+        row = self.session.execute(get_by_id_statement(self._dialect), {"id": customer_id}).first()
+        return decode_customer(row) if row is not None else None
 
     def get_one_or_none(self, customer_id: str) -> Customer | None:
         """Alias of :meth:`get`, under the name SQLAlchemy users know."""

@@ -37,9 +37,8 @@ def normalize_url(url: str) -> str:
 def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
     """Create an engine for ``postgresql://…``, ``postgresql+psycopg://…`` or ``sqlite:///path``.
 
-    SQLite connections get foreign keys, WAL and a busy timeout; PostgreSQL connections
-    are checked before use, and JSON is written so that JSONB gives back every number as
-    the same JSON value.
+    SQLite connections get foreign keys, WAL and a busy timeout; on PostgreSQL, JSON is
+    written so that JSONB gives back every number as the same JSON value.
     """
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
@@ -47,13 +46,21 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping on checkout (a round trip per request): a connection found dead is
+    # invalidated with the rest of the pool, and writes are retried (repository.retry).
     kwargs.setdefault("json_serializer", dumps_for_jsonb)
     return create_engine(url, **kwargs)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions that keep loaded objects usable after commit."""
+def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit.
+
+    ``read_only=True`` gives sessions whose statements each run in a transaction of their
+    own (driver-level autocommit): a request that only reads, such as one ``get``, then
+    costs one round trip instead of three (BEGIN, the query, ROLLBACK). Don't write with them.
+    """
+    if read_only:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -23,7 +23,15 @@ from models.customer import Customer
 from models.tables import CustomerRow, LoyaltyCampaignRow, ReferralEntryRow
 from repository.reads import customer_select, decode_customer
 
-__all__ = ["MAX_PAGE_SIZE", "CustomerFilter", "InvalidCursor", "Page", "count", "find"]
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "CustomerFilter",
+    "InvalidCursor",
+    "Page",
+    "count",
+    "cursor_after",
+    "find",
+]
 
 MAX_PAGE_SIZE = 1000
 
@@ -185,6 +193,11 @@ def _sqlite_scalar(value: Any, kind: Any, wanted: Any) -> ColumnElement[bool]:
 def _like_prefix(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
+
+
+def cursor_after(customer_id: str) -> str:
+    """A cursor whose page starts after ``customer_id`` (to resume, or to jump ahead)."""
+    return _encode_cursor(customer_id)
 
 
 def _encode_cursor(last_id: str) -> str:

@@ -7,10 +7,20 @@ one round trip for ``get``, one per page for ``iter_all`` and ``find``.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, ColumnElement, Select, Table, func, select, type_coerce
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Select,
+    Table,
+    bindparam,
+    func,
+    select,
+    type_coerce,
+)
 from sqlalchemy.engine import Row
 
 from models.customer import Customer
@@ -22,7 +32,7 @@ from repository.mapping import (
     customer_from_rows,
 )
 
-__all__ = ["customer_select", "decode_customer"]
+__all__ = ["customer_select", "decode_customer", "get_by_id_statement"]
 
 customers = cast(Table, CustomerRow.__table__)
 addresses = cast(Table, CustomerAddressRow.__table__)
@@ -46,6 +56,13 @@ def customer_select(dialect: str) -> Select[Any]:
         .select_from(customers.outerjoin(addresses))
         .order_by(customers.c.id)
     )
+
+
+@functools.cache
+def get_by_id_statement(dialect: str) -> Select[Any]:
+    """:func:`customer_select` for one id (bound as ``id``), built once per dialect so that
+    each call skips building and compiling it."""
+    return customer_select(dialect).where(customers.c.id == bindparam("id")).limit(1)
 
 
 def decode_customer(row: Row[Any]) -> Customer:

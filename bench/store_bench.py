@@ -1,0 +1,414 @@
+"""The store against what PostgreSQL itself can do, measured in one run.
+
+    python -m bench.store_bench [--customers 200000] [--scale 1000000] [--admin-url URL]
+
+Creates a throwaway PostgreSQL database (dropped at the end), generates realistic
+customers (bench/customers.py) and prints one table:
+
+- import throughput of ``customer-store import`` against (a) a raw psycopg ``COPY`` of the
+  same customers into the project's own tables, flattened by a minimal hand-written loop
+  without validation (the limit), and (b) a JSONB-document table upserted with psycopg in
+  pipelined batches (what a user would build instead);
+- ``get`` by id latency (p50, p99), a new session per call, against the same single
+  statement run on a raw psycopg connection with a plain dict reassembly, and a JSONB
+  document fetch; at 10k customers and at ``--scale`` customers;
+- ``find`` page latency at page 1 and page 1,000 (pages of 100), without and with a filter;
+- peak memory (RSS) of the import process, for the full file and a quarter of it.
+
+Figures only; nothing is asserted. Targets are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.customers import write_jsonl
+from repository import CustomerFilter, make_engine, make_session_factory
+from repository.customers import CustomerRepository
+from repository.queries import cursor_after, find
+from repository.schema import upgrade_to_head
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PAGE = 100
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+@contextmanager
+def throwaway_database(admin_url: str) -> Iterator[str]:
+    admin = create_engine(
+        make_url(admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    name = f"csbench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def reset(url: str) -> None:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE customers, customer_addresses, customer_loyalty_campaigns, "
+            "customer_referral_entries, customer_tombstones, webhook_events"
+        )
+        conn.execute("DROP TABLE IF EXISTS bench_documents")
+        conn.execute("VACUUM ANALYZE")
+
+
+# -- import ------------------------------------------------------------------------------
+
+def run_import(url: str, path: str) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of ``customer-store import`` as its own process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "customer_store", "--database-url", url, "import", path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if status != 0:
+        raise SystemExit(f"import failed: {stderr}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def raw_copy(url: str, path: str) -> float:
+    """(a): parse each line, flatten it by hand, COPY into the project's tables."""
+    started = time.perf_counter()
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur:
+        batch: list[dict[str, Any]] = []
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                batch.append(json.loads(line))
+                if len(batch) == 5000:
+                    _copy_batch(cur, batch)
+                    batch = []
+        _copy_batch(cur, batch)
+        conn.commit()
+    return time.perf_counter() - started
+
+
+def _copy_batch(cur: Any, batch: list[dict[str, Any]]) -> None:
+    if not batch:
+        return
+    with cur.copy(
+        "COPY customers (id, source_id, name, description, email, phone, birthdate, metadata,"
+        " system_metadata, created_at, updated_at, object, redemptions_total_redeemed,"
+        " redemptions_total_failed, redemptions_total_succeeded, redemptions_total_rolled_back,"
+        " redemptions_total_rollback_failed, redemptions_total_rollback_succeeded,"
+        " gift_redeemed_amount, gift_amount_to_go, loyalty_card_redeemed_points,"
+        " loyalty_card_points_to_go, orders_total_amount, orders_total_count,"
+        " orders_average_amount, orders_last_order_amount, orders_last_order_date,"
+        " loyalty_points, loyalty_referred_customers, referrals_total, assets_cockpit_url,"
+        " version_at) FROM STDIN"
+    ) as copy:
+        for c in batch:
+            r, o = c["summary"]["redemptions"], c["summary"]["orders"]
+            copy.write_row((
+                c["id"], c["source_id"], c["name"], c["description"], c["email"], c["phone"],
+                c["birthdate"], Jsonb(c["metadata"]), Jsonb(c["system_metadata"]),
+                c["created_at"], c["updated_at"], c["object"], r["total_redeemed"],
+                r["total_failed"], r["total_succeeded"], r["total_rolled_back"],
+                r["total_rollback_failed"], r["total_rollback_succeeded"],
+                r["gift"]["redeemed_amount"], r["gift"]["amount_to_go"],
+                r["loyalty_card"]["redeemed_points"], r["loyalty_card"]["points_to_go"],
+                o["total_amount"], o["total_count"], o["average_amount"],
+                o["last_order_amount"], o.get("last_order_date"), c["loyalty"]["points"],
+                c["loyalty"]["referred_customers"], c["referrals"]["total"],
+                c["assets"]["cockpit_url"], c["updated_at"],
+            ))
+    with cur.copy(
+        "COPY customer_addresses (customer_id, city, state, line_1, line_2, country,"
+        " postal_code) FROM STDIN"
+    ) as copy:
+        for c in batch:
+            a = c["address"]
+            copy.write_row((c["id"], a["city"], a["state"], a["line_1"], a["line_2"],
+                            a["country"], a["postal_code"]))
+    with cur.copy(
+        "COPY customer_loyalty_campaigns (customer_id, campaign, points, loyalty_tier,"
+        " referred_customers) FROM STDIN"
+    ) as copy:
+        for c in batch:
+            for key, entry in c["loyalty"]["campaigns"].items():
+                copy.write_row((c["id"], key, entry["points"], entry["loyalty_tier"],
+                                entry["referred_customers"]))
+    with cur.copy(
+        "COPY customer_referral_entries (customer_id, position, campaign_id, referrer_id,"
+        " related_object_id, related_object_type, date) FROM STDIN"
+    ) as copy:
+        for c in batch:
+            for i, e in enumerate(c["referrals"]["campaigns"]):
+                copy.write_row((c["id"], i, e["campaign_id"], e["referrer_id"],
+                                e["related_object_id"], e["related_object_type"], e["date"]))
+
+
+def jsonb_documents(url: str, path: str) -> float:
+    """(b): one JSONB document per customer, upserted newest-wins in pipelined batches."""
+    started = time.perf_counter()
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(
+            "CREATE TABLE bench_documents (id text PRIMARY KEY, version_at timestamptz,"
+            " doc jsonb NOT NULL)"
+        )
+        conn.commit()
+        sql = (
+            "INSERT INTO bench_documents (id, version_at, doc) VALUES (%s, %s, %s::jsonb)"
+            " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, version_at = excluded.version_at"
+            " WHERE excluded.version_at >= bench_documents.version_at"
+        )
+        batch: list[tuple[str, str, str]] = []
+        with open(path, encoding="utf-8") as lines, conn.cursor() as cur:
+            for line in lines:
+                value = json.loads(line)
+                batch.append((value["id"], value.get("updated_at") or value.get("created_at"),
+                              line))
+                if len(batch) == 500:
+                    cur.executemany(sql, batch)
+                    conn.commit()
+                    batch = []
+            if batch:
+                cur.executemany(sql, batch)
+                conn.commit()
+    return time.perf_counter() - started
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+RAW_GET = """
+SELECT c.*, a.city, a.state, a.line_1, a.line_2, a.country, a.postal_code,
+  (SELECT json_agg(json_build_array(l.campaign, l.points, l.loyalty_tier, l.referred_customers))
+     FROM customer_loyalty_campaigns l WHERE l.customer_id = c.id) AS campaigns,
+  (SELECT json_agg(json_build_array(r.position, r.campaign_id, r.referrer_id,
+          r.related_object_id, r.related_object_type, r.date))
+     FROM customer_referral_entries r WHERE r.customer_id = c.id) AS referrals
+FROM customers c LEFT JOIN customer_addresses a ON a.customer_id = c.id
+WHERE c.id = %s
+"""
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def time_calls(ids: list[str], call: Callable[[str], Any]) -> tuple[float, float]:
+    for customer_id in ids[:50]:  # warm up connections, caches and plans
+        call(customer_id)
+    samples = []
+    for customer_id in ids:
+        started = time.perf_counter()
+        call(customer_id)
+        samples.append((time.perf_counter() - started) * 1000)
+    return percentiles(samples)
+
+
+def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
+    engine = make_engine(url)
+    sessions = make_session_factory(engine, read_only=True)
+
+    def ours(customer_id: str) -> Any:
+        with sessions() as session:
+            found = CustomerRepository(session).get(customer_id)
+            assert found is not None
+            return found
+
+    out: dict[str, tuple[float, float]] = {"get": time_calls(ids, ours)}
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        def raw(customer_id: str) -> dict[str, Any]:
+            cur = conn.execute(RAW_GET, (customer_id,))
+            names = [d.name for d in cur.description or ()]
+            row = dict(zip(names, cur.fetchone() or (), strict=True))
+            row["address"] = {k: row.pop(k) for k in
+                              ("city", "state", "line_1", "line_2", "country", "postal_code")}
+            return row
+
+        out["raw single statement"] = time_calls(ids, raw)
+        has_documents = conn.execute("SELECT to_regclass('bench_documents')").fetchone()
+        if has_documents and has_documents[0]:
+            out["JSONB document"] = time_calls(
+                ids, lambda i: conn.execute("SELECT doc FROM bench_documents WHERE id = %s",
+                                            (i,)).fetchone())
+    engine.dispose()
+    return out
+
+
+def find_latencies(url: str, filters: CustomerFilter | None, label: str) -> dict[str, float]:
+    engine = make_engine(url)
+    sessions = make_session_factory(engine, read_only=True)
+    with sessions() as session:
+        where = "WHERE metadata @> '{\"tier\": \"gold\"}'" if filters else ""
+        skip = session.scalar(text(
+            f"SELECT id FROM customers {where} ORDER BY id OFFSET {PAGE * 999 - 1} LIMIT 1"
+        ))
+    out = {}
+    for page_number, cursor in ((1, None), (1000, cursor_after(skip) if skip else None)):
+        samples = []
+        for _ in range(30):
+            with sessions() as session:
+                started = time.perf_counter()
+                page = find(session, filters, cursor=cursor, limit=PAGE)
+                samples.append((time.perf_counter() - started) * 1000)
+                assert len(page.customers) == PAGE
+        out[f"find {label} page {page_number}"] = statistics.median(samples)
+    engine.dispose()
+    return out
+
+
+def grow(url: str, target: int) -> int:
+    """Copy the stored customers under new ids until there are about ``target``."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        count = conn.execute("SELECT count(*) FROM customers").fetchone()[0]  # type: ignore[index]
+        copies = max(0, target // count - 1)
+        for k in range(1, copies + 1):
+            suffix = f".{k}"
+            conn.execute(
+                "INSERT INTO customers SELECT id || %s AS id, source_id, name, description,"
+                " email, phone, birthday, birthdate, metadata, system_metadata, created_at,"
+                " updated_at, object, redemptions_total_redeemed, redemptions_total_failed,"
+                " redemptions_total_succeeded, redemptions_total_rolled_back,"
+                " redemptions_total_rollback_failed, redemptions_total_rollback_succeeded,"
+                " gift_redeemed_amount, gift_amount_to_go, loyalty_card_redeemed_points,"
+                " loyalty_card_points_to_go, orders_total_amount, orders_total_count,"
+                " orders_average_amount, orders_last_order_amount, orders_last_order_date,"
+                " loyalty_points, loyalty_referred_customers, referrals_total,"
+                " assets_cockpit_url, assets_cockpit_preference_center_url, version_at,"
+                " absent_mask, null_mask, extra FROM customers WHERE strpos(id, '.') = 0",
+                (suffix,),
+            )
+            for table in ("customer_addresses", "customer_loyalty_campaigns",
+                          "customer_referral_entries"):
+                columns = [r[0] for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+                    " AND column_name <> 'customer_id' ORDER BY ordinal_position", (table,))]
+                names = ", ".join(columns)
+                conn.execute(
+                    f"INSERT INTO {table} (customer_id, {names}) SELECT customer_id || %s,"
+                    f" {names} FROM {table} WHERE strpos(customer_id, '.') = 0",
+                    (suffix,),
+                )
+        conn.execute("VACUUM ANALYZE")
+        return int(conn.execute("SELECT count(*) FROM customers").fetchone()[0])  # type: ignore[index]
+
+
+def sample_ids(url: str, count: int) -> list[str]:
+    with psycopg.connect(libpq_url(url)) as conn:
+        rows = conn.execute(
+            "SELECT id FROM customers TABLESAMPLE SYSTEM (10) LIMIT %s", (count * 3,)
+        ).fetchall()
+    ids = [r[0] for r in rows]
+    random.Random(3).shuffle(ids)
+    return ids[:count]
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=200_000)
+    parser.add_argument("--scale", type=int, default=1_000_000)
+    parser.add_argument("--gets", type=int, default=2000)
+    parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", DEFAULT_ADMIN_URL))
+    args = parser.parse_args(argv)
+
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as tmp, throwaway_database(args.admin_url) as url:
+        upgrade_to_head(url)
+        full = str(Path(tmp) / "customers.jsonl")
+        quarter = str(Path(tmp) / "quarter.jsonl")
+        size = write_jsonl(full, args.customers)
+        write_jsonl(quarter, args.customers // 4)
+        n = args.customers
+        print(f"# {n} customers, {size / n:.0f} bytes each on average", file=sys.stderr)
+
+        reset(url)
+        raw_seconds = raw_copy(url, full)
+        reset(url)
+        doc_seconds = jsonb_documents(url, full)
+        reset(url)
+        _, quarter_rss = run_import(url, quarter)
+        reset(url)
+        ours_seconds, full_rss = run_import(url, full)
+        figures += [
+            Figure("import: customer-store import", n / ours_seconds, "customers/s"),
+            Figure("import: (a) raw COPY", n / raw_seconds, "customers/s"),
+            Figure("import: (b) JSONB document upsert", n / doc_seconds, "customers/s"),
+            Figure("import / raw COPY", raw_seconds / ours_seconds, "ratio", "target >= 0.5"),
+            Figure("import / JSONB upsert", doc_seconds / ours_seconds, "ratio", "target >= 1.0"),
+            Figure(f"import peak RSS, {n // 4} customers", quarter_rss, "MB"),
+            Figure(f"import peak RSS, {n} customers", full_rss, "MB", "target < 300"),
+        ]
+        jsonb_documents(url, full)  # documents again, for the document fetch baseline
+
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute("DELETE FROM customers WHERE id > (SELECT id FROM customers ORDER BY id"
+                         " OFFSET 9999 LIMIT 1)")
+            conn.execute("VACUUM ANALYZE")
+        small = get_latencies(url, sample_ids(url, args.gets))
+        for name, (p50, p99) in small.items():
+            figures.append(Figure(f"{name} p50, 10k customers", p50, "ms"))
+            figures.append(Figure(f"{name} p99, 10k customers", p99, "ms"))
+        figures.append(Figure("get p50 / raw single statement",
+                              small["get"][0] / small["raw single statement"][0], "ratio",
+                              "target <= 1.5"))
+
+        total = grow(url, args.scale)
+        large = get_latencies(url, sample_ids(url, args.gets))
+        figures.append(Figure(f"get p50, {total} customers", large["get"][0], "ms"))
+        figures.append(Figure(f"get p99, {total} customers", large["get"][1], "ms"))
+        figures.append(Figure(f"get p50 at {total} / at 10k", large["get"][0] / small["get"][0],
+                              "ratio", "target <= 1.3"))
+        for filters, label in ((None, "all"), (CustomerFilter(metadata_contains={"tier": "gold"}),
+                                               "tier=gold")):
+            pages = find_latencies(url, filters, label)
+            for name, value in pages.items():
+                figures.append(Figure(f"{name}, {total} customers", value, "ms"))
+            first, thousandth = pages[f"find {label} page 1"], pages[f"find {label} page 1000"]
+            figures.append(Figure(f"find {label} page 1000 / page 1", thousandth / first,
+                                  "ratio", "target <= 1.5"))
+
+    print(f"machine: {platform.node() and 'this machine'}; {os.cpu_count()} CPUs; "
+          f"{platform.platform()}; Python {platform.python_version()}")
+    print(f"{'figure':<52} {'value':>12}  unit          note")
+    for f in figures:
+        print(f"{f.name:<52} {f.value:>12.2f}  {f.unit:<12}  {f.note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
