@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from models.wire import Int64, WireDate, WireDateTime
+from models.wire import Int64, MaxBytes, WireDate, WireDateTime
 
 __all__ = [
     "Address",
@@ -29,10 +29,14 @@ __all__ = [
     "Summary",
 ]
 
-# Keys that take part in a primary key or an index have a length cap, so that an
-# over-long value is refused here rather than by a B-tree deep inside the database.
-CustomerId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
-IndexedText = Annotated[str, StringConstraints(strict=True, max_length=500)]
+# Text that takes part in a primary key or an index is capped, in characters and in UTF-8
+# bytes, so that an over-long value is refused here rather than deep inside the database:
+# a B-tree entry holds at most 2,704 bytes on PostgreSQL, keys of two columns included
+# ((customer id, campaign key), (campaign key, loyalty tier)).
+CustomerId = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=255), MaxBytes(1000)
+]
+IndexedText = Annotated[str, StringConstraints(strict=True, max_length=500), MaxBytes(1200)]
 
 
 class _Shape(BaseModel):
@@ -84,7 +88,7 @@ class Summary(_Shape):
 
 class LoyaltyCampaign(_Shape):
     points: Int64 | None = None
-    loyalty_tier: str | None = None
+    loyalty_tier: IndexedText | None = None
     referred_customers: Int64 | None = None
 
 
@@ -96,7 +100,7 @@ class Loyalty(_Shape):
 
 class ReferralEntry(_Shape):
     campaign_id: str | None = None
-    referrer_id: str | None = None
+    referrer_id: IndexedText | None = None
     related_object_id: str | None = None
     related_object_type: str | None = None
     date: WireDateTime | None = None
@@ -115,7 +119,7 @@ class Assets(_Shape):
 class Customer(_Shape):
     id: CustomerId
     source_id: IndexedText | None = None
-    name: str | None = None
+    name: IndexedText | None = None
     description: str | None = None
     email: IndexedText | None = None
     phone: str | None = None

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from models.customer import Customer
 
 __all__ = [
+    "FINITE_JSON_DECODER",
     "MAX_NESTING",
     "CustomerValidationError",
     "FieldError",
@@ -124,7 +125,11 @@ def describe_value(value: Any) -> str:
 
 
 def _field_error(error: Any) -> FieldError:
-    path = json_path(tuple(error["loc"]))
+    loc = tuple(error["loc"])
+    if loc and loc[-1] == "[key]":
+        # pydantic marks an error in a map's key (not its value) this way.
+        return FieldError(json_path(loc[:-1]), f"key: {_field_error({**error, 'loc': ()}).message}")
+    path = json_path(loc)
     kind = error["type"]
     value = error.get("input")
     if kind == "missing":
@@ -156,6 +161,10 @@ def _finite_float(text: str) -> float:
 
 def _no_constant(name: str) -> float:
     raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
+#: A decoder that refuses non-finite numbers, for incremental decoding (``raw_decode``).
+FINITE_JSON_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
 
 
 def loads_json(text: str | bytes) -> Any:

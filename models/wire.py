@@ -7,16 +7,18 @@ because the canonical form could not give it back.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from pydantic import Field, PlainSerializer, PlainValidator
+from pydantic import AfterValidator, Field, PlainSerializer, PlainValidator
 
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "Int64",
+    "MaxBytes",
     "WireDate",
     "WireDateTime",
     "format_datetime",
@@ -83,11 +85,16 @@ def parse_date(value: Any) -> date:
 def format_datetime(value: datetime) -> str:
     """Format as Voucherify does: UTC, three fractional digits, a literal ``Z``."""
     utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # Not strftime: "%Y" does not pad years before 1000 to four digits on every platform.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def _quote(value: str) -> str:
-    return repr(value if len(value) <= 40 else value[:37] + "...")
+    preview = value if len(value) <= 40 else value[:37] + "..."
+    return f"string {json.dumps(preview, ensure_ascii=False)}"
 
 
 def _validate_datetime(value: Any) -> datetime:
@@ -115,3 +122,15 @@ WireDate = Annotated[
     PlainSerializer(date.isoformat, return_type=str, when_used="json"),
 ]
 Int64 = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
+
+
+def MaxBytes(limit: int) -> AfterValidator:
+    """Refuse text longer than ``limit`` bytes of UTF-8: B-tree index entries are limited
+    in bytes (2,704 on PostgreSQL), and one character can take four."""
+
+    def check(value: str) -> str:
+        if len(value) * 4 > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
+            raise ValueError(f"expected at most {limit} bytes of UTF-8 text, got {_quote(value)}")
+        return value
+
+    return AfterValidator(check)

@@ -49,7 +49,11 @@ def make_engine(url: str = DEFAULT_DATABASE_URL, **kwargs: Any) -> Engine:
     # No pre-ping on checkout (a round trip per request): a connection found dead is
     # invalidated with the rest of the pool, and writes are retried (repository.retry).
     kwargs.setdefault("json_serializer", dumps_for_jsonb)
-    return create_engine(url, **kwargs)
+    # Sessions in UTC: the server's own zone could turn the last instants of year 9999
+    # into year 10000 when timestamps are rendered as text (as in JSON aggregates).
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    connect_args["options"] = f"{connect_args.get('options', '')} -c timezone=UTC".strip()
+    return create_engine(url, connect_args=connect_args, **kwargs)
 
 
 def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from models.validation import NonFiniteNumber, loads_json
+from models.validation import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
 
 __all__ = ["Record", "read_records"]
 
 _CHUNK = 1 << 16
-_decoder = json.JSONDecoder()
+_decoder = FINITE_JSON_DECODER
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,13 @@ class Record:
 
 def read_records(stream: TextIO) -> Iterator[Record]:
     """Yield the customer records in ``stream``, whichever of the three forms it has."""
-    head = _skip_blank(stream)
+    head, _ = _skip_blank(stream)
     if head == "":
         return
-    if head == "[":
-        yield from _array_records(stream, head)
-        return
     first_line = head + stream.readline()
+    if head == "[":
+        yield from _array_or_lines(stream, first_line)
+        return
     try:
         value = loads_json(first_line)
     except (ValueError, RecursionError):
@@ -54,6 +54,29 @@ def read_records(stream: TextIO) -> Iterator[Record]:
         return
     yield from _expand(value, "line 1", "line 1 ", first_line)
     yield from _line_records(stream, start=2)
+
+
+def _array_or_lines(stream: TextIO, first_line: str) -> Iterator[Record]:
+    """Input that starts with ``[``: one JSON array, or JSON Lines whose first is an array."""
+    try:
+        value = loads_json(first_line)
+    except (ValueError, RecursionError):
+        yield from _array_records(stream, first_line)  # an array over several lines
+        return
+    after, blank_lines = _skip_blank(stream)
+    if after == "":
+        yield from _expand(value, "document", "")  # an array on one line
+        return
+    # More follows: JSON Lines, the first of which is an array (of customers, one hopes).
+    yield from _expand(value, "line 1", "line 1 ", first_line)
+    yield from _line_records(
+        _prepend(after + stream.readline(), stream), start=2 + blank_lines
+    )
+
+
+def _prepend(first: str, rest: TextIO) -> Iterator[str]:
+    yield first
+    yield from rest
 
 
 def _line_records(lines: Any, *, start: int) -> Iterator[Record]:
@@ -84,9 +107,10 @@ def _expand(value: Any, location: str, prefix: str, text: str | None = None) -> 
             return
         for index, item in enumerate(customers):
             yield Record(f"{prefix}customers[{index}]", item)
-    elif isinstance(value, list) and location == "document":
+    elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield Record(f"index {index}", item)
+            yield Record(f"index {index}" if location == "document" else f"{location} [{index}]",
+                         item)
     else:
         yield Record(location, value, text=text)
 
@@ -120,6 +144,12 @@ def _array_records(stream: TextIO, head: str) -> Iterator[Record]:
             return
         char = buffer[position]
         if char == "]" and (not expect_value or index == 0):
+            if buffer[position + 1:].strip() or _skip_blank(stream)[0]:
+                yield Record(
+                    f"after index {index - 1}",
+                    error="invalid JSON: more input after the array's closing ]; give one "
+                    "JSON array, or JSON Lines (one customer per line)",
+                )
             return
         if char == "," and not expect_value:
             position += 1
@@ -136,6 +166,9 @@ def _array_records(stream: TextIO, head: str) -> Iterator[Record]:
                 continue
             yield Record(f"index {index}", error=f"invalid JSON: {exc.msg}")
             return
+        except NonFiniteNumber as exc:
+            yield Record(f"index {index}", error=f"invalid JSON: {exc}")
+            return
         except RecursionError:
             yield Record(f"index {index}", error="invalid JSON: nested too deeply")
             return
@@ -148,8 +181,11 @@ def _array_records(stream: TextIO, head: str) -> Iterator[Record]:
         expect_value = False
 
 
-def _skip_blank(stream: TextIO) -> str:
+def _skip_blank(stream: TextIO) -> tuple[str, int]:
+    """The first character that is not blank (or "" at the end), and the newlines skipped."""
+    newlines = 0
     while True:
         char = stream.read(1)
         if char == "" or not (char.isspace() or char == "\ufeff"):
-            return char
+            return char, newlines
+        newlines += char == "\n"
