@@ -8,6 +8,7 @@ from repository.customers import (
     UpsertSummary,
 )
 from repository.engine import DEFAULT_DATABASE_URL, make_engine, make_session_factory
+from repository.erasure import forget_customer
 from repository.importer import ImportReport, Rejection, import_records
 from repository.queries import CustomerFilter, InvalidCursor, Page
 from repository.records import Record, read_records
@@ -24,6 +25,7 @@ __all__ = [
     "Rejection",
     "UpsertOutcome",
     "UpsertSummary",
+    "forget_customer",
     "import_records",
     "make_engine",
     "make_session_factory",

@@ -90,7 +90,7 @@ def ingest(
     action = _plan(envelope)
     now = received_at or datetime.now(UTC)
     provisional = _provisional_outcome(action)
-    error = action.error if isinstance(action, _Reject) else None
+    error = _storable_text(action.error) if isinstance(action, _Reject) else None
     if not _claim(session, envelope, body, now, provisional, error, count_delivery):
         return IngestResult(
             envelope.event_id, EventOutcome.DUPLICATE, envelope.event_type, envelope.customer_id
@@ -227,6 +227,12 @@ def _plan_deletion(envelope: Envelope, customer: dict[str, Any]) -> _Action:
     # The tombstone is dated at the later of the customer's last change and the event, so
     # that no update of the customer, however late it arrives, outlives the deletion.
     return _Delete(customer_id, max(times))
+
+
+def _storable_text(text: str) -> str:
+    """``text`` with what no text column (or UTF-8 response) can hold escaped: an error may
+    quote a key or value of the body, lone surrogates and NULs included."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
 
 
 def _provisional_outcome(action: _Action) -> EventOutcome:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, exists, func, literal, select, true
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, func, literal, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ __all__ = [
     "Page",
     "count",
     "cursor_after",
+    "customer_select_for",
     "find",
 ]
 
@@ -95,14 +96,22 @@ def find(
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
     dialect = session.get_bind().dialect.name
-    condition = _conditions(filters or CustomerFilter(), dialect)
-    if cursor is not None:
-        condition = and_(condition, customers.c.id > _decode_cursor(cursor))
     # One row more than asked tells whether another page exists.
-    rows = session.execute(customer_select(dialect).where(condition).limit(limit + 1)).all()
+    statement = customer_select_for(dialect, filters, cursor=cursor, limit=limit + 1)
+    rows = session.execute(statement).all()
     found = [decode_customer(row) for row in rows[:limit]]
     next_cursor = _encode_cursor(found[-1].id) if len(rows) > limit else None
     return Page(found, next_cursor)
+
+
+def customer_select_for(
+    dialect: str, filters: CustomerFilter | None, *, cursor: str | None, limit: int
+) -> Select[Any]:
+    """The statement behind a page of :func:`find` (for ``EXPLAIN`` and tests)."""
+    condition = _conditions(filters or CustomerFilter(), dialect)
+    if cursor is not None:
+        condition = and_(condition, customers.c.id > _decode_cursor(cursor))
+    return customer_select(dialect).where(condition).limit(limit)
 
 
 def count(session: Session, filters: CustomerFilter | None = None) -> int:

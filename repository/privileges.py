@@ -1,0 +1,165 @@
+"""Least privilege on PostgreSQL: the role the service runs as.
+
+The migrations run as the owner of the schema; the service (``import``, ``ingest``,
+``serve``, reads) needs only to read and write rows. :func:`grant_app_role`, run by the
+owner, gives a role exactly that: CONNECT and TEMPORARY on the database (the bulk import
+stages rows in temporary tables), USAGE on the schema, SELECT/INSERT/UPDATE/DELETE on the
+store's tables, SELECT on ``alembic_version`` (commands check the schema revision), and
+the same by default on tables and sequences that later migrations create. Never CREATE on
+the schema, ownership, TRUNCATE, REFERENCES or TRIGGER: the role cannot change the schema.
+
+Role names are quoted as identifiers. A password is turned into a SCRAM-SHA-256 verifier
+on the client (as ``psql``'s ``\\password`` does), so the clear text goes neither over the
+wire nor into the server's statement log; the verifier is composed in as a literal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import sql
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from models.base import Base
+
+__all__ = ["APP_TABLE_PRIVILEGES", "VERSION_TABLE", "GrantReport", "grant_app_role"]
+
+#: What the service does with the rows of the store's tables.
+APP_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+#: Alembic's table: the service only reads it.
+VERSION_TABLE = "alembic_version"
+
+
+@dataclass(frozen=True)
+class GrantReport:
+    role: str
+    database: str
+    schema: str
+    created: bool
+    #: Tables the role may read and write, and those it may only read.
+    read_write: list[str] = field(default_factory=list)
+    read_only: list[str] = field(default_factory=list)
+    #: Privileges the role holds anyway, through PUBLIC, that least privilege would not give.
+    warnings: list[str] = field(default_factory=list)
+
+
+def grant_app_role(
+    session_or_connection: Session | Connection,
+    role: str,
+    *,
+    create: bool = False,
+    password: str | None = None,
+) -> GrantReport:
+    """Give ``role`` what the service needs on the current database and schema.
+
+    Runs in the caller's transaction (the caller commits). With ``create=True`` the role
+    is created (LOGIN, NOINHERIT, no superuser, CREATEDB, CREATEROLE, replication or RLS
+    bypass); otherwise it must exist, and a given password replaces its password.
+    """
+    if not role:
+        raise ValueError("the role name is empty")
+    pg = _driver_connection(session_or_connection)
+    ident = sql.Identifier(role)
+    with pg.cursor() as cursor:
+        cursor.execute("SELECT current_database(), current_schema()")
+        database, schema = cursor.fetchone() or (None, None)
+        if database is None or schema is None:
+            raise ValueError("no current schema: the search_path names no existing schema")
+        if create:
+            cursor.execute(
+                sql.SQL(
+                    "CREATE ROLE {} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                    " NOREPLICATION NOBYPASSRLS"
+                ).format(ident)
+            )
+        if password is not None:
+            verifier = pg.pgconn.encrypt_password(
+                password.encode("utf-8"), role.encode("utf-8"), b"scram-sha-256"
+            )
+            cursor.execute(
+                sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                    ident, sql.Literal(verifier.decode("ascii"))
+                )
+            )
+        schema_ident = sql.Identifier(schema)
+        cursor.execute(
+            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(database), ident
+            )
+        )
+        cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema_ident, ident))
+        existing = _existing_tables(cursor, schema)
+        read_write = [name for name in Base.metadata.tables if name in existing]
+        for name in read_write:
+            cursor.execute(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in APP_TABLE_PRIVILEGES),
+                    sql.Identifier(schema, name),
+                    ident,
+                )
+            )
+        read_only = [VERSION_TABLE] if VERSION_TABLE in existing else []
+        for name in read_only:
+            cursor.execute(
+                sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(
+                    sql.Identifier(schema, name), ident
+                )
+            )
+        # Tables created later by this (the owner's) migrations are covered too.
+        cursor.execute(
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT {} ON TABLES TO {}").format(
+                schema_ident,
+                sql.SQL(", ").join(sql.SQL(p) for p in APP_TABLE_PRIVILEGES),
+                ident,
+            )
+        )
+        cursor.execute(
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE ON SEQUENCES TO {}")
+            .format(schema_ident, ident)
+        )
+        cursor.execute(
+            sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schema_ident, ident)
+        )
+        warnings = _excess_privileges(cursor, role, schema)
+    return GrantReport(
+        role=role, database=str(database), schema=str(schema), created=create,
+        read_write=read_write, read_only=read_only, warnings=warnings,
+    )
+
+
+def _driver_connection(session_or_connection: Session | Connection) -> Any:
+    connection = (
+        session_or_connection.connection()
+        if isinstance(session_or_connection, Session)
+        else session_or_connection
+    )
+    if connection.dialect.name != "postgresql":
+        raise ValueError(
+            f"roles and privileges are PostgreSQL's; this is {connection.dialect.name}"
+        )
+    return connection.connection.driver_connection
+
+
+def _existing_tables(cursor: Any, schema: str) -> set[str]:
+    cursor.execute(
+        "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')",
+        (schema,),
+    )
+    return {name for (name,) in cursor.fetchall()}
+
+
+def _excess_privileges(cursor: Any, role: str, schema: str) -> list[str]:
+    """Rights the role has through PUBLIC (e.g. CREATE on ``public`` before PostgreSQL 15)."""
+    cursor.execute(
+        "SELECT has_schema_privilege(%s, %s, 'CREATE')", (role, schema)
+    )
+    row = cursor.fetchone()
+    if row and row[0]:
+        return [
+            f"the role can create objects in schema {schema!r} through PUBLIC; "
+            f"run REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC as its owner"
+        ]
+    return []
