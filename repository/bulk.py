@@ -1,9 +1,10 @@
 """Bulk upserts for imports: many customers per statement, with the same rules as ``upsert``.
 
-PostgreSQL: the batch is streamed with ``COPY`` into temporary staging tables, then merged
-with a handful of set-based statements (newest version per id within the batch, tombstone
-check, one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE newer``, children replaced for the
-customers that were applied). SQLite: one multi-row upsert per table and batch.
+PostgreSQL: the customer rows are streamed with ``COPY`` into a temporary staging table,
+merged with one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE newer`` (after the newest
+version per id within the batch is chosen and the tombstones checked), and the child rows
+of the customers that were applied are replaced, again with ``COPY``. SQLite: multi-row
+upserts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from psycopg.types.json import Jsonb
 from sqlalchemy import Table, and_, delete, insert, or_, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
@@ -42,11 +42,6 @@ _referrals = cast(Table, ReferralEntryRow.__table__)
 _tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 _JSON_COLUMNS = frozenset({"metadata", "system_metadata", "extra"})
-_CHILDREN = (
-    ("customer_addresses", ADDRESS_COLUMNS),
-    ("customer_loyalty_campaigns", CAMPAIGN_COLUMNS),
-    ("customer_referral_entries", REFERRAL_COLUMNS),
-)
 
 
 def bulk_upsert(session: Session, batch: Sequence[CustomerRows]) -> list[bool]:
@@ -83,81 +78,70 @@ def _at_least_as_new(incoming: CustomerRows, stored: CustomerRows) -> bool:
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-_STAGE = {
-    "customers": "_stage_customers",
-    "customer_addresses": "_stage_addresses",
-    "customer_loyalty_campaigns": "_stage_campaigns",
-    "customer_referral_entries": "_stage_referrals",
-}
-
-
 def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
     winners = [batch[i] for i in sorted(_winners(batch))]
     lock_customers(session, [rows.id for rows in winners])
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        _create_staging(cursor)
-        _copy(cursor, "customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
-        _copy(cursor, "customer_addresses", ADDRESS_COLUMNS,
-              [r.address for r in winners if r.address is not None])
-        _copy(cursor, "customer_loyalty_campaigns", CAMPAIGN_COLUMNS,
-              [c for r in winners for c in r.campaigns])
-        _copy(cursor, "customer_referral_entries", REFERRAL_COLUMNS,
-              [e for r in winners for e in r.referrals])
+        # Only the customer rows are staged: the merge decides which customers are applied,
+        # and their child rows are then copied straight into the child tables.
+        cursor.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS _stage_customers "
+            "(LIKE customers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        _copy(cursor, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
         # A payload newer than a remembered deletion clears it; one as old or older is blocked.
         cursor.execute(
             "DELETE FROM customer_tombstones t USING _stage_customers s "
             "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at"
         )
-        columns = ", ".join(CUSTOMER_COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in CUSTOMER_COLUMNS if c != "id")
-        cursor.execute(
-            f"INSERT INTO customers ({columns}) "  # noqa: S608 (column names are constants)
-            f"SELECT {columns} FROM _stage_customers s "
-            "WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones t WHERE t.customer_id = s.id) "
-            "ORDER BY s.id "
-            f"ON CONFLICT (id) DO UPDATE SET {updates} "
-            "WHERE customers.version_at IS NULL OR (excluded.version_at IS NOT NULL "
-            "AND excluded.version_at >= customers.version_at) "
-            "RETURNING id"
-        )
-        applied = [row[0] for row in cursor.fetchall()]
+        cursor.execute(_MERGE_CUSTOMERS)
+        applied = {row[0] for row in cursor.fetchall()}
         if applied:
-            for table, child_columns in _CHILDREN:
-                cursor.execute(f"DELETE FROM {table} WHERE customer_id = ANY(%s)", (applied,))  # noqa: S608
-                names = ", ".join(child_columns)
-                cursor.execute(
-                    f"INSERT INTO {table} ({names}) SELECT {names} FROM {_STAGE[table]} "  # noqa: S608
-                    "WHERE customer_id = ANY(%s)",
-                    (applied,),
-                )
-        for stage in _STAGE.values():
-            cursor.execute(f"TRUNCATE {stage}")
+            cursor.execute(_DELETE_CHILDREN, {"ids": list(applied)})
+            chosen = [r for r in winners if r.id in applied]
+            _copy(cursor, "customer_addresses", ADDRESS_COLUMNS,
+                  [r.address for r in chosen if r.address is not None])
+            _copy(cursor, "customer_loyalty_campaigns", CAMPAIGN_COLUMNS,
+                  [c for r in chosen for c in r.campaigns])
+            _copy(cursor, "customer_referral_entries", REFERRAL_COLUMNS,
+                  [e for r in chosen for e in r.referrals])
     finally:
         cursor.close()
-    return set(applied)
+    return applied
 
 
-def _create_staging(cursor: Any) -> None:
-    # Temporary tables live as long as the connection; creating them is cheap when they
-    # already exist. Rows are removed at the end of each batch.
-    for table, stage in _STAGE.items():
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS)"
-        )
+_COLUMN_LIST = ", ".join(CUSTOMER_COLUMNS)
+_MERGE_CUSTOMERS = (
+    f"INSERT INTO customers ({_COLUMN_LIST}) "  # noqa: S608 (column names are constants)
+    f"SELECT {_COLUMN_LIST} FROM _stage_customers s "
+    "WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones t WHERE t.customer_id = s.id) "
+    "ORDER BY s.id "
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in CUSTOMER_COLUMNS if c != "id")
+    + " WHERE customers.version_at IS NULL OR (excluded.version_at IS NOT NULL "
+    "AND excluded.version_at >= customers.version_at) "
+    "RETURNING id"
+)
+_DELETE_CHILDREN = (
+    "WITH a AS (DELETE FROM customer_addresses WHERE customer_id = ANY(%(ids)s)), "
+    "c AS (DELETE FROM customer_loyalty_campaigns WHERE customer_id = ANY(%(ids)s)) "
+    "DELETE FROM customer_referral_entries WHERE customer_id = ANY(%(ids)s)"
+)
 
 
 def _copy(cursor: Any, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     json_positions = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
-    statement = f"COPY {_STAGE[table]} ({', '.join(columns)}) FROM STDIN"
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
     with cursor.copy(statement) as copy:
         for row in rows:
             values = [row[name] for name in columns]
             for i in json_positions:
                 if values[i] is not None:
-                    values[i] = Jsonb(values[i], dumps=dumps_for_jsonb)
+                    # JSON as text: the jsonb column parses it, as COPY does for any type.
+                    values[i] = dumps_for_jsonb(values[i])
             copy.write_row(values)
 
 

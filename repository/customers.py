@@ -35,6 +35,7 @@ from models.tables import (
 )
 from models.validation import parse_customer
 from repository import queries
+from repository.bulk import bulk_upsert
 from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
 from repository.queries import CustomerFilter, Page
@@ -94,17 +95,14 @@ class CustomerRepository:
         return self._write(rows)
 
     def upsert_many(self, customers: Iterable[Customer | Mapping[str, Any]]) -> UpsertSummary:
-        """Upsert several customers; all are validated before the first is written."""
+        """Upsert several customers with set-based statements (``COPY`` on PostgreSQL).
+
+        All are validated before the first is written. Within the batch the newest version
+        of an id wins (the later one among equals); the versions it supersedes count as stale.
+        """
         batch = [customer_to_rows(parse_customer(c)) for c in customers]
-        # One order for every writer, so that two batches never wait on each other's locks.
-        batch.sort(key=lambda rows: rows.id)
-        summary = UpsertSummary()
-        for rows in batch:
-            if self._write(rows) is UpsertOutcome.APPLIED:
-                summary.applied += 1
-            else:
-                summary.stale += 1
-        return summary
+        applied = bulk_upsert(self.session, batch)
+        return UpsertSummary(applied=sum(applied), stale=len(applied) - sum(applied))
 
     def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
         """Delete a customer and remember the deletion, so older updates cannot revive it.

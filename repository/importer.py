@@ -9,6 +9,7 @@ one transaction each, so that only the record it refuses is rejected.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -16,7 +17,6 @@ from itertools import islice
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.customer import Customer
 from models.validation import CustomerValidationError, parse_customer
 from repository.bulk import bulk_upsert
 from repository.customers import UpsertOutcome
@@ -55,6 +55,12 @@ class ImportReport:
             self.stale += 1
 
 
+@dataclass
+class _BatchResult:
+    applied: list[bool] = field(default_factory=list)
+    refused: list[Rejection] = field(default_factory=list)
+
+
 def import_records(
     sessions: sessionmaker[Session],
     records: Iterable[Record],
@@ -63,59 +69,77 @@ def import_records(
     on_reject: Callable[[Rejection], None] | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
-    """Validate and store ``records``; return what happened to each kind."""
+    """Validate and store ``records``; return what happened to each kind.
+
+    While one batch is written (the writer thread mostly waits for the database), the next
+    is validated: the two overlap, and at most two batches are held in memory.
+    """
     report = ImportReport()
 
-    def reject(location: str, reason: str) -> None:
+    def reject(rejection: Rejection) -> None:
         report.rejected += 1
-        rejection = Rejection(location, reason)
         if on_reject is not None:
             on_reject(rejection)
         else:
             report.rejections.append(rejection)
 
-    for chunk in _chunks(records, batch_size):
-        valid: list[tuple[str, Customer]] = []
-        for record in chunk:
-            if record.error is not None:
-                reject(record.location, record.error)
-                continue
-            try:
-                valid.append((record.location, parse_customer(record.value, source=record.text)))
-            except CustomerValidationError as exc:
-                reject(record.location, str(exc))
-        if valid:
-            _write_batch(sessions, valid, report, reject)
+    def collect(result: _BatchResult) -> None:
+        for was_applied in result.applied:
+            report.count(UpsertOutcome.APPLIED if was_applied else UpsertOutcome.STALE)
+        for rejection in result.refused:
+            reject(rejection)
         if on_progress is not None:
             on_progress(report)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer:
+        pending: Future[_BatchResult] | None = None
+        for chunk in _chunks(records, batch_size):
+            locations: list[str] = []
+            rows: list[CustomerRows] = []
+            for record in chunk:
+                if record.error is not None:
+                    reject(Rejection(record.location, record.error))
+                    continue
+                try:
+                    customer = parse_customer(record.value, source=record.text)
+                except CustomerValidationError as exc:
+                    reject(Rejection(record.location, str(exc)))
+                    continue
+                locations.append(record.location)
+                rows.append(customer_to_rows(customer))
+            if pending is not None:
+                collect(pending.result())
+            # Batches are written one after another, in input order: among versions of a
+            # customer with the same timestamp, the later line wins, as it would one by one.
+            pending = writer.submit(_write_batch, sessions, locations, rows)
+        if pending is not None:
+            collect(pending.result())
     return report
 
 
 def _write_batch(
-    sessions: sessionmaker[Session],
-    batch: list[tuple[str, Customer]],
-    report: ImportReport,
-    reject: Callable[[str, str], None],
-) -> None:
-    rows = [customer_to_rows(customer) for _, customer in batch]
+    sessions: sessionmaker[Session], locations: list[str], rows: list[CustomerRows]
+) -> _BatchResult:
+    if not rows:
+        return _BatchResult()
     try:
-        applied = run_in_transaction(sessions, lambda session: bulk_upsert(session, rows))
+        return _BatchResult(
+            applied=run_in_transaction(sessions, lambda session: bulk_upsert(session, rows))
+        )
     except DBAPIError as exc:
         if is_retryable(exc):
             raise
-        # The database refused something in the batch: find which record, one at a time.
-        for (location, _), one in zip(batch, rows, strict=True):
-            try:
-                outcome = run_in_transaction(sessions, partial(_upsert_one, rows=one))
-            except DBAPIError as single:
-                if is_retryable(single):
-                    raise
-                reject(location, f"the database refused it: {_first_line(single.orig)}")
-                continue
-            report.count(UpsertOutcome.APPLIED if outcome else UpsertOutcome.STALE)
-        return
-    for was_applied in applied:
-        report.count(UpsertOutcome.APPLIED if was_applied else UpsertOutcome.STALE)
+    # The database refused something in the batch: find which record, one at a time.
+    result = _BatchResult()
+    for location, one in zip(locations, rows, strict=True):
+        try:
+            result.applied.append(run_in_transaction(sessions, partial(_upsert_one, rows=one)))
+        except DBAPIError as single:
+            if is_retryable(single):
+                raise
+            reason = f"the database refused it: {_first_line(single.orig)}"
+            result.refused.append(Rejection(location, reason))
+    return result
 
 
 def _upsert_one(session: Session, *, rows: CustomerRows) -> bool:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from models.customer import Customer
 
 __all__ = [
@@ -164,7 +166,7 @@ class _Encoding:
 def customer_to_rows(customer: Customer) -> CustomerRows:
     """Lay a validated customer out as rows."""
     enc = _Encoding(row=dict.fromkeys(_CUSTOMER_LEAVES))
-    _encode(CUSTOMER_LAYOUT, customer.to_python(), "", enc)
+    _encode(CUSTOMER_LAYOUT, customer, "", enc)
     row = enc.row
     row["version_at"] = row["updated_at"] if row["updated_at"] is not None else row["created_at"]
     row.update(absent_mask=enc.absent, null_mask=enc.null, extra=enc.extra or None)
@@ -212,8 +214,10 @@ def customer_from_rows(
 
 
 def _encode(
-    layout: Mapping[str, Spec], value: Mapping[str, Any], path: str, enc: _Encoding
+    layout: Mapping[str, Spec], value: Mapping[str, Any] | BaseModel, path: str, enc: _Encoding
 ) -> None:
+    if isinstance(value, BaseModel):
+        value = _present_fields(value)
     for key, spec in layout.items():
         if key not in value:
             enc.absent |= 1 << spec.bit
@@ -230,6 +234,15 @@ def _encode(
     unknown = {k: v for k, v in value.items() if k not in layout}
     if unknown:
         enc.extra[path.rstrip(".")] = unknown
+
+
+def _present_fields(model: BaseModel) -> dict[str, Any]:
+    """The keys a model was given (its fields that were set, and unknown keys), one level
+    deep: cheaper than a full ``model_dump`` of the nested models."""
+    present = {name: getattr(model, name) for name in model.model_fields_set}
+    if model.__pydantic_extra__:
+        present.update(model.__pydantic_extra__)
+    return present
 
 
 def _decode(
@@ -253,7 +266,8 @@ def _decode(
 
 
 def _flat_row(
-    layout: Mapping[str, Spec], leaves: list[str], value: Mapping[str, Any], **keys: Any
+    layout: Mapping[str, Spec], leaves: list[str], value: Mapping[str, Any] | BaseModel,
+    **keys: Any,
 ) -> dict[str, Any]:
     enc = _Encoding(row=dict.fromkeys(leaves))
     _encode(layout, value, "", enc)

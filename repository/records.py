@@ -7,6 +7,7 @@ JSON arrays and JSON Lines are read incrementally; memory does not grow with the
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def read_records(stream: TextIO) -> Iterator[Record]:
         try:
             document = loads_json(rest)
         except (ValueError, RecursionError):
-            yield from _line_records(iter(rest.splitlines(keepends=True)), start=1)
+            # Lines end at "\n", "\r\n" or "\r" only: str.splitlines would also split at
+            # U+2028, U+0085 and other characters that JSON strings may hold as they are.
+            yield from _line_records(io.StringIO(rest, newline=None), start=1)
             return
         yield from _expand(document, "document", "")
         return
