@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from customer_store import search_cli, webhooks_cli
+from customer_store import admin_cli, search_cli, webhooks_cli
 from customer_store.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(run=_export)
 
     search_cli.add_commands(commands)
+    admin_cli.add_commands(commands)
     webhooks_cli.add_commands(commands)
     return parser
 

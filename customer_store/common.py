@@ -100,12 +100,27 @@ def open_output(path: str) -> Iterator[TextIO]:
         yield stream
 
 
+#: Query parameters of a database URL that hold secrets (libpq takes ``?password=``).
+_SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token")
+
+
 def safe_url(url: str | URL) -> str:
-    """The URL with its password masked, fit for messages and logs."""
+    """The URL with its password masked, fit for messages and logs: the password of the
+    user part and secret query parameters (``?password=…``, ``?sslpassword=…``)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<unparseable URL>"
+    if any(_is_secret_parameter(name) for name in parsed.query):
+        parsed = parsed.set(query={
+            name: "***" if _is_secret_parameter(name) else value
+            for name, value in parsed.query.items()
+        })
+    return parsed.render_as_string(hide_password=True)
+
+
+def _is_secret_parameter(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_QUERY_WORDS)
 
 
 def db_message(exc: SQLAlchemyError) -> str:
