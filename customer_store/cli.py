@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +27,7 @@ from customer_store.common import (
     EXIT_OK,
     CommandError,
     db_message,
+    mask_passwords,
     open_engine,
     open_input,
     open_output,
@@ -47,8 +49,16 @@ from repository.schema import current_revision, upgrade_to_head
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors repeat what was typed: a database URL given in the wrong place must not
+    show its password there."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(mask_passwords(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="customer-store",
         description="Store Voucherify customers in PostgreSQL or SQLite and read them back.",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "db_message",
+    "mask_passwords",
     "open_binary_input",
     "open_engine",
     "open_input",
@@ -117,6 +119,14 @@ def safe_url(url: str | URL) -> str:
             for name, value in parsed.query.items()
         })
     return parsed.render_as_string(hide_password=True)
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_passwords(text: str) -> str:
+    """``text`` with the password of any URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def _is_secret_parameter(name: str) -> bool:

@@ -351,3 +351,15 @@ def test_serve_logs_hide_the_database_password_and_the_webhook_secret(
     assert "delivery status=200" in log, log
     for secret in (DB_PASSWORD, WEBHOOK_SECRET, near_miss):
         assert secret not in log, f"{secret!r} leaked:\n{log}"
+
+
+def test_a_database_url_typed_where_a_command_belongs_is_not_echoed_with_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["postgresql://u:SeCrEt-pw-123@127.0.0.1:1/db", "stats"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err
+    assert "SeCrEt-pw-123" not in err
+    assert "postgresql://u:***@127.0.0.1:1/db" in err
