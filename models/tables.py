@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, func, text
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, false, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, JSONDocument, SortedText, UTCDateTime
@@ -169,3 +169,6 @@ class CustomerTombstoneRow(Base):
 
     customer_id: Mapped[str] = mapped_column(SortedText, primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Erased on request (revision 0004): no later payload stores the customer again, and
+    #: later webhook bodies about it are kept without their content.
+    forgotten: Mapped[bool] = mapped_column(server_default=false())

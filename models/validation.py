@@ -29,6 +29,10 @@ __all__ = [
 #: How deep metadata (or any unknown key) may nest; deeper input is refused.
 MAX_NESTING = 64
 
+#: Longest map key shown whole in a JSON path (every key the shape allows, campaign names
+#: of up to 500 characters included); longer ones are cut short.
+_KEY_PREVIEW = 1000
+
 _EXPECTED = {
     "int_type": "an integer",
     "int_from_float": "an integer",
@@ -94,10 +98,14 @@ def json_path(parts: tuple[Any, ...] | list[Any]) -> str:
             continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and part.isidentifier():
+        elif isinstance(part, str) and len(part) <= _KEY_PREVIEW and part.isidentifier():
             out += f".{part}"
         else:
-            out += f"[{json.dumps(str(part), ensure_ascii=False)}]"
+            # A key can be megabytes long: the path shows its start, as values are shown.
+            key = str(part)
+            if len(key) > _KEY_PREVIEW:
+                key = key[: _KEY_PREVIEW - 3] + "..."
+            out += f"[{json.dumps(key, ensure_ascii=False)}]"
     return out
 
 

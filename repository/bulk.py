@@ -93,7 +93,7 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
         # A payload newer than a remembered deletion clears it; one as old or older is blocked.
         cursor.execute(
             "DELETE FROM customer_tombstones t USING _stage_customers s "
-            "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at"
+            "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at AND NOT t.forgotten"
         )
         cursor.execute(_MERGE_CUSTOMERS)
         applied = {row[0] for row in cursor.fetchall()}
@@ -159,6 +159,7 @@ def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
                 delete(_tombstones).where(
                     _tombstones.c.customer_id == rows.id,
                     _tombstones.c.deleted_at < rows.version_at,
+                    _tombstones.c.forgotten.is_(False),
                 )
             )
     ids = [rows.id for rows in winners]

@@ -222,6 +222,7 @@ class CustomerRepository:
                 delete(_tombstones).where(
                     _tombstones.c.customer_id == rows.id,
                     _tombstones.c.deleted_at < rows.version_at,
+                    _tombstones.c.forgotten.is_(False),
                 )
             )
         return self.is_deleted(rows.id) is not None

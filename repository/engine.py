@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -73,7 +74,14 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     try:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            # Leaving rollback-journal mode needs the database to itself, and SQLite does
+            # not wait for that (no busy timeout): while another connection holds a lock,
+            # stay in the current mode, whose writes do wait; a later connection switches.
+            if "locked" not in str(exc):
+                raise
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()

@@ -1,7 +1,8 @@
 """Forgetting a customer (erasure on request): rows, child rows and raw webhook bodies.
 
-What remains is a tombstone with the Voucherify id and a time, nothing personal: it keeps
-a late webhook from storing the customer again.
+What remains is a tombstone with the Voucherify id and a time, nothing personal, marked
+``forgotten``: no later payload stores the customer again, however new, and a webhook
+delivered later about it is recorded without its body (see repository.ingest).
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, delete, func, or_, select
+from sqlalchemy import ColumnElement, Table, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.events import WebhookEventRow
+from models.tables import CustomerTombstoneRow
 from repository.customers import CustomerRepository, DeleteOutcome
 
 __all__ = ["ErasureReport", "forget_customer"]
 
 _events = cast(Table, WebhookEventRow.__table__)
+_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 #: Identifiers searched for in raw event bodies; short ones would match unrelated bodies.
 _MIN_NEEDLE = 5
@@ -48,6 +51,9 @@ def forget_customer(session: Session, customer_id: str, *, forgotten_at: datetim
     ):
         needles.update(_identifiers_in_body(bytes(body), customer_id))
     removed = repo.delete(customer_id, deleted_at=forgotten_at)
+    session.execute(
+        update(_tombstones).where(_tombstones.c.customer_id == customer_id).values(forgotten=True)
+    )
     matches: list[ColumnElement[bool]] = [_events.c.customer_id == customer_id]
     for needle in sorted(needles):
         for form in _encodings(needle):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
 from models.events import EventOutcome, WebhookEventRow
+from models.tables import CustomerTombstoneRow
 from models.validation import CustomerValidationError, parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _events = cast(Table, WebhookEventRow.__table__)
+_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def ingest(
             .where(_events.c.event_id == envelope.event_id)
             .values(outcome=outcome.value)
         )
+    if outcome is not EventOutcome.APPLIED and envelope.customer_id is not None:
+        _drop_body_if_forgotten(session, envelope.event_id, envelope.customer_id)
     return IngestResult(
         envelope.event_id, outcome, envelope.event_type, envelope.customer_id, error
     )
@@ -283,6 +287,19 @@ def _claim(
             .values(deliveries=_events.c.deliveries + 1, last_received_at=now)
         )
     return False
+
+
+def _drop_body_if_forgotten(session: Session, event_id: str, customer_id: str) -> None:
+    """A customer erased on request stays erased: Voucherify may still deliver events about
+    it (retries, resends), and their bodies carry the personal data that was removed."""
+    forgotten = (
+        select(_tombstones.c.customer_id)
+        .where(_tombstones.c.customer_id == customer_id, _tombstones.c.forgotten.is_(True))
+        .exists()
+    )
+    session.execute(
+        update(_events).where(_events.c.event_id == event_id, forgotten).values(body=b"")
+    )
 
 
 def _perform(session: Session, action: _Action) -> EventOutcome:

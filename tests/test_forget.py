@@ -228,7 +228,8 @@ def test_forget_leaves_nothing_personal_and_keeps_the_other_customer(store: Stor
     assert tombstone is not None
     assert datetime.now(UTC) - timedelta(minutes=5) < tombstone <= datetime.now(UTC)
     (row,) = store.tombstone_rows()
-    assert set(row) == {"customer_id", "deleted_at"} and row["customer_id"] == person.id
+    assert set(row) == {"customer_id", "deleted_at", "forgotten"}
+    assert row["customer_id"] == person.id and row["forgotten"] in (True, 1)
 
     # A late delivery (sent before the erasure, newer than any stored version) is stale.
     late = delivery("customer.updated", {"customer": person.customer(T0 + timedelta(days=1))},
@@ -237,6 +238,16 @@ def test_forget_leaves_nothing_personal_and_keeps_the_other_customer(store: Stor
     assert late_run.returncode == 0 and "1 stale" in late_run.output, str(late_run)
     assert store.customer(person.id) is None
     assert store.tombstone(person.id) == tombstone
+    # ... recorded (its event id is known, so a redelivery is a duplicate) without its body.
+    assert occurrences(store.engine, person) == []
+    assert len(store.events()) == len(other_events) + 1
+    # Not even a payload newer than the erasure stores the customer again.
+    newer = store.cli("import", store.write_lines("newer.jsonl", [
+        json.dumps(person.customer(datetime.now(UTC) + timedelta(days=1))),
+    ]))
+    assert newer.returncode == 0 and "1 stale" in newer.output, str(newer)
+    assert store.customer(person.id) is None
+    assert occurrences(store.engine, person) == []
     with Session(store.engine) as session:
         assert CustomerRepository(session).get_by_source_id(person.source_id) is None
 
