@@ -89,7 +89,7 @@ class CustomerRow(Base):
 
     __table_args__ = (
         Index(None, "source_id"),
-        # The indexes behind repository.queries' filters (revision 0003), with the
+        # The indexes behind repository.queries' filters (revision 0004), with the
         # expression indexes below the class.
         Index(None, "created_at"),
         Index(None, "updated_at"),

@@ -5,8 +5,8 @@ migration can run while the service writes: ``IF NOT EXISTS`` makes a retry afte
 interruption safe. The GIN index on metadata and the pattern index on names exist only on
 PostgreSQL; SQLite answers those filters by scanning.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-25
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
