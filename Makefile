@@ -3,6 +3,7 @@
 #   make run    install into a virtualenv, migrate customers.db, import the samples, print one
 #   make test   install with the dev tools, run the whole test suite (PYTEST_ARGS passed on)
 #   make lint   ruff check + mypy
+#   make bench  the store against raw PostgreSQL baselines (BENCH_ARGS passed on)
 #   make clean  remove the virtualenv, customers.db and caches
 #
 # Every variable can be set on the command line: `make test VENV=/tmp/venv PYTEST_ARGS=-x`.
@@ -21,13 +22,14 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
 DEV_STAMP := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run dev test lint clean
+.PHONY: help run dev test lint bench clean
 
 help:
 	@echo "make run    install, migrate customers.db, import $(SAMPLES), print $(SAMPLE_ID)"
 	@echo "make test   run the test suite (PostgreSQL at 127.0.0.1:5432 or"
 	@echo "            CUSTOMER_STORE_TEST_POSTGRES_URL; PYTEST_ARGS='...' is passed to pytest)"
 	@echo "make lint   ruff check and mypy"
+	@echo "make bench  benchmark on a throwaway PostgreSQL database (docs/benchmarks.md)"
 	@echo "make clean  remove $(VENV), customers.db and caches"
 
 $(BIN)/python:
@@ -55,6 +57,10 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+
+BENCH_ARGS ?=
+bench: $(DEV_STAMP)
+	$(BIN)/python -m bench.store_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build customers.db customers.db-wal customers.db-shm
