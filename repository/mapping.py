@@ -11,7 +11,7 @@ new bit (and a migration moves it out of ``extra``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -216,33 +216,30 @@ def customer_from_rows(
 def _encode(
     layout: Mapping[str, Spec], value: Mapping[str, Any] | BaseModel, path: str, enc: _Encoding
 ) -> None:
+    fields: Mapping[str, Any]
+    present: Collection[str]
     if isinstance(value, BaseModel):
-        value = _present_fields(value)
+        # Validated input: its fields' values, which of them were given, its unknown keys.
+        fields, present = value.__dict__, value.model_fields_set
+        unknown = value.__pydantic_extra__
+    else:
+        fields = present = value
+        unknown = {k: v for k, v in value.items() if k not in layout}
     for key, spec in layout.items():
-        if key not in value:
+        if key not in present:
             enc.absent |= 1 << spec.bit
             continue
-        item = value[key]
-        if isinstance(spec, (Leaf, Document)):
+        item = fields[key]
+        if type(spec) is Leaf or type(spec) is Document:
             enc.row[spec.column] = item
         elif item is None:
             enc.null |= 1 << spec.bit
-        elif isinstance(spec, Node):
+        elif type(spec) is Node:
             _encode(spec.fields, item, f"{path}{key}.", enc)
         else:
             enc.children[path + key] = item
-    unknown = {k: v for k, v in value.items() if k not in layout}
     if unknown:
-        enc.extra[path.rstrip(".")] = unknown
-
-
-def _present_fields(model: BaseModel) -> dict[str, Any]:
-    """The keys a model was given (its fields that were set, and unknown keys), one level
-    deep: cheaper than a full ``model_dump`` of the nested models."""
-    present = {name: getattr(model, name) for name in model.model_fields_set}
-    if model.__pydantic_extra__:
-        present.update(model.__pydantic_extra__)
-    return present
+        enc.extra[path.rstrip(".")] = dict(unknown)
 
 
 def _decode(
