@@ -9,11 +9,14 @@ upserts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, insert, or_, select
+import psycopg
+from sqlalchemy import Connection, Table, and_, delete, insert, or_, select
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.tables import (
@@ -81,33 +84,29 @@ def _at_least_as_new(incoming: CustomerRows, stored: CustomerRows) -> bool:
 def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
     winners = [batch[i] for i in sorted(_winners(batch))]
     lock_customers(session, [rows.id for rows in winners])
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        # Only the customer rows are staged: the merge decides which customers are applied,
-        # and their child rows are then copied straight into the child tables.
-        cursor.execute(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS _stage_customers "
-            "(LIKE customers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        _copy(cursor, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
-        # A payload newer than a remembered deletion clears it; one as old or older is blocked.
-        cursor.execute(
-            "DELETE FROM customer_tombstones t USING _stage_customers s "
-            "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at AND NOT t.forgotten"
-        )
-        cursor.execute(_MERGE_CUSTOMERS)
-        applied = {row[0] for row in cursor.fetchall()}
-        if applied:
-            cursor.execute(_DELETE_CHILDREN, {"ids": list(applied)})
-            chosen = [r for r in winners if r.id in applied]
-            _copy(cursor, "customer_addresses", ADDRESS_COLUMNS,
-                  [r.address for r in chosen if r.address is not None])
-            _copy(cursor, "customer_loyalty_campaigns", CAMPAIGN_COLUMNS,
-                  [c for r in chosen for c in r.campaigns])
-            _copy(cursor, "customer_referral_entries", REFERRAL_COLUMNS,
-                  [e for r in chosen for e in r.referrals])
-    finally:
-        cursor.close()
+    connection = session.connection()
+    # Only the customer rows are staged: the merge decides which customers are applied, and
+    # their child rows are then copied straight into the child tables.
+    connection.exec_driver_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS _stage_customers "
+        "(LIKE customers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    _copy(connection, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
+    # A payload newer than a remembered deletion clears it; one as old or older is blocked.
+    connection.exec_driver_sql(
+        "DELETE FROM customer_tombstones t USING _stage_customers s "
+        "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at AND NOT t.forgotten"
+    )
+    applied = set(connection.exec_driver_sql(_MERGE_CUSTOMERS).scalars())
+    if applied:
+        connection.exec_driver_sql(_DELETE_CHILDREN, {"ids": list(applied)})
+        chosen = [r for r in winners if r.id in applied]
+        _copy(connection, "customer_addresses", ADDRESS_COLUMNS,
+              [r.address for r in chosen if r.address is not None])
+        _copy(connection, "customer_loyalty_campaigns", CAMPAIGN_COLUMNS,
+              [c for r in chosen for c in r.campaigns])
+        _copy(connection, "customer_referral_entries", REFERRAL_COLUMNS,
+              [e for r in chosen for e in r.referrals])
     return applied
 
 
@@ -130,19 +129,40 @@ _DELETE_CHILDREN = (
 )
 
 
-def _copy(cursor: Any, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+def _copy(
+    connection: Connection, table: str, columns: Sequence[str], rows: list[dict[str, Any]]
+) -> None:
+    """``COPY table FROM STDIN`` through the driver (SQLAlchemy has no COPY)."""
     if not rows:
         return
     json_positions = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    with cursor.copy(statement) as copy:
-        for row in rows:
-            values = [row[name] for name in columns]
-            for i in json_positions:
-                if values[i] is not None:
-                    # JSON as text: the jsonb column parses it, as COPY does for any type.
-                    values[i] = dumps_for_jsonb(values[i])
-            copy.write_row(values)
+    with _driver_errors(connection):
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                values = [row[name] for name in columns]
+                for i in json_positions:
+                    if values[i] is not None:
+                        # JSON as text: the jsonb column parses it, as COPY does any type.
+                        values[i] = dumps_for_jsonb(values[i])
+                copy.write_row(values)
+
+
+@contextmanager
+def _driver_errors(connection: Connection) -> Iterator[None]:
+    """Raise the driver's errors as SQLAlchemy's (as SQLAlchemy does for its own statements),
+    with a lost connection invalidated, so callers and retries see one kind of error."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        dbapi_connection = connection.connection.dbapi_connection
+        lost = connection.dialect.is_disconnect(cast(Any, exc), dbapi_connection, None)
+        if lost:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            None, None, exc, psycopg.Error, connection_invalidated=lost, dialect=connection.dialect
+        ) from exc
 
 
 # -- SQLite ----------------------------------------------------------------------------
