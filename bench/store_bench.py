@@ -239,8 +239,8 @@ def time_calls(ids: list[str], call: Callable[[str], Any]) -> tuple[float, float
 
 
 def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
-    engine = make_engine(url)
-    sessions = make_session_factory(engine, read_only=True)
+    engine = make_engine(url, read_only=True)  # as a service's request handlers would
+    sessions = make_session_factory(engine)
 
     def ours(customer_id: str) -> Any:
         with sessions() as session:

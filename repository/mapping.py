@@ -14,11 +14,24 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
-from models.customer import Customer
+from models.customer import (
+    Address,
+    Assets,
+    Customer,
+    GiftSummary,
+    Loyalty,
+    LoyaltyCampaign,
+    LoyaltyCardSummary,
+    OrdersSummary,
+    RedemptionsSummary,
+    ReferralEntry,
+    Referrals,
+    Summary,
+)
 
 __all__ = [
     "ADDRESS_COLUMNS",
@@ -112,6 +125,19 @@ CAMPAIGN_LAYOUT = _leaves(("points", "loyalty_tier", "referred_customers"))
 REFERRAL_LAYOUT = _leaves(
     ("campaign_id", "referrer_id", "related_object_id", "related_object_type", "date")
 )
+
+
+#: The models nested in each model: key -> ("one" | "map" | "list", model).
+_NESTED: dict[type[BaseModel], dict[str, tuple[str, type[BaseModel]]]] = {
+    Customer: {"address": ("one", Address), "summary": ("one", Summary),
+               "loyalty": ("one", Loyalty), "referrals": ("one", Referrals),
+               "assets": ("one", Assets)},
+    Summary: {"redemptions": ("one", RedemptionsSummary), "orders": ("one", OrdersSummary)},
+    RedemptionsSummary: {"gift": ("one", GiftSummary),
+                         "loyalty_card": ("one", LoyaltyCardSummary)},
+    Loyalty: {"campaigns": ("map", LoyaltyCampaign)},
+    Referrals: {"campaigns": ("list", ReferralEntry)},
+}
 
 
 def _columns(layout: Mapping[str, Spec]) -> list[str]:
@@ -210,7 +236,25 @@ def customer_from_rows(
         CUSTOMER_LAYOUT, customer, "", customer["absent_mask"], customer["null_mask"],
         customer["extra"] or {}, children,
     )
-    return Customer.model_validate(value)
+    # What was stored was validated on the way in: build the models without checking again.
+    return cast(Customer, _construct(Customer, value))
+
+
+def _construct(model: type[BaseModel], value: dict[str, Any]) -> BaseModel:
+    """``model`` and its nested models from JSON-shaped values, marking exactly the given
+    keys as set (so that ``to_json`` leaves the others out) and keeping unknown keys."""
+    fields = dict(value)
+    for key, (kind, nested) in _NESTED.get(model, {}).items():
+        item = fields.get(key)
+        if item is None:
+            continue
+        if kind == "one":
+            fields[key] = _construct(nested, item)
+        elif kind == "map":
+            fields[key] = {k: _construct(nested, v) for k, v in item.items()}
+        else:
+            fields[key] = [_construct(nested, v) for v in item]
+    return model.model_construct(**fields)
 
 
 def _encode(
