@@ -44,6 +44,7 @@ from repository import (
     make_session_factory,
     read_records,
 )
+from repository.importer import DEFAULT_BATCH_SIZE
 from repository.schema import current_revision, upgrade_to_head
 
 __all__ = ["build_parser", "main"]
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("path", nargs="?", default="-", help="input file, or - for stdin")
     imp.add_argument(
-        "--batch-size", type=positive_int, default=500, help="records per transaction"
+        "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+        help=f"records per transaction (default {DEFAULT_BATCH_SIZE})",
     )
     imp.set_defaults(run=_import)
 

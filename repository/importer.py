@@ -26,7 +26,7 @@ from repository.retry import is_retryable, run_in_transaction
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
 
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
