@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Connection, Table, and_, delete, insert, or_, select
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import Connection, Table, column, delete, exists, insert, select, table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,7 @@ from repository.mapping import (
     REFERRAL_COLUMNS,
     CustomerRows,
 )
+from repository.newest_wins import upsert_newest
 
 __all__ = ["bulk_upsert"]
 
@@ -97,7 +98,7 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
         "DELETE FROM customer_tombstones t USING _stage_customers s "
         "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at AND NOT t.forgotten"
     )
-    applied = set(connection.exec_driver_sql(_MERGE_CUSTOMERS).scalars())
+    applied = set(connection.execute(_MERGE_CUSTOMERS).scalars())
     if applied:
         connection.exec_driver_sql(_DELETE_CHILDREN, {"ids": list(applied)})
         chosen = [r for r in winners if r.id in applied]
@@ -110,17 +111,14 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
     return applied
 
 
-_COLUMN_LIST = ", ".join(CUSTOMER_COLUMNS)
-_MERGE_CUSTOMERS = (
-    f"INSERT INTO customers ({_COLUMN_LIST}) "  # noqa: S608 (column names are constants)
-    f"SELECT {_COLUMN_LIST} FROM _stage_customers s "
-    "WHERE NOT EXISTS (SELECT 1 FROM customer_tombstones t WHERE t.customer_id = s.id) "
-    "ORDER BY s.id "
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in CUSTOMER_COLUMNS if c != "id")
-    + " WHERE customers.version_at IS NULL OR (excluded.version_at IS NOT NULL "
-    "AND excluded.version_at >= customers.version_at) "
-    "RETURNING id"
+_STAGE = table("_stage_customers", *(column(name) for name in CUSTOMER_COLUMNS))
+_MERGE_CUSTOMERS = upsert_newest(
+    postgresql.insert(_customers).from_select(
+        CUSTOMER_COLUMNS,
+        select(*(_STAGE.c[name] for name in CUSTOMER_COLUMNS))
+        .where(~exists().where(_tombstones.c.customer_id == _STAGE.c.id))
+        .order_by(_STAGE.c.id),
+    )
 )
 _DELETE_CHILDREN = (
     "WITH a AS (DELETE FROM customer_addresses WHERE customer_id = ANY(%(ids)s)), "
@@ -193,13 +191,7 @@ def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
     # Few enough rows per statement to stay under SQLite's limit of bound parameters.
     for start in range(0, len(candidates), _SQLITE_ROWS_PER_STATEMENT):
         chunk = candidates[start:start + _SQLITE_ROWS_PER_STATEMENT]
-        ins = sqlite.insert(_customers).values([rows.customer for rows in chunk])
-        stored, incoming = _customers.c.version_at, ins.excluded.version_at
-        upsert = ins.on_conflict_do_update(
-            index_elements=[_customers.c.id],
-            set_={name: ins.excluded[name] for name in CUSTOMER_COLUMNS if name != "id"},
-            where=or_(stored.is_(None), and_(incoming.is_not(None), incoming >= stored)),
-        ).returning(_customers.c.id)
+        upsert = upsert_newest(sqlite.insert(_customers).values([r.customer for r in chunk]))
         applied.update(session.scalars(upsert))
     if applied:
         chosen = [rows for rows in candidates if rows.id in applied]

@@ -16,10 +16,8 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     Table,
-    and_,
     delete,
     insert,
-    or_,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +35,8 @@ from models.validation import parse_customer
 from repository import queries
 from repository.bulk import bulk_upsert
 from repository.locks import lock_customers
-from repository.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
+from repository.mapping import CustomerRows, customer_to_rows
+from repository.newest_wins import upsert_newest
 from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer, get_by_id_statement
 
@@ -199,13 +198,7 @@ class CustomerRepository:
         self._lock(rows.id)
         if self._blocked_by_tombstone(rows):
             return UpsertOutcome.STALE
-        ins = self._insert(_customers).values(**rows.customer)
-        stored, incoming = _customers.c.version_at, ins.excluded.version_at
-        upsert = ins.on_conflict_do_update(
-            index_elements=[_customers.c.id],
-            set_={name: ins.excluded[name] for name in CUSTOMER_COLUMNS if name != "id"},
-            where=or_(stored.is_(None), and_(incoming.is_not(None), incoming >= stored)),
-        ).returning(_customers.c.id)
+        upsert = upsert_newest(self._insert(_customers).values(**rows.customer))
         if self.session.execute(upsert).first() is None:
             return UpsertOutcome.STALE
         self._replace_children(rows)

@@ -1,0 +1,30 @@
+"""The newest-wins rule as SQL, shared by single and bulk writes.
+
+A stored customer is replaced only by a payload at least as new, compared by
+``version_at`` (``updated_at``, else ``created_at``): a stored customer without a version
+is replaced by anything, a payload without one replaces nothing that has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, or_
+
+from models.tables import CustomerRow
+from repository.mapping import CUSTOMER_COLUMNS
+
+__all__ = ["upsert_newest"]
+
+_customers = cast(Table, CustomerRow.__table__)
+
+
+def upsert_newest(insert: Any) -> Any:
+    """``insert`` (PostgreSQL's or SQLite's) into customers, turned into an upsert that
+    replaces a stored row only under the rule, returning the ids it wrote."""
+    stored, incoming = _customers.c.version_at, insert.excluded.version_at
+    return insert.on_conflict_do_update(
+        index_elements=[_customers.c.id],
+        set_={name: insert.excluded[name] for name in CUSTOMER_COLUMNS if name != "id"},
+        where=or_(stored.is_(None), and_(incoming.is_not(None), incoming >= stored)),
+    ).returning(_customers.c.id)
