@@ -139,7 +139,3 @@ class Customer(_Shape):
     def to_json(self) -> dict[str, Any]:
         """The customer as JSON values, exactly the keys that were given."""
         return self.model_dump(mode="json", exclude_unset=True)
-
-    def to_python(self) -> dict[str, Any]:
-        """Like :meth:`to_json`, with ``datetime``/``date`` objects instead of strings."""
-        return self.model_dump(exclude_unset=True)
