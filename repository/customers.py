@@ -131,7 +131,9 @@ class CustomerRepository:
 
     def get(self, customer_id: str) -> Customer | None:
         """The stored customer, or ``None``: one statement, however large it is."""
-        row = self.session.execute(get_by_id_statement(self._dialect), {"id": customer_id}).first()
+        # Core execution on the session's connection: no ORM machinery for a plain row.
+        statement = get_by_id_statement(self._dialect)
+        row = self.session.connection().execute(statement, {"id": customer_id}).first()
         return decode_customer(row) if row is not None else None
 
     def get_one_or_none(self, customer_id: str) -> Customer | None:
@@ -241,4 +243,4 @@ class CustomerRepository:
         query = customer_select(self._dialect).limit(limit)
         if condition is not None:
             query = query.where(condition)
-        return [decode_customer(row) for row in self.session.execute(query)]
+        return [decode_customer(row) for row in self.session.connection().execute(query)]
