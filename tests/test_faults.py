@@ -14,16 +14,12 @@ Every PostgreSQL test uses a private database of its own. The figures each test 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
-import os
 import random
 import re
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,17 +36,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bench.customers import customer as bench_customer
 from bench.customers import write_jsonl
-from customer_store.web import SIGNATURE_HEADER, sign
 from models.events import WebhookEventRow
 from repository import CustomerRepository, make_engine, make_session_factory
 from repository.retry import run_in_transaction
 from repository.schema import upgrade_to_head
+from tests.servers import ROOT, Reply, Server, child_env, cli_command, running_server
 from tests.webhook_streams import build_stream, envelope
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"
 SECRET = f"whsec-faults-{uuid.uuid4().hex}"
-WEBHOOK_PATH = "/webhooks/voucherify"
 RETRY_LOG = "retrying transaction"
 _IMPORT_SUMMARY = re.compile(
     r"imported (\d+) records in [\d.]+s: (\d+) applied, (\d+) stale, (\d+) rejected"
@@ -64,19 +57,6 @@ _INGEST_SUMMARY = re.compile(r"(\d+) (applied|stale|duplicate|ignored|rejected|m
 def report(test: str, **figures: object) -> None:
     """Print what was injected and what survived (shown with ``pytest -s``)."""
     print(f"\n[faults] {test}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
-
-
-def process_env(application_name: str | None = None) -> dict[str, str]:
-    """The environment of a CLI process; libpq's PGAPPNAME names its backends."""
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", SECRET_ENV}}
-    env["PYTHONUNBUFFERED"] = "1"
-    if application_name is not None:
-        env["PGAPPNAME"] = application_name
-    return env
-
-
-def cli_command(url: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "customer_store", "--database-url", url, *args]
 
 
 def database_name(url: str) -> str:
@@ -198,6 +178,33 @@ def _terminate_while_running(
     return hits
 
 
+def _run_terminating_its_connections_twice(
+    url: str, postgres_admin_url: str, *args: str, progress_table: str, err_path: Path,
+    timeout: float,
+) -> tuple[list[tuple[int, int]], int, str]:
+    """Run ``customer-store ARGS``, killing its backends twice while it makes progress in
+    ``progress_table``; the hits (see _terminate_while_running), its exit status and stderr."""
+    app = f"faults-{args[0]}-{uuid.uuid4().hex[:8]}"
+    with err_path.open("wb") as err:
+        process = subprocess.Popen(
+            # libpq's PGAPPNAME names the process's backends.
+            cli_command(url, *args),
+            cwd=ROOT, env=child_env({"PGAPPNAME": app}), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+        try:
+            hits = _terminate_while_running(
+                process, postgres_admin_url=postgres_admin_url, url=url,
+                application_name=app, progress_table=progress_table, times=2,
+            )
+            returncode = process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return hits, returncode, err_path.read_text(encoding="utf-8", errors="replace")
+
+
 # --- 1. the importer loses its connection twice -------------------------------------------------
 
 
@@ -207,28 +214,13 @@ def test_import_survives_its_connection_being_terminated_twice(
 ) -> None:
     source = tmp_path / "customers.jsonl"
     write_jsonl(str(source), 40_000)
-    app = f"faults-import-{uuid.uuid4().hex[:8]}"
-    err_path = tmp_path / "import.err"
 
     started = time.monotonic()
-    with err_path.open("wb") as err:
-        process = subprocess.Popen(
-            cli_command(pg_url, "import", str(source)),
-            cwd=ROOT, env=process_env(app), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=err,
-        )
-        try:
-            hits = _terminate_while_running(
-                process, postgres_admin_url=postgres_admin_url, url=pg_url,
-                application_name=app, progress_table="customers", times=2,
-            )
-            returncode = process.wait(timeout=180)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    hits, returncode, stderr = _run_terminating_its_connections_twice(
+        pg_url, postgres_admin_url, "import", str(source), progress_table="customers",
+        err_path=tmp_path / "import.err", timeout=180,
+    )
     elapsed = time.monotonic() - started
-    stderr = err_path.read_text(encoding="utf-8", errors="replace")
 
     assert [killed > 0 for killed, _ in hits] == [True, True], (hits, stderr[-2000:])
     assert returncode == 0, stderr[-2000:]
@@ -243,7 +235,7 @@ def test_import_survives_its_connection_being_terminated_twice(
 
     exported = tmp_path / "export.jsonl"
     finished = subprocess.run(
-        cli_command(pg_url, "export", str(exported)), cwd=ROOT, env=process_env(),
+        cli_command(pg_url, "export", str(exported)), cwd=ROOT, env=child_env(),
         stdin=subprocess.DEVNULL, capture_output=True, timeout=120, check=False,
     )
     assert finished.returncode == 0, finished.stderr.decode()
@@ -289,74 +281,12 @@ class Deliveries:
         return Delivery(event_id, body, customer, outcome)
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def http_request(port: int, method: str, path: str, body: bytes | None = None) -> Reply:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    headers = {}
-    if body is not None:
-        headers = {"Content-Type": "application/json",
-                   SIGNATURE_HEADER: sign(body, SECRET.encode("utf-8"))}
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return Reply(
-            response.status,
-            {name.lower(): value for name, value in response.getheaders()},
-            response.read(),
-        )
-    finally:
-        connection.close()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def running_server(url: str, log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    env = process_env()
-    env[SECRET_ENV] = SECRET
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            cli_command(url, "serve", "--host", "127.0.0.1", "--port", str(port)),
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            def healthy() -> bool:
-                if process.poll() is not None:
-                    pytest.fail(f"the server exited:\n{log_path.read_text()}", pytrace=False)
-                try:
-                    return http_request(port, "GET", "/healthz").status == 200
-                except OSError:
-                    return False
-
-            wait_for(healthy, timeout=30, what="the server to answer /healthz")
-            yield process, port
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 class Poster(threading.Thread):
     """Posts fresh deliveries one after another until stopped; remembers every answer."""
 
-    def __init__(self, port: int, deliveries: Deliveries) -> None:
+    def __init__(self, server: Server, deliveries: Deliveries) -> None:
         super().__init__(daemon=True)
-        self.port = port
+        self.server = server
         self.deliveries = deliveries
         self.answers: list[tuple[Delivery, int, float]] = []  # (delivery, status, at)
         self.failures: list[BaseException] = []
@@ -366,7 +296,7 @@ class Poster(threading.Thread):
         while not self.stop.is_set():
             delivery = self.deliveries.make()
             try:
-                reply = http_request(self.port, "POST", WEBHOOK_PATH, delivery.body)
+                reply = self.server.deliver(delivery.body)
             except BaseException as exc:  # the server went away: recorded, then failed on
                 self.failures.append(exc)
                 return
@@ -383,8 +313,8 @@ def test_receiver_answers_503_during_a_database_outage_and_recovers_without_losi
     accepted: dict[str, Delivery] = {}  # answered 2xx
     refused: dict[str, Delivery] = {}  # answered 503: Voucherify would deliver them again
 
-    def post(port: int, delivery: Delivery) -> Reply:
-        reply = http_request(port, "POST", WEBHOOK_PATH, delivery.body)
+    def post(delivery: Delivery) -> Reply:
+        reply = server.deliver(delivery.body)
         assert reply.status in (200, 503), (reply.status, reply.body)
         if reply.status == 200:
             assert json.loads(reply.body)["outcome"] == delivery.expected_outcome
@@ -393,11 +323,11 @@ def test_receiver_answers_503_during_a_database_outage_and_recovers_without_losi
             refused[delivery.event_id] = delivery
         return reply
 
-    with running_server(pg_url, tmp_path / "server.log") as (server, port), \
+    with running_server(pg_url, log_path=tmp_path / "server.log", secret=SECRET) as server, \
             admin_connection(postgres_admin_url) as admin:
         for _ in range(20):
-            assert post(port, deliveries.make()).status == 200
-        poster = Poster(port, Deliveries(seed=12))
+            assert post(deliveries.make()).status == 200
+        poster = Poster(server, Deliveries(seed=12))
         poster.start()
         try:
             time.sleep(0.5)
@@ -412,29 +342,29 @@ def test_receiver_answers_503_during_a_database_outage_and_recovers_without_losi
                 outage_replies = []
                 for _ in range(10):
                     started = time.monotonic()
-                    reply = post(port, deliveries.make())
+                    reply = post(deliveries.make())
                     outage_replies.append(reply)
                     assert reply.status == 503, reply
                     assert int(reply.headers["retry-after"]) > 0
                     assert time.monotonic() - started < 10  # Voucherify gives up after 10 s
-                health = http_request(port, "GET", "/healthz")
+                health = server.get("/healthz")
                 assert health.status == 503, health
                 wait_for(lambda: any(s == 503 for _, s, _ in poster.answers), timeout=10,
                          what="the background poster to meet the outage")
                 # Stay down a while, as a restart would, with deliveries coming in.
                 time.sleep(max(0.0, down_at + 2.0 - time.monotonic()))
-                assert http_request(port, "GET", "/healthz").status == 503
-                assert server.poll() is None
+                assert server.get("/healthz").status == 503
+                assert server.process.poll() is None
             finally:
                 admin.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
             up_at = time.monotonic()
 
             # It recovers by itself: no restart of the server.
-            wait_for(lambda: http_request(port, "GET", "/healthz").status == 200,
+            wait_for(lambda: server.get("/healthz").status == 200,
                      timeout=15, what="/healthz to answer 200 again")
             recovered_in = time.monotonic() - up_at
             for _ in range(10):
-                assert post(port, deliveries.make()).status == 200
+                assert post(deliveries.make()).status == 200
             wait_for(lambda: any(s == 200 and at > up_at for _, s, at in poster.answers),
                      timeout=10, what="the background poster to be accepted again")
         finally:
@@ -458,7 +388,7 @@ def test_receiver_answers_503_during_a_database_outage_and_recovers_without_losi
                 already = set(session.scalars(select(WebhookEventRow.event_id).where(
                     WebhookEventRow.event_id.in_(list(refused)))))
             for delivery in refused.values():
-                reply = http_request(port, "POST", WEBHOOK_PATH, delivery.body)
+                reply = server.deliver(delivery.body)
                 assert reply.status == 200, reply
                 outcome = json.loads(reply.body)["outcome"]
                 expected = "duplicate" if delivery.event_id in already else (
@@ -471,8 +401,8 @@ def test_receiver_answers_503_during_a_database_outage_and_recovers_without_losi
             assert rows == len(accepted) + len(refused)
         finally:
             engine.dispose()
-        assert server.poll() is None
-    log = (tmp_path / "server.log").read_text(encoding="utf-8", errors="replace")
+        assert server.process.poll() is None
+    log = server.log()
     assert "Traceback" not in log
     assert " status=500 " not in log
     report(
@@ -519,26 +449,11 @@ def test_ingest_survives_its_connection_being_terminated(
     deliveries = stream.deliveries(seed=23)
     source = tmp_path / "deliveries.jsonl"
     source.write_bytes(b"".join(body + b"\n" for body in deliveries))
-    app = f"faults-ingest-{uuid.uuid4().hex[:8]}"
-    err_path = tmp_path / "ingest.err"
 
-    with err_path.open("wb") as err:
-        process = subprocess.Popen(
-            cli_command(pg_url, "ingest", str(source)),
-            cwd=ROOT, env=process_env(app), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=err,
-        )
-        try:
-            hits = _terminate_while_running(
-                process, postgres_admin_url=postgres_admin_url, url=pg_url,
-                application_name=app, progress_table="webhook_events", times=2,
-            )
-            returncode = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    stderr = err_path.read_text(encoding="utf-8", errors="replace")
+    hits, returncode, stderr = _run_terminating_its_connections_twice(
+        pg_url, postgres_admin_url, "ingest", str(source), progress_table="webhook_events",
+        err_path=tmp_path / "ingest.err", timeout=120,
+    )
 
     assert hits and all(killed > 0 for killed, _ in hits), (hits, stderr[-2000:])
     assert returncode == 0, stderr[-2000:]
@@ -615,7 +530,7 @@ def test_sqlite_import_and_ingest_side_by_side_wait_out_a_held_write_lock(
         with sqlite_write_lock(url):
             processes = [
                 subprocess.Popen(
-                    cli_command(url, *args), cwd=ROOT, env=process_env(),
+                    cli_command(url, *args), cwd=ROOT, env=child_env(),
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 )
                 for args in (("import", str(source), "--batch-size", "100"),

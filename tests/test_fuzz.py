@@ -13,17 +13,14 @@ envelopes in-process, and the limits of the store are pinned at their edges.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,21 +31,19 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
-from customer_store.web import DEFAULT_MAX_BODY_BYTES, SIGNATURE_HEADER, sign
+from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base
 from models.events import EventOutcome, WebhookEventRow
 from models.validation import MAX_NESTING
 from repository import CustomerRepository, import_records, make_session_factory, read_records
 from repository.ingest import MalformedDelivery, ingest_delivery
 from tests.invariants import assert_invariants
+from tests.servers import Server, cli_command, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
-#: Every subprocess and HTTP call is bounded: a hang fails the test instead of the run.
+#: Every subprocess and HTTP call is bounded: a hang fails the test instead of the run (the
+#: HTTP calls and the server's start by tests.servers).
 CLI_TIMEOUT = 90.0
-HTTP_TIMEOUT = 30.0
-START_TIMEOUT = 30.0
 SECRET = f"whsec-fuzz-{uuid.uuid4().hex}"
-WEBHOOK_PATH = "/webhooks/voucherify"
 TEN_MB = 10 * 1024 * 1024
 NOW = "2024-05-01T10:00:00.000Z"
 INT64_MAX = 2**63 - 1
@@ -249,7 +244,7 @@ class Run:
 def cli(url: str, *args: str, cwd: Path) -> Run:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     completed = subprocess.run(
-        [sys.executable, "-m", "customer_store", "--database-url", url, *args],
+        cli_command(url, *args),
         cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
         timeout=CLI_TIMEOUT, check=False,
     )
@@ -530,73 +525,10 @@ def test_ingest_records_or_refuses_each_nasty_envelope_by_line_and_exits_1(
 # --- the HTTP receiver ---------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def post(self, body: bytes, *, chunks: Sequence[bytes] | None = None) -> tuple[int, Any]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HTTP_TIMEOUT)
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(body, SECRET.encode()),
-        }
-        try:
-            try:
-                if chunks is None:
-                    connection.request("POST", WEBHOOK_PATH, body=body, headers=headers)
-                else:
-                    connection.request("POST", WEBHOOK_PATH, body=iter(chunks), headers=headers,
-                                       encode_chunked=True)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # refused before the body was sent; the answer is still there
-            response = connection.getresponse()
-            raw = response.read()
-        finally:
-            connection.close()
-        return response.status, json.loads(raw)
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-@contextmanager
-def serving(database_url: str, log_path: Path) -> Iterator[Server]:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(VOUCHERIFY_WEBHOOK_SECRET=SECRET, PYTHONUNBUFFERED="1")
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "customer_store", "--database-url", database_url, "serve",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        server = Server(port, process, log_path)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                assert process.poll() is None, server.log()
-                assert time.monotonic() < deadline, "the server did not start:\n" + server.log()
-                try:
-                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                    connection.request("GET", "/healthz")
-                    if connection.getresponse().status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.05)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def post(server: Server, body: bytes, *, chunk_size: int | None = None) -> tuple[int, Any]:
+    """Deliver ``body`` signed with SECRET (in chunks if ``chunk_size``): (status, JSON answer)."""
+    reply = server.deliver(body, chunk_size=chunk_size)
+    return reply.status, reply.json()
 
 
 @pytest.fixture
@@ -604,7 +536,7 @@ def server(
     database_url: str, store: Engine, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with serving(database_url, log) as running:
+    with running_server(database_url, log_path=log, secret=SECRET) as running:
         yield running
         assert "Traceback" not in running.log(), running.log()[-4000:]
 
@@ -623,7 +555,7 @@ def test_receiver_answers_every_nasty_delivery_with_its_documented_status_never_
     ]
     assert {d.expected for d in deliveries} == set(STATUS)
     for delivery in deliveries:
-        status, answer = server.post(delivery.body)
+        status, answer = post(server, delivery.body)
         assert status == STATUS[delivery.expected], (delivery.label, status, answer)
         if status >= 400:
             assert answer["error"].strip(), delivery.label
@@ -648,10 +580,9 @@ def test_receiver_body_limit_is_1_mib_inclusive_with_and_without_content_length(
     over = body_of(DEFAULT_MAX_BODY_BYTES + 1, "evcus_over")
     over_chunked = body_of(DEFAULT_MAX_BODY_BYTES + 1, "evcus_over_chunked")
 
-    assert server.post(at_limit) == (200, {"event_id": "evcus_at_limit", "outcome": "applied"})
-    assert server.post(over) == (413, {"error": f"body over {DEFAULT_MAX_BODY_BYTES} bytes"})
-    pieces = [over_chunked[i:i + 65536] for i in range(0, len(over_chunked), 65536)]
-    assert server.post(over_chunked, chunks=pieces)[0] == 413
+    assert post(server, at_limit) == (200, {"event_id": "evcus_at_limit", "outcome": "applied"})
+    assert post(server, over) == (413, {"error": f"body over {DEFAULT_MAX_BODY_BYTES} bytes"})
+    assert post(server, over_chunked, chunk_size=65536)[0] == 413
     assert set(events(store)) == {"evcus_at_limit"}
     assert_invariants(store)
 

@@ -518,11 +518,7 @@ def test_shuffled_duplicated_stream_ends_in_the_expected_state(
             assert repo.get(customer_id) is None
         for customer_id in stream.deleted_ids:
             assert repo.is_deleted(customer_id) is not None
-        answers = {}
-        for source_id in stream.source_id_answers:
-            found = repo.get_by_source_id(source_id)
-            answers[source_id] = None if found is None else found.id
-        assert answers == stream.source_id_answers
+        assert stream.source_id_answers_of(repo) == stream.source_id_answers
         counts = count_events(s)
     assert counts["applied"] + counts["stale"] + counts["ignored"] == len(stream.events)
     assert counts["duplicate"] == len(deliveries) - len(stream.events)

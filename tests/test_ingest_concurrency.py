@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Base, EventOutcome, WebhookEventRow
 from repository import CustomerRepository, make_engine, make_session_factory
 from repository.ingest import IngestResult, count_events, ingest_delivery
+from tests.servers import cli_command
 from tests.webhook_streams import build_stream, envelope, iso
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def sessions(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
 
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "customer_store", "--database-url", url, *args],
+        cli_command(url, *args),
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
 
@@ -131,8 +131,7 @@ def test_four_processes_ingesting_one_stream_end_in_the_expected_state(
 
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "customer_store", "--database-url", postgres_url,
-             "ingest", str(path)],
+            cli_command(postgres_url, "ingest", str(path)),
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for path in paths
@@ -155,11 +154,7 @@ def test_four_processes_ingesting_one_stream_end_in_the_expected_state(
         assert stored == stream.expected
         for customer_id in stream.deleted_ids:
             assert repo.is_deleted(customer_id) is not None
-        answers = {}
-        for source_id in stream.source_id_answers:
-            found = repo.get_by_source_id(source_id)
-            answers[source_id] = None if found is None else found.id
-        assert answers == stream.source_id_answers
+        assert stream.source_id_answers_of(repo) == stream.source_id_answers
 
         rows = s.execute(select(WebhookEventRow.event_id, WebhookEventRow.deliveries)).all()
         assert sorted(event_id for event_id, _ in rows) == sorted(

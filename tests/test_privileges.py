@@ -33,7 +33,8 @@ from repository import CustomerFilter, CustomerRepository, make_engine
 from repository.privileges import grant_app_role
 from repository.schema import alembic_config, upgrade_to_head
 from tests.conftest import load_example_customers
-from tests.test_secrets import cli, serving
+from tests.servers import running_server
+from tests.test_secrets import cli
 from tests.webhook_streams import envelope, iso
 
 PASSWORD_ENV = "CUSTOMER_STORE_APP_PASSWORD"
@@ -275,11 +276,12 @@ def test_serve_as_the_app_role_stores_a_signed_delivery(app_role: AppRole, tmp_p
         event_id, "customer.updated", {"customer": customer}, iso(datetime.now(UTC)),
         entity_id=customer["id"],
     )).encode()
-    with serving(app_role.app_url, tmp_path / "serve.log", secret=WEBHOOK_SECRET) as server:
-        status, reply = server.deliver(body, WEBHOOK_SECRET)
+    log_path = tmp_path / "serve.log"
+    with running_server(app_role.app_url, log_path=log_path, secret=WEBHOOK_SECRET) as server:
+        reply = server.deliver(body)
         log = server.log()
-    assert status == 200, (reply, log)
-    assert json.loads(reply)["outcome"] == "applied"
+    assert reply.status == 200, (reply.body, log)
+    assert reply.json()["outcome"] == "applied"
     assert app_role.password not in log
     owner = make_engine(app_role.owner_url)
     with Session(owner) as session:

@@ -7,195 +7,47 @@ tables are emptied before each test, so every test starts from an empty store.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import http.client
 import json
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, delete, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from customer_store.web import DEFAULT_MAX_BODY_BYTES, SIGNATURE_HEADER, sign
+from customer_store.web import DEFAULT_MAX_BODY_BYTES, sign
 from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
 from repository import CustomerRepository, make_engine
 from repository.ingest import list_events
 from repository.schema import upgrade_to_head
+from tests.servers import (
+    ROOT,
+    SECRET_ENV,
+    Reply,
+    Server,
+    child_env,
+    free_port,
+    running_server,
+    serve_command,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 EVENT_EXAMPLES = Path(__file__).parent / "fixtures" / "voucherify" / "events"
-SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"
 #: Random per run, and distinctive enough to be searched for in the server's log.
 SECRET = f"whsec-e2e-{uuid.uuid4().hex}"
-WEBHOOK_PATH = "/webhooks/voucherify"
-START_TIMEOUT = 30.0
-REQUEST_TIMEOUT = 30.0
 #: The events whose data.customer replaces or deletes the stored customer (webhooks.md).
 CHANGE_EVENTS = {"customer.created", "customer.updated", "customer.deleted"}
-
-
-# --- HTTP ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _exchange(
-    connection: http.client.HTTPConnection,
-    method: str,
-    path: str,
-    body: bytes | Iterable[bytes] | None = None,
-    headers: Mapping[str, str] | None = None,
-    *,
-    chunked: bool = False,
-) -> Reply:
-    # The server may answer (and close) before it has read all of a refused body; its
-    # answer is still there to be read.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        connection.request(
-            method, path, body=body, headers=dict(headers or {}), encode_chunked=chunked
-        )
-    try:
-        response = connection.getresponse()
-        return Reply(
-            response.status,
-            {name.lower(): value for name, value in response.getheaders()},
-            response.read(),
-        )
-    finally:
-        connection.close()
-
-
-@dataclass
-class Server:
-    database_url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    #: Requests sent to the webhook endpoint; the server logs one line for each.
-    deliveries: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
-
-    def get(self, path: str) -> Reply:
-        return _exchange(self.connection(), "GET", path)
-
-    def post(
-        self,
-        body: bytes | Iterable[bytes],
-        *,
-        signature: str | None = None,
-        unsigned: bool = False,
-        chunked: bool = False,
-        connection: http.client.HTTPConnection | None = None,
-    ) -> Reply:
-        """POST to the webhook endpoint, signed with SECRET unless told otherwise."""
-        headers = {"Content-Type": "application/json"}
-        if not unsigned:
-            if signature is None:
-                assert isinstance(body, bytes)
-                signature = sign(body, SECRET.encode())
-            headers[SIGNATURE_HEADER] = signature
-        with self._lock:
-            self.deliveries += 1
-        return _exchange(
-            connection or self.connection(), "POST", WEBHOOK_PATH, body, headers, chunked=chunked
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def serve_command(database_url: str, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "customer_store", "--database-url", database_url,
-        "serve", "--host", "127.0.0.1", "--port", str(port),
-    ]
-
-
-def server_env(secret: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {SECRET_ENV, "DATABASE_URL"}}
-    env["PYTHONUNBUFFERED"] = "1"
-    if secret is not None:
-        env[SECRET_ENV] = secret
-    return env
-
-
-def _wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(
-                f"the server exited with {server.process.returncode}:\n{server.log()}",
-                pytrace=False,
-            )
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=1)
-            if _exchange(connection, "GET", "/healthz").status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"the server did not answer /healthz within {START_TIMEOUT}s:\n{server.log()}")
-
-
-@contextmanager
-def running_server(database_url: str, log_path: Path) -> Iterator[Server]:
-    port = free_port()
-    log: BinaryIO
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            serve_command(database_url, port),
-            cwd=ROOT,
-            env=server_env(SECRET),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        server = Server(database_url, port, process, log_path)
-        try:
-            _wait_until_healthy(server)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 # --- envelopes ----------------------------------------------------------------------------
@@ -333,7 +185,7 @@ def running(
     engine = make_engine(url)
     log_path = tmp_path_factory.mktemp(f"receiver-{request.param}") / "server.log"
     try:
-        with running_server(url, log_path) as server:
+        with running_server(url, log_path=log_path, secret=SECRET) as server:
             yield server, Store(engine)
     finally:
         engine.dispose()
@@ -351,6 +203,13 @@ def assert_nothing_stored(store: Store) -> None:
     assert store.customer_count() == 0
 
 
+def assert_applied(receiver: Receiver, event_type: str, customer: dict[str, Any]) -> None:
+    """Deliver an event of ``event_type`` about ``customer``: it must be applied."""
+    assert receiver.server.deliver(
+        encode(envelope(event_type, {"customer": customer}))
+    ).json()["outcome"] == "applied"
+
+
 class TestReceiver:
     def test_healthz_answers_ok(self, receiver: Receiver) -> None:
         reply = receiver.server.get("/healthz")
@@ -363,7 +222,7 @@ class TestReceiver:
         customer = created_customer()
         body = encode(envelope("customer.created", {"customer": customer}))
 
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 200
         assert reply.headers["content-type"].startswith("application/json")
@@ -378,15 +237,13 @@ class TestReceiver:
     ) -> None:
         customer = created_customer()
         body = encode(envelope("customer.created", {"customer": customer}))
-        assert receiver.server.post(body).json()["outcome"] == "applied"
+        assert receiver.server.deliver(body).json()["outcome"] == "applied"
         # Change the stored customer behind the event's back: a duplicate must not undo it.
         newer = copy.deepcopy(customer)
         newer["name"], newer["updated_at"] = "Renamed Later", "2030-01-01T00:00:00.000Z"
-        assert receiver.server.post(
-            encode(envelope("customer.updated", {"customer": newer}))
-        ).json()["outcome"] == "applied"
+        assert_applied(receiver, "customer.updated", newer)
 
-        again = receiver.server.post(body)
+        again = receiver.server.deliver(body)
 
         assert again.status == 200
         assert again.json() == {"event_id": event_id_of(body), "outcome": "duplicate"}
@@ -399,13 +256,13 @@ class TestReceiver:
     ) -> None:
         body = encode(envelope("customer.created", {"customer": created_customer()}))
 
-        reply = receiver.server.post(body, unsigned=True)
+        reply = receiver.server.deliver(body, unsigned=True)
 
         assert reply.status == 401
         assert "error" in reply.json()
         assert_nothing_stored(receiver.store)
         # The same body, signed, is accepted: the signature alone made the difference.
-        assert receiver.server.post(body).json()["outcome"] == "applied"
+        assert receiver.server.deliver(body).json()["outcome"] == "applied"
 
     @pytest.mark.parametrize(
         "forge",
@@ -422,12 +279,12 @@ class TestReceiver:
     ) -> None:
         body = encode(envelope("customer.created", {"customer": created_customer()}))
 
-        reply = receiver.server.post(body, signature=forge(body))
+        reply = receiver.server.deliver(body, signature=forge(body))
 
         assert reply.status == 401
         assert "error" in reply.json()
         assert_nothing_stored(receiver.store)
-        assert receiver.server.post(body).json()["outcome"] == "applied"
+        assert receiver.server.deliver(body).json()["outcome"] == "applied"
 
     def test_signed_body_over_the_limit_is_refused_with_413_and_nothing_stored(
         self, receiver: Receiver
@@ -436,7 +293,7 @@ class TestReceiver:
         body = encode(envelope("customer.created", data))
         assert len(body) > DEFAULT_MAX_BODY_BYTES
 
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 413
         assert_nothing_stored(receiver.store)
@@ -446,11 +303,8 @@ class TestReceiver:
     ) -> None:
         data = {"customer": created_customer(), "padding": "x" * DEFAULT_MAX_BODY_BYTES}
         body = encode(envelope("customer.created", data))
-        chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
 
-        reply = receiver.server.post(
-            iter(chunks), signature=sign(body, SECRET.encode()), chunked=True
-        )
+        reply = receiver.server.deliver(body, chunk_size=65536)
 
         assert reply.status == 413
         assert_nothing_stored(receiver.store)
@@ -458,11 +312,8 @@ class TestReceiver:
     def test_chunked_body_under_the_limit_is_accepted(self, receiver: Receiver) -> None:
         customer = created_customer()
         body = encode(envelope("customer.created", {"customer": customer}))
-        chunks = [body[i : i + 100] for i in range(0, len(body), 100)]
 
-        reply = receiver.server.post(
-            iter(chunks), signature=sign(body, SECRET.encode()), chunked=True
-        )
+        reply = receiver.server.deliver(body, chunk_size=100)
 
         assert reply.status == 200
         assert reply.json()["outcome"] == "applied"
@@ -504,7 +355,7 @@ class TestReceiver:
     def test_signed_body_that_is_not_an_envelope_is_refused_with_400_and_nothing_stored(
         self, receiver: Receiver, body: bytes
     ) -> None:
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 400
         assert reply.json()["error"]
@@ -514,9 +365,7 @@ class TestReceiver:
         self, receiver: Receiver
     ) -> None:
         customer = created_customer()
-        assert receiver.server.post(
-            encode(envelope("customer.created", {"customer": customer}))
-        ).json()["outcome"] == "applied"
+        assert_applied(receiver, "customer.created", customer)
         bad = copy.deepcopy(customer)
         bad["name"], bad["updated_at"] = "Not Stored", "2030-01-01T00:00:00.000Z"
         bad["summary"]["orders"]["total_amount"] = "12"
@@ -525,7 +374,7 @@ class TestReceiver:
         paths = [f"$.data.customer{error.path[1:]}" for error in invalid.value.errors]
         body = encode(envelope("customer.updated", {"customer": bad}))
 
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 422
         answer = reply.json()
@@ -537,7 +386,7 @@ class TestReceiver:
         assert receiver.store.customer_json(customer["id"]) == customer
 
         # A rejected event is processed again when it is delivered again.
-        again = receiver.server.post(body)
+        again = receiver.server.deliver(body)
         assert again.status == 422
         assert again.json()["outcome"] == "rejected"
         assert receiver.store.events()[event_id_of(body)].deliveries == 2
@@ -567,7 +416,7 @@ class TestReceiver:
         change(document)
         body = encode(document)
 
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 422
         answer = reply.json()
@@ -590,7 +439,7 @@ class TestReceiver:
             "metadata": {"source": "API"},
         })
 
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 200
         assert reply.json() == {"event_id": event_id, "outcome": "applied"}
@@ -600,14 +449,12 @@ class TestReceiver:
         self, receiver: Receiver
     ) -> None:
         customer = created_customer()
-        assert receiver.server.post(
-            encode(envelope("customer.created", {"customer": customer}))
-        ).json()["outcome"] == "applied"
+        assert_applied(receiver, "customer.created", customer)
         data = example_data("30-customer.order.paid-data")
         data["customer"] = {**data["customer"], "id": customer["id"], "name": "Smaller Self"}
         body = encode(envelope("customer.order.paid", data))
 
-        reply = receiver.server.post(body)
+        reply = receiver.server.deliver(body)
 
         assert reply.status == 200
         assert reply.json() == {"event_id": event_id_of(body), "outcome": "ignored"}
@@ -632,7 +479,7 @@ class TestReceiver:
             customer_id = customer.get("id") if isinstance(customer, dict) else None
             before = store.customer_json(customer_id) if customer_id else None
 
-            reply = receiver.server.post(body)
+            reply = receiver.server.deliver(body)
 
             answered[name] = (reply.status, reply.json())
             assert reply.status == (422 if expected == "rejected" else 200), (name, reply)
@@ -667,7 +514,7 @@ class TestReceiver:
             connection = receiver.server.connection()
             connection.connect()
             barrier.wait(timeout=15)
-            return receiver.server.post(body, connection=connection)
+            return receiver.server.deliver(body, connection=connection)
 
         with ThreadPoolExecutor(max_workers=senders) as pool:
             replies = list(pool.map(lambda _: deliver(), range(senders)))
@@ -684,10 +531,10 @@ class TestReceiver:
     ) -> None:
         server = receiver.server
         body = encode(envelope("customer.created", {"customer": created_customer()}))
-        server.post(body, unsigned=True)
-        server.post(body, signature=sign(body, b"other"))
-        server.post(b"{")
-        server.post(body)
+        server.deliver(body, unsigned=True)
+        server.deliver(body, signature=sign(body, b"other"))
+        server.deliver(b"{")
+        server.deliver(body)
 
         log = server.log()
         delivery_lines = [line for line in log.splitlines() if "delivery" in line]
@@ -713,7 +560,7 @@ def test_serve_refuses_to_start_without_a_secret(
     finished = subprocess.run(
         serve_command(url, port),
         cwd=ROOT,
-        env=server_env(secret),
+        env=child_env(None if secret is None else {SECRET_ENV: secret}),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=30,
@@ -730,9 +577,9 @@ def test_unreachable_database_answers_503_with_retry_after_and_the_server_stays_
 ) -> None:
     url: str = make_database("postgresql")
     upgrade_to_head(url)
-    with running_server(url, tmp_path / "server.log") as server:
+    with running_server(url, log_path=tmp_path / "server.log", secret=SECRET) as server:
         first = encode(envelope("customer.created", {"customer": created_customer()}))
-        assert server.post(first).status == 200
+        assert server.deliver(first).status == 200
 
         admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
         try:
@@ -745,7 +592,7 @@ def test_unreachable_database_answers_503_with_retry_after_and_the_server_stays_
         for attempt in range(2):
             body = encode(envelope("customer.created", {"customer": created_customer()}))
             started = time.monotonic()
-            reply = server.post(body)
+            reply = server.deliver(body)
             assert reply.status == 503, (attempt, reply)
             assert int(reply.headers["retry-after"]) > 0
             assert "error" in reply.json()

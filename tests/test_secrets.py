@@ -10,17 +10,12 @@ that receives good and wrongly signed deliveries.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,10 +27,9 @@ from sqlalchemy.engine import make_url
 from customer_store.cli import build_parser, main
 from customer_store.web import SIGNATURE_HEADER, sign
 from tests.conftest import load_example_customers
+from tests.servers import SECRET_ENV, WEBHOOK_PATH, child_env, running_server, signed_headers
 from tests.webhook_streams import envelope, iso
 
-ROOT = Path(__file__).resolve().parents[1]
-SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"
 DB_PASSWORD = "SeCrEt-pw-123"
 #: A password in the query string: libpq reads ``?password=`` like the user part's.
 QUERY_PASSWORD = "QuErY-pw-456"
@@ -75,18 +69,11 @@ class Run:
         return f"customer-store {' '.join(self.args)} -> {self.returncode}\n{self.output[:3000]}"
 
 
-def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", SECRET_ENV}}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
-
-
 def cli(args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None) -> Run:
     completed = subprocess.run(
         [sys.executable, "-m", "customer_store", *args],
         cwd=cwd,
-        env=base_env(env),
+        env=child_env(env),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=120,
@@ -118,81 +105,6 @@ def write_inputs(directory: Path) -> None:
         iso(datetime.now(UTC)), entity_id=valid["id"],
     )
     (directory / "events.jsonl").write_text(json.dumps(event) + "\n", encoding="utf-8")
-
-
-# --- a serve process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class Server:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=dict(headers or {}))
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def deliver(self, body: bytes, secret: str) -> tuple[int, bytes]:
-        return self.request(
-            "POST", "/webhooks/voucherify", body,
-            {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, secret.encode())},
-        )
-
-
-@contextmanager
-def serving(
-    database_url: str, log_path: Path, *, secret: str, env: Mapping[str, str] | None = None
-) -> Iterator[Server]:
-    """A real ``customer-store serve`` on a free port, its output in ``log_path``."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "customer_store", "--database-url", database_url,
-             "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=base_env({SECRET_ENV: secret, **(env or {})}),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        server = Server(port, process, log_path)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"serve exited with {process.returncode}:\n{server.log()}")
-                try:
-                    if server.request("GET", "/healthz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"serve did not become healthy:\n{server.log()}")
-                time.sleep(0.05)
-            yield server
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 # --- tests --------------------------------------------------------------------------------
@@ -335,16 +247,16 @@ def test_serve_logs_hide_the_database_password_and_the_webhook_secret(
     )
     body = json.dumps(event).encode()
     log_path = tmp_path / "serve.log"
-    with serving(url, log_path, secret=WEBHOOK_SECRET) as server:
+    with running_server(url, log_path=log_path, secret=WEBHOOK_SECRET) as server:
         # Wrongly signed: with another secret, one that differs in one character, none.
         near_miss = WEBHOOK_SECRET[:-1] + ("0" if WEBHOOK_SECRET[-1] != "0" else "1")
-        assert server.deliver(body, "not-the-secret")[0] == 401
-        assert server.deliver(body, near_miss)[0] == 401
-        assert server.request("POST", "/webhooks/voucherify", body)[0] == 401
-        assert server.request("POST", "/webhooks/voucherify", b"{", {
-            SIGNATURE_HEADER: sign(b"{", WEBHOOK_SECRET.encode())})[0] == 400
-        status, reply = server.deliver(body, WEBHOOK_SECRET)
-        assert status == 200, reply
+        assert server.post(WEBHOOK_PATH, body, signed_headers(body, "not-the-secret")).status == 401
+        assert server.post(WEBHOOK_PATH, body, signed_headers(body, near_miss)).status == 401
+        assert server.post(WEBHOOK_PATH, body).status == 401
+        assert server.post(WEBHOOK_PATH, b"{", {
+            SIGNATURE_HEADER: sign(b"{", WEBHOOK_SECRET.encode())}).status == 400
+        reply = server.post(WEBHOOK_PATH, body, signed_headers(body, WEBHOOK_SECRET))
+        assert reply.status == 200, reply.data
     log = log_path.read_text(encoding="utf-8", errors="replace")
     assert "signatures checked" in log, log
     assert log.count("delivery status=401") == 3, log

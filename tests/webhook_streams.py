@@ -25,7 +25,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repository import CustomerRepository
 
 __all__ = [
     "CHANGE_TYPES",
@@ -157,6 +160,15 @@ class WebhookStream:
     @property
     def bodies(self) -> list[bytes]:
         return [event.body for event in self.events]
+
+    def source_id_answers_of(self, repo: CustomerRepository) -> dict[str, str | None]:
+        """What ``repo.get_by_source_id`` answers for each source_id of
+        :attr:`source_id_answers` (to be compared with it)."""
+        answers: dict[str, str | None] = {}
+        for source_id in self.source_id_answers:
+            found = repo.get_by_source_id(source_id)
+            answers[source_id] = None if found is None else found.id
+        return answers
 
     def deliveries(self, seed: int, *, max_copies: int = 3) -> list[bytes]:
         """Every event delivered 1 to ``max_copies`` times, all shuffled together."""
