@@ -9,14 +9,11 @@ upserts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, cast
 
-import psycopg
 from sqlalchemy import Connection, Table, column, delete, exists, insert, select, table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models.tables import (
@@ -26,6 +23,7 @@ from models.tables import (
     LoyaltyCampaignRow,
     ReferralEntryRow,
 )
+from repository.driver import driver_errors
 from repository.engine import dumps_for_jsonb
 from repository.locks import lock_customers
 from repository.mapping import (
@@ -135,7 +133,7 @@ def _copy(
         return
     json_positions = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-    with _driver_errors(connection):
+    with driver_errors(connection):
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         with cursor, cursor.copy(statement) as copy:
             for row in rows:
@@ -145,22 +143,6 @@ def _copy(
                         # JSON as text: the jsonb column parses it, as COPY does any type.
                         values[i] = dumps_for_jsonb(values[i])
                 copy.write_row(values)
-
-
-@contextmanager
-def _driver_errors(connection: Connection) -> Iterator[None]:
-    """Raise the driver's errors as SQLAlchemy's (as SQLAlchemy does for its own statements),
-    with a lost connection invalidated, so callers and retries see one kind of error."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        dbapi_connection = connection.connection.dbapi_connection
-        lost = connection.dialect.is_disconnect(cast(Any, exc), dbapi_connection, None)
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            None, None, exc, psycopg.Error, connection_invalidated=lost, dialect=connection.dialect
-        ) from exc
 
 
 # -- SQLite ----------------------------------------------------------------------------
