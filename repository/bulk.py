@@ -33,7 +33,7 @@ from repository.mapping import (
     REFERRAL_COLUMNS,
     CustomerRows,
 )
-from repository.newest_wins import upsert_newest
+from repository.newest_wins import clear_older_tombstones, upsert_newest
 
 __all__ = ["bulk_upsert"]
 
@@ -92,10 +92,7 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
     )
     _copy(connection, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
     # A payload newer than a remembered deletion clears it; one as old or older is blocked.
-    connection.exec_driver_sql(
-        "DELETE FROM customer_tombstones t USING _stage_customers s "
-        "WHERE t.customer_id = s.id AND t.deleted_at < s.version_at AND NOT t.forgotten"
-    )
+    connection.execute(clear_older_tombstones(_STAGE.c.id, _STAGE.c.version_at))
     applied = set(connection.execute(_MERGE_CUSTOMERS).scalars())
     if applied:
         connection.exec_driver_sql(_DELETE_CHILDREN, {"ids": list(applied)})
@@ -155,13 +152,7 @@ def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
     winners = [batch[i] for i in sorted(_winners(batch))]
     for rows in winners:
         if rows.version_at is not None:
-            session.execute(
-                delete(_tombstones).where(
-                    _tombstones.c.customer_id == rows.id,
-                    _tombstones.c.deleted_at < rows.version_at,
-                    _tombstones.c.forgotten.is_(False),
-                )
-            )
+            session.execute(clear_older_tombstones(rows.id, rows.version_at))
     ids = [rows.id for rows in winners]
     blocked = set(session.scalars(
         select(_tombstones.c.customer_id).where(_tombstones.c.customer_id.in_(ids))

@@ -36,7 +36,7 @@ from repository import queries
 from repository.bulk import bulk_upsert
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
-from repository.newest_wins import upsert_newest
+from repository.newest_wins import clear_older_tombstones, upsert_newest
 from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer, get_by_id_statement
 
@@ -213,13 +213,7 @@ class CustomerRepository:
         write so that SQLite takes its write lock here, before the check is read.
         """
         if rows.version_at is not None:
-            self.session.execute(
-                delete(_tombstones).where(
-                    _tombstones.c.customer_id == rows.id,
-                    _tombstones.c.deleted_at < rows.version_at,
-                    _tombstones.c.forgotten.is_(False),
-                )
-            )
+            self.session.execute(clear_older_tombstones(rows.id, rows.version_at))
         return self.is_deleted(rows.id) is not None
 
     def _replace_children(self, rows: CustomerRows) -> None:

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, or_
+from sqlalchemy import Delete, Table, and_, delete, or_
 
-from models.tables import CustomerRow
+from models.tables import CustomerRow, CustomerTombstoneRow
 from repository.mapping import CUSTOMER_COLUMNS
 
-__all__ = ["upsert_newest"]
+__all__ = ["clear_older_tombstones", "upsert_newest"]
 
 _customers = cast(Table, CustomerRow.__table__)
+_tombstones = cast(Table, CustomerTombstoneRow.__table__)
+
+
+def clear_older_tombstones(customer_id: Any, version_at: Any) -> Delete:
+    """Forget deletions older than the payload (``customer_id`` and ``version_at`` are
+    values, or columns of a staging table): a newer payload brings a deleted customer back.
+    A customer erased on request (``forgotten``) is never brought back."""
+    return delete(_tombstones).where(
+        _tombstones.c.customer_id == customer_id,
+        _tombstones.c.deleted_at < version_at,
+        _tombstones.c.forgotten.is_(False),
+    )
 
 
 def upsert_newest(insert: Any) -> Any:

@@ -10,7 +10,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.base import Base
-from models.tables import CustomerRow, CustomerTombstoneRow
+from models.tables import CustomerTombstoneRow
+from repository import queries
 from repository.ingest import count_events
 
 __all__ = ["StoreStats", "store_stats"]
@@ -26,10 +27,9 @@ class StoreStats:
 
 
 def store_stats(session: Session) -> StoreStats:
-    customers = cast(Table, CustomerRow.__table__)
     tombstones = cast(Table, CustomerTombstoneRow.__table__)
     return StoreStats(
-        customers=int(session.scalar(select(func.count()).select_from(customers)) or 0),
+        customers=queries.count(session),
         deleted=int(session.scalar(select(func.count()).select_from(tombstones)) or 0),
         events=count_events(session),
         table_bytes={table: _table_bytes(session, table) for table in Base.metadata.tables},
