@@ -90,6 +90,8 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
         "CREATE TEMPORARY TABLE IF NOT EXISTS _stage_customers "
         "(LIKE customers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
+    # Its rows go at commit; a caller may upsert several batches in one transaction.
+    connection.execute(delete(_STAGE))
     _copy(connection, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
     # A payload newer than a remembered deletion clears it; one as old or older is blocked.
     connection.execute(clear_older_tombstones(_STAGE.c.id, _STAGE.c.version_at))

@@ -345,3 +345,15 @@ def test_stored_times_are_utc(repo: CustomerRepository, session: Session) -> Non
     repo.upsert(_customer(updated_at="2024-02-01T05:00:00.000+05:00"))
     row = session.scalars(select(CustomerRow)).one()
     assert row.version_at == datetime(2024, 2, 1, 0, 0, tzinfo=UTC)
+
+
+def test_several_batches_in_one_transaction_apply_like_one_after_the_other(
+    repo: CustomerRepository,
+) -> None:
+    first = _customer("cust_batch", updated_at="2024-01-01T00:00:00.000Z", name="First")
+    second = _customer("cust_batch", updated_at="2024-06-01T00:00:00.000Z", name="Second")
+    other = _customer("cust_batch_other")
+    assert repo.upsert_many([first, other]).applied == 2
+    assert (repo.upsert_many([second]).applied, repo.upsert_many([first]).stale) == (1, 1)
+    assert _stored(repo, "cust_batch") == second
+    assert _stored(repo, "cust_batch_other") == other
