@@ -2,17 +2,21 @@
 
 ``POST /webhooks/voucherify`` answers 401 for a missing or wrong signature, 413 for a body
 over the limit, 400 for a body that is not an envelope, 2xx once the delivery is recorded
-(applied, stale, duplicate or ignored), 422 for a recorded rejection, and 503 when the
-database cannot be reached, so that Voucherify delivers again later.
+(applied, stale, duplicate or ignored), 422 for a recorded rejection, and 503 with
+``Retry-After`` when the database cannot be reached or the delivery cannot be recorded
+within its time bound, so that Voucherify delivers it again later.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 
+import anyio
+import anyio.to_thread
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,13 +27,22 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from models.events import EventOutcome
-from repository.ingest import IngestResult, MalformedDelivery, ingest_delivery
+from models.signature import SIGNATURE_HEADER, SignatureMatch, verify_signature
+from repository.ingest import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    IngestResult,
+    MalformedDelivery,
+    ingest_delivery,
+)
+from repository.retry import DeadlineExceeded
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "SIGNATURE_HEADER", "create_app", "sign"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-SIGNATURE_HEADER = "x-voucherify-signature"
 RETRY_AFTER_SECONDS = "30"
+# Past the bound plus this, the answer is 503 even if the database work has not returned
+# (a connection that never opens, a pool with no free connection).
+_HARD_STOP_GRACE = 1.0
 
 log = logging.getLogger("customer_store.web")
 
@@ -41,42 +54,53 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def sign(body: bytes, secret: bytes) -> str:
-    """The signature Voucherify sends: lowercase hex HMAC-SHA256 of the raw body."""
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
 def create_app(
     sessions: sessionmaker[Session],
     *,
-    secret: bytes | None,
+    secrets: Sequence[bytes] | None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
 ) -> Starlette:
-    """The receiver; ``secret=None`` turns signature checks off (the caller must mean it)."""
+    """The receiver. A delivery is accepted when signed with any of ``secrets`` (several
+    while a secret is rotated); ``secrets=None`` turns signature checks off (the caller must
+    mean it). Each delivery is answered within about ``delivery_timeout`` seconds."""
+    if secrets is not None and not secrets:
+        raise ValueError("no webhook secret given; pass secrets=None to accept unsigned bodies")
+
+    def handle(body: bytes, signature: str | None, started: float) -> _Handled:
+        match = None if secrets is None else _check_signature(body, signature, secrets)
+        remaining = delivery_timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            raise DeadlineExceeded(delivery_timeout)
+        return _Handled(ingest_delivery(sessions, body, timeout=remaining), match)
 
     async def receive(request: Request) -> JSONResponse:
         started = time.monotonic()
-        result: IngestResult | None = None
         try:
             body = await _read_body(request, max_body_bytes)
-            if secret is not None:
-                _check_signature(request, body, secret)
-            result = await run_in_threadpool(ingest_delivery, sessions, body)
+            # Signature and database work run off the event loop; a thread still stuck
+            # at the hard stop is left to finish on its own (its work commits whole or not
+            # at all, and a redelivery of a committed event is a duplicate).
+            with anyio.fail_after(delivery_timeout + _HARD_STOP_GRACE):
+                handled = await anyio.to_thread.run_sync(
+                    partial(handle, body, request.headers.get(SIGNATURE_HEADER), started),
+                    abandon_on_cancel=True,
+                )
         except _Refused as refused:
-            _log_delivery(refused.status, None, started, refused.reason)
+            _log_delivery(refused.status, started, reason=refused.reason)
             return JSONResponse({"error": refused.reason}, status_code=refused.status)
         except MalformedDelivery as exc:
-            _log_delivery(400, None, started, str(exc))
+            _log_delivery(400, started, reason=str(exc))
             return JSONResponse({"error": str(exc)}, status_code=400)
+        except (DeadlineExceeded, TimeoutError):
+            _log_delivery(503, started, reason=f"not recorded within {delivery_timeout:g} s")
+            return _retry_later("the delivery could not be recorded in time; deliver it again")
         except SQLAlchemyError as exc:
-            _log_delivery(503, None, started, f"database unavailable: {type(exc).__name__}")
-            return JSONResponse(
-                {"error": "the database is unavailable; deliver again later"},
-                status_code=503,
-                headers={"Retry-After": RETRY_AFTER_SECONDS},
-            )
+            _log_delivery(503, started, reason=f"database unavailable: {type(exc).__name__}")
+            return _retry_later("the database is unavailable; deliver again later")
+        result = handled.result
         status = 422 if result.outcome is EventOutcome.REJECTED else 200
-        _log_delivery(status, result, started, result.error)
+        _log_delivery(status, started, result=result, reason=result.error, match=handled.match)
         payload = {"event_id": result.event_id, "outcome": result.outcome.value}
         if result.error:
             payload["error"] = result.error
@@ -114,13 +138,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _check_signature(request: Request, body: bytes, secret: bytes) -> None:
-    given = request.headers.get(SIGNATURE_HEADER)
-    if not given:
+@dataclass(frozen=True, slots=True)
+class _Handled:
+    result: IngestResult
+    match: SignatureMatch | None
+
+
+def _check_signature(
+    body: bytes, signature: str | None, secrets: Sequence[bytes]
+) -> SignatureMatch:
+    if not signature:
         raise _Refused(401, f"missing {SIGNATURE_HEADER}")
-    expected = sign(body, secret).encode("ascii")
-    if not hmac.compare_digest(expected, given.strip().lower().encode("utf-8", "replace")):
+    match = verify_signature(body, signature, secrets)
+    if match is None:
         raise _Refused(401, "wrong signature")
+    return match
+
+
+def _retry_later(message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": message}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+    )
 
 
 def _ping(sessions: sessionmaker[Session]) -> None:
@@ -129,14 +167,21 @@ def _ping(sessions: sessionmaker[Session]) -> None:
 
 
 def _log_delivery(
-    status: int, result: IngestResult | None, started: float, reason: str | None
+    status: int,
+    started: float,
+    *,
+    result: IngestResult | None = None,
+    reason: str | None = None,
+    match: SignatureMatch | None = None,
 ) -> None:
     elapsed_ms = (time.monotonic() - started) * 1000
     if result is None:
         log.info("delivery status=%d refused=%r ms=%.1f", status, reason, elapsed_ms)
         return
+    # The secret by its position in the configured list (from 1), never the secret itself.
+    signed = f" secret=#{match.secret_index + 1} signed={match.signed}" if match else ""
     log.info(
-        "delivery status=%d event=%s type=%s customer=%s outcome=%s ms=%.1f%s",
+        "delivery status=%d event=%s type=%s customer=%s outcome=%s ms=%.1f%s%s",
         status, result.event_id, result.event_type, result.customer_id,
-        result.outcome.value, elapsed_ms, f" error={reason!r}" if reason else "",
+        result.outcome.value, elapsed_ms, signed, f" error={reason!r}" if reason else "",
     )

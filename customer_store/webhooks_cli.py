@@ -14,8 +14,10 @@ from sqlalchemy import Engine
 from customer_store.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, open_binary_input
 from customer_store.progress import Progress
 from models.events import EventOutcome
+from models.signature import parse_secrets
 from repository import make_session_factory
 from repository.ingest import (
+    DEFAULT_DELIVERY_TIMEOUT,
     IngestResult,
     MalformedDelivery,
     ingest_delivery,
@@ -41,6 +43,13 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
         "--max-body-bytes", type=int, default=1024 * 1024, help="largest body accepted"
+    )
+    serve.add_argument(
+        "--delivery-timeout", type=_positive_seconds, default=DEFAULT_DELIVERY_TIMEOUT,
+        metavar="SECONDS",
+        help="answer each delivery within this time, lock waits and retries included, with "
+        "503 and Retry-After when it cannot be recorded by then (Voucherify gives up at 10 s; "
+        "default %(default)s)",
     )
     serve.add_argument(
         "--no-signature-check",
@@ -90,19 +99,22 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
 
     from customer_store.web import create_app
 
-    secret = os.environ.get(SECRET_ENV, "")
-    if not secret and not args.no_signature_check:
+    secrets = parse_secrets(os.environ.get(SECRET_ENV, ""))
+    if not secrets and not args.no_signature_check:
         raise CommandError(
-            f"set {SECRET_ENV} to the webhook secret of the Voucherify project, or pass "
+            f"set {SECRET_ENV} to the webhook secret of the Voucherify project (while "
+            "rotating, the new and the previous one, comma separated), or pass "
             "--no-signature-check to accept unsigned deliveries", EXIT_USAGE,
         )
     app = create_app(
         make_session_factory(engine),
-        secret=secret.encode("utf-8") if secret else None,
+        secrets=secrets or None,
         max_body_bytes=args.max_body_bytes,
+        delivery_timeout=args.delivery_timeout,
     )
+    checked = f"checked with {len(secrets)} secret(s)" if secrets else "NOT checked"
     print(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
-          f"(signatures {'checked' if secret else 'NOT checked'})", file=sys.stderr)
+          f"(signatures {checked})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
     return EXIT_OK
 
@@ -144,6 +156,16 @@ def _replay(engine: Engine, args: argparse.Namespace) -> int:
     replay_rejected(make_session_factory(engine), on_result=on_result)
     print(f"replayed {sum(counts.values())} events: {_summary(counts)}", file=sys.stderr)
     return EXIT_FAILED if counts["rejected"] else EXIT_OK
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def _summary(counts: Counter[str]) -> str:

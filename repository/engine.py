@@ -7,16 +7,24 @@ import sqlite3
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["DEFAULT_DATABASE_URL", "make_engine", "make_session_factory", "normalize_url"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "make_engine",
+    "make_session_factory",
+    "normalize_url",
+    "set_sqlite_busy_timeout",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///customers.db"
 
 #: Milliseconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Marks a pooled SQLite connection whose busy timeout was changed for one checkout.
+_BUSY_TIMEOUT_CHANGED = "customer_store.busy_timeout_changed"
 
 
 def normalize_url(url: str) -> str:
@@ -54,6 +62,7 @@ def make_engine(
         kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "checkin", _restore_busy_timeout)
         return engine
     # No pre-ping on checkout (a round trip per request): a connection found dead is
     # invalidated with the rest of the pool, and writes are retried (repository.retry).
@@ -95,6 +104,19 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def set_sqlite_busy_timeout(connection: Connection, milliseconds: int) -> None:
+    """Make this checkout of a SQLite connection wait at most ``milliseconds`` for a lock;
+    the connection gets the default back when it returns to the pool."""
+    connection.info[_BUSY_TIMEOUT_CHANGED] = True
+    # PRAGMA takes no bound parameters; the value is an int rendered by %d.
+    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(milliseconds):d}")
+
+
+def _restore_busy_timeout(dbapi_connection: Any, record: Any) -> None:
+    if dbapi_connection is not None and record.info.pop(_BUSY_TIMEOUT_CHANGED, False):
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
 
 
 def dumps_for_jsonb(value: Any) -> str:

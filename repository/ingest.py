@@ -28,6 +28,7 @@ from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcom
 from repository.retry import run_in_transaction
 
 __all__ = [
+    "DEFAULT_DELIVERY_TIMEOUT",
     "IngestResult",
     "MalformedDelivery",
     "count_events",
@@ -36,6 +37,11 @@ __all__ = [
     "list_events",
     "replay_rejected",
 ]
+
+#: Seconds the receiver gives one delivery, lock waits and retries included. Voucherify
+#: counts an answer that takes more than 10 s as a failed sendout; this leaves room for
+#: the network and for reading the body.
+DEFAULT_DELIVERY_TIMEOUT = 5.0
 
 _events = cast(Table, WebhookEventRow.__table__)
 _tombstones = cast(Table, CustomerTombstoneRow.__table__)
@@ -117,13 +123,19 @@ def ingest_delivery(
     *,
     received_at: datetime | None = None,
     count_delivery: bool = True,
+    timeout: float | None = None,
 ) -> IngestResult:
-    """:func:`ingest` in a transaction of its own, retried when the database asks for it."""
+    """:func:`ingest` in a transaction of its own, retried when the database asks for it.
+
+    With ``timeout`` (seconds), lock waits and retries included, it commits within that
+    time or raises :class:`~repository.retry.DeadlineExceeded` having recorded nothing.
+    """
     return run_in_transaction(
         sessions,
         lambda session: ingest(
             session, body, received_at=received_at, count_delivery=count_delivery
         ),
+        timeout=timeout,
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from customer_store.web import SIGNATURE_HEADER, sign
+from models.signature import SIGNATURE_HEADER, sign
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"

@@ -26,9 +26,10 @@ from sqlalchemy import Engine, create_engine, delete, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from customer_store.web import DEFAULT_MAX_BODY_BYTES, sign
+from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
+from models.signature import sign
 from repository import CustomerRepository, make_engine
 from repository.ingest import list_events
 from repository.schema import upgrade_to_head

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from customer_store.cli import build_parser, main
-from customer_store.web import SIGNATURE_HEADER, sign
+from models.signature import SIGNATURE_HEADER, sign
 from tests.conftest import load_example_customers
 from tests.servers import SECRET_ENV, WEBHOOK_PATH, child_env, running_server, signed_headers
 from tests.webhook_streams import envelope, iso
