@@ -12,9 +12,15 @@ import psycopg
 from sqlalchemy import Engine
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError
+from customer_store.progress import Progress
 from repository import forget_customer, make_session_factory
-from repository.erasure import ErasureReport
-from repository.privileges import GrantReport, grant_app_role
+from repository.erasure import ErasureReport, InvalidCustomerId, require_customer_id
+from repository.privileges import (
+    GrantReport,
+    InvalidRoleName,
+    grant_app_role,
+    require_role_name,
+)
 from repository.retry import run_in_transaction
 
 __all__ = ["add_commands"]
@@ -27,7 +33,9 @@ def add_commands(commands: Any) -> None:
         help="PostgreSQL: let a role read and write the store, but not change its schema "
         "(run as the owner that ran the migrations)",
     )
-    grant.add_argument("role", metavar="NAME", help="the role the service connects as")
+    grant.add_argument(
+        "role", metavar="NAME", type=_role_name, help="the role the service connects as"
+    )
     grant.add_argument("--create", action="store_true", help="create the role (LOGIN)")
     grant.add_argument(
         "--password-env",
@@ -41,8 +49,26 @@ def add_commands(commands: Any) -> None:
         help="erase a customer: its rows and every webhook event that mentions it "
         "(a tombstone with the id and the time remains)",
     )
-    forget.add_argument("id", metavar="ID", help="the Voucherify customer id (cust_...)")
+    forget.add_argument(
+        "id", metavar="ID", type=_customer_id, help="the Voucherify customer id (cust_...)"
+    )
     forget.set_defaults(run=_forget)
+
+
+def _role_name(text: str) -> str:
+    try:
+        require_role_name(text)
+    except InvalidRoleName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _customer_id(text: str) -> str:
+    try:
+        require_customer_id(text)
+    except InvalidCustomerId as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
@@ -82,11 +108,15 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
 
 def _forget(engine: Engine, args: argparse.Namespace) -> int:
     forgotten_at = datetime.now(UTC)
+    progress = Progress(sys.stderr, noun="event bodies searched")
 
     def work(session: Any) -> ErasureReport:
-        return forget_customer(session, args.id, forgotten_at=forgotten_at)
+        return forget_customer(
+            session, args.id, forgotten_at=forgotten_at, on_progress=progress.update
+        )
 
     report = run_in_transaction(make_session_factory(engine), work)
+    progress.finish()
     print(
         f"forgot {args.id}: customer {'removed' if report.customer_removed else 'not stored'}, "
         f"{report.events_removed} webhook events removed, tombstone kept",

@@ -25,13 +25,16 @@ from customer_store import admin_cli, search_cli, webhooks_cli
 from customer_store.common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     CommandError,
     db_message,
+    int_between,
     mask_passwords,
     open_engine,
     open_input,
     open_output,
     require_schema,
+    require_text_arguments,
     safe_url,
 )
 from customer_store.progress import Progress
@@ -47,15 +50,22 @@ from repository import (
 from repository.importer import DEFAULT_BATCH_SIZE
 from repository.schema import current_revision, upgrade_to_head
 
-__all__ = ["build_parser", "main"]
+__all__ = ["MAX_BATCH_SIZE", "build_parser", "main"]
+
+#: Records per import transaction, at most: a batch is held in memory and in one transaction.
+MAX_BATCH_SIZE = 100_000
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors repeat what was typed: a database URL given in the wrong place must not
-    show its password there."""
+    """Usage errors in one line that names the argument (``--help`` has the usage). They
+    repeat what was typed: a database URL given in the wrong place must not show its
+    password there."""
 
     def error(self, message: str) -> NoReturn:
-        super().error(mask_passwords(message))
+        self.exit(
+            EXIT_USAGE,
+            f"{self.prog}: error: {mask_passwords(message)} (see {self.prog} --help)\n",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("path", nargs="?", default="-", help="input file, or - for stdin")
     imp.add_argument(
-        "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-        help=f"records per transaction (default {DEFAULT_BATCH_SIZE})",
+        "--batch-size", type=int_between(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+        help=f"records per transaction, 1 to {MAX_BATCH_SIZE:,} (default {DEFAULT_BATCH_SIZE})",
     )
     imp.set_defaults(run=_import)
 
@@ -109,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     try:
+        require_text_arguments(args)
         if args.run is None:
             return _migrate(url)
         engine = open_engine(url)
@@ -132,16 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _migrate(url: str) -> int:
@@ -183,6 +184,13 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
         f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
         file=sys.stderr,
     )
+    if report.stopped is not None:
+        # Last, where it is seen: the counts above are not the whole input.
+        print(
+            f"customer-store: import incomplete: {report.stopped.location}: "
+            f"{report.stopped.reason}",
+            file=sys.stderr,
+        )
     return EXIT_FAILED if report.rejected else EXIT_OK
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, TextIO
 
@@ -21,12 +22,14 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "db_message",
+    "int_between",
     "mask_passwords",
     "open_binary_input",
     "open_engine",
     "open_input",
     "open_output",
     "require_schema",
+    "require_text_arguments",
     "safe_url",
 ]
 
@@ -39,6 +42,44 @@ class CommandError(Exception):
     def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.status = status
+
+
+#: Arguments that name files: any bytes the file system allows are fine there.
+_PATH_ARGUMENTS = frozenset({"path"})
+#: How positional arguments are named in messages (options by their flag).
+_POSITIONAL_NAMES = {"id": "ID", "role": "NAME"}
+
+
+def require_text_arguments(args: argparse.Namespace) -> None:
+    """Refuse text arguments that no column or message can hold: bytes that are not UTF-8
+    (Python hands them over as lone surrogates) and NUL characters."""
+    for dest, value in vars(args).items():
+        if dest in _PATH_ARGUMENTS or not isinstance(value, str):
+            continue
+        name = _POSITIONAL_NAMES.get(dest) or "--" + dest.replace("_", "-")
+        if "\x00" in value:
+            raise CommandError(f"argument {name}: contains a NUL character", EXIT_USAGE)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandError(f"argument {name}: not valid UTF-8 text", EXIT_USAGE) from None
+
+
+def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` to ``maximum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number, got {text[:40]!r}"
+            ) from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be from {minimum:,} to {maximum:,}")
+        return value
+
+    return parse
 
 
 def open_engine(url: str) -> Engine:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -30,6 +30,7 @@ from models.events import EventOutcome
 from models.signature import SIGNATURE_HEADER, SignatureMatch, verify_signature
 from repository.ingest import (
     DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
     IngestResult,
     MalformedDelivery,
     ingest_delivery,
@@ -38,7 +39,6 @@ from repository.retry import DeadlineExceeded
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 RETRY_AFTER_SECONDS = "30"
 # Past the bound plus this, the answer is 503 even if the database work has not returned
 # (a connection that never opens, a pool with no free connection).
@@ -86,6 +86,10 @@ def create_app(
                     partial(handle, body, request.headers.get(SIGNATURE_HEADER), started),
                     abandon_on_cancel=True,
                 )
+        except ClientDisconnect:
+            # Nobody is left to answer; 499 as nginx logs it ("client closed request").
+            _log_delivery(499, started, reason="the client disconnected before the body ended")
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
         except _Refused as refused:
             _log_delivery(refused.status, started, reason=refused.reason)
             return JSONResponse({"error": refused.reason}, status_code=refused.status)

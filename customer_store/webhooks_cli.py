@@ -11,13 +11,21 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from customer_store.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, open_binary_input
+from customer_store.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    int_between,
+    open_binary_input,
+)
 from customer_store.progress import Progress
 from models.events import EventOutcome
 from models.signature import parse_secrets
 from repository import make_session_factory
 from repository.ingest import (
     DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
     IngestResult,
     MalformedDelivery,
     ingest_delivery,
@@ -28,6 +36,8 @@ from repository.ingest import (
 __all__ = ["SECRET_ENV", "add_commands"]
 
 SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"  # noqa: S105 (the variable name, not a secret)
+#: The largest --max-body-bytes: bodies are held in memory whole.
+MAX_BODY_LIMIT = 64 * 1024 * 1024
 
 
 def add_commands(commands: Any) -> None:
@@ -40,9 +50,12 @@ def add_commands(commands: Any) -> None:
 
     serve = commands.add_parser("serve", help="receive Voucherify webhooks over HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument(
-        "--max-body-bytes", type=int, default=1024 * 1024, help="largest body accepted"
+        "--port", type=int_between(0, 65535), default=8000, help="port to listen on"
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=int_between(1, MAX_BODY_LIMIT), default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest body accepted, at most {MAX_BODY_LIMIT:,} (default %(default)s)",
     )
     serve.add_argument(
         "--delivery-timeout", type=_positive_seconds, default=DEFAULT_DELIVERY_TIMEOUT,
@@ -60,7 +73,9 @@ def add_commands(commands: Any) -> None:
 
     events = commands.add_parser("events", help="list recorded webhook events as JSON Lines")
     events.add_argument("--outcome", choices=[o.value for o in EventOutcome])
-    events.add_argument("--limit", type=int, default=None, help="at most this many events")
+    events.add_argument(
+        "--limit", type=int_between(1, sys.maxsize), default=None, help="at most this many events"
+    )
     events.set_defaults(run=_events)
 
     replay = commands.add_parser("replay", help="process recorded rejected events again")

@@ -2,30 +2,55 @@
 
 What remains is a tombstone with the Voucherify id and a time, nothing personal, marked
 ``forgotten``: no later payload stores the customer again, however new, and a webhook
-delivered later about it is recorded without its body (see repository.ingest).
+delivered later about it is recorded without its body or error text (see
+repository.ingest).
+
+Other customers' events are removed only when they hold one of the forgotten customer's
+identifiers as a whole JSON string value (its id, email ignoring case, source_id, phone):
+never by substring, so that forgetting ``cust_Ann`` keeps the events of ``cust_JoAnn`` and
+a source_id ``10000`` does not match an amount of 10000.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, delete, func, or_, select, update
+from sqlalchemy import Table, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.events import WebhookEventRow
 from models.tables import CustomerTombstoneRow
+from models.validation import loads_json
 from repository.customers import CustomerRepository, DeleteOutcome
+from repository.locks import lock_customers
 
-__all__ = ["ErasureReport", "forget_customer"]
+__all__ = [
+    "MAX_CUSTOMER_ID_LENGTH",
+    "MIN_CUSTOMER_ID_LENGTH",
+    "ErasureReport",
+    "InvalidCustomerId",
+    "forget_customer",
+    "require_customer_id",
+]
 
 _events = cast(Table, WebhookEventRow.__table__)
 _tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
-#: Identifiers searched for in raw event bodies; short ones would match unrelated bodies.
-_MIN_NEEDLE = 5
+#: The shortest id in Voucherify's published examples (``cust_ID``).
+MIN_CUSTOMER_ID_LENGTH = 7
+#: The longest id the store keeps (models.customer.CustomerId).
+MAX_CUSTOMER_ID_LENGTH = 255
+#: Email, source_id and phone values shorter than this are too common to be searched for in
+#: other customers' events (the customer's own events go whatever they hold).
+_MIN_IDENTIFIER = 5
+_SCAN_PAGE = 500
+
+
+class InvalidCustomerId(ValueError):
+    """The id given to erase by does not look like a Voucherify customer id."""
 
 
 @dataclass(frozen=True)
@@ -34,70 +59,144 @@ class ErasureReport:
     events_removed: int
 
 
-def forget_customer(session: Session, customer_id: str, *, forgotten_at: datetime) -> ErasureReport:
-    """Remove the customer, its child rows and every raw event body that mentions it.
+@dataclass
+class _Identifiers:
+    """What names the customer in a JSON body: whole string values, emails ignoring case."""
 
-    Bodies are matched by the customer id and by the identifiers known for it (email,
-    source_id, phone) from the stored row and from its own events, both as written by
-    Voucherify and with JSON escapes.
+    exact: set[str]
+    emails: set[str] = field(default_factory=set)
+
+    def learn(self, customer: Any) -> None:
+        if not isinstance(customer, dict):
+            return
+        for key in ("source_id", "phone"):
+            value = customer.get(key)
+            if isinstance(value, str) and len(value) >= _MIN_IDENTIFIER:
+                self.exact.add(value)
+        email = customer.get("email")
+        if isinstance(email, str) and len(email) >= _MIN_IDENTIFIER:
+            self.emails.add(email.casefold())
+
+    def may_be_in(self, body: bytes) -> bool:
+        """A quick screen that never misses a body :meth:`is_in` would find."""
+        # Escapes can spell any value (\u0041 for A): only parsing can tell.
+        return b"\\" in body or self._mentioned(body)
+
+    def is_in(self, body: bytes) -> bool:
+        try:
+            document = loads_json(body)
+        except (ValueError, RecursionError):
+            return self._mentioned(body)  # not JSON (never recorded so): by its text
+        return any(self._names(value) for value in _string_values(document))
+
+    def _mentioned(self, body: bytes) -> bool:
+        text = body.decode("utf-8", "replace").casefold()
+        return any(value.casefold() in text for value in self.exact | self.emails)
+
+    def _names(self, value: str) -> bool:
+        return value in self.exact or value.casefold() in self.emails
+
+
+def require_customer_id(customer_id: str) -> None:
+    """Refuse ids that could not be a customer's (empty, blank-padded, too short)."""
+    if (
+        not MIN_CUSTOMER_ID_LENGTH <= len(customer_id) <= MAX_CUSTOMER_ID_LENGTH
+        or not customer_id.startswith("cust_")
+        or customer_id != customer_id.strip()
+        or not customer_id.isprintable()
+    ):
+        raise InvalidCustomerId(
+            f"{customer_id[:60]!r} is not a customer id: expected cust_… of "
+            f"{MIN_CUSTOMER_ID_LENGTH} to {MAX_CUSTOMER_ID_LENGTH} characters, no blanks around it"
+        )
+
+
+def forget_customer(
+    session: Session,
+    customer_id: str,
+    *,
+    forgotten_at: datetime,
+    on_progress: Callable[[int], None] | None = None,
+) -> ErasureReport:
+    """Remove the customer, its child rows, its events, and every other event whose body
+    names it (see the module docstring); ``on_progress`` gets the number of bodies read.
+
+    The identifiers come from the stored row and from the customer's own events.
     """
+    require_customer_id(customer_id)
+    # Taken first: a delivery about this customer committing meanwhile would be missed.
+    lock_customers(session, [customer_id])
+    identifiers = _Identifiers({customer_id})
     repo = CustomerRepository(session)
     stored = repo.get(customer_id)
-    needles = {customer_id}
     if stored is not None:
-        needles.update(_identifiers(stored.to_json()))
+        identifiers.learn(stored.to_json())
     for (body,) in session.execute(
         select(_events.c.body).where(_events.c.customer_id == customer_id)
     ):
-        needles.update(_identifiers_in_body(bytes(body), customer_id))
+        identifiers.learn(_customer_in(bytes(body), customer_id))
     removed = repo.delete(customer_id, deleted_at=forgotten_at)
     session.execute(
         update(_tombstones).where(_tombstones.c.customer_id == customer_id).values(forgotten=True)
     )
-    matches: list[ColumnElement[bool]] = [_events.c.customer_id == customer_id]
-    for needle in sorted(needles):
-        for form in _encodings(needle):
-            matches.append(_contains(session, form))
-    removed_events = session.execute(
-        delete(_events).where(or_(*matches)).returning(_events.c.event_id)
+    own = session.execute(
+        delete(_events).where(_events.c.customer_id == customer_id).returning(_events.c.event_id)
     ).all()
+    others = _events_naming(session, customer_id, identifiers, on_progress)
+    for start in range(0, len(others), _SCAN_PAGE):
+        chunk = others[start : start + _SCAN_PAGE]
+        session.execute(delete(_events).where(_events.c.event_id.in_(chunk)))
     return ErasureReport(
-        customer_removed=removed is DeleteOutcome.REMOVED, events_removed=len(removed_events)
+        customer_removed=removed is DeleteOutcome.REMOVED, events_removed=len(own) + len(others)
     )
 
 
-def _identifiers(customer: dict[str, Any]) -> set[str]:
-    found = set()
-    for key in ("email", "source_id", "phone"):
-        value = customer.get(key)
-        if isinstance(value, str) and len(value) >= _MIN_NEEDLE:
-            found.add(value)
-    return found
+def _events_naming(
+    session: Session,
+    customer_id: str,
+    identifiers: _Identifiers,
+    on_progress: Callable[[int], None] | None,
+) -> list[str]:
+    """Ids of other events whose bodies name the customer, read a page at a time."""
+    found: list[str] = []
+    scanned, after = 0, ""
+    others = or_(_events.c.customer_id != customer_id, _events.c.customer_id.is_(None))
+    while True:
+        page = session.execute(
+            select(_events.c.event_id, _events.c.body)
+            .where(others, _events.c.event_id > after)
+            .order_by(_events.c.event_id)
+            .limit(_SCAN_PAGE)
+        ).all()
+        if not page:
+            return found
+        for event_id, body in page:
+            raw = bytes(body)
+            if raw and identifiers.may_be_in(raw) and identifiers.is_in(raw):
+                found.append(event_id)
+        scanned += len(page)
+        after = page[-1][0]
+        if on_progress is not None:
+            on_progress(scanned)
 
 
-def _identifiers_in_body(body: bytes, customer_id: str) -> set[str]:
+def _customer_in(body: bytes, customer_id: str) -> Any:
     try:
-        document = json.loads(body)
-    except ValueError:
-        return set()
+        document = loads_json(body)
+    except (ValueError, RecursionError):
+        return None
     data = document.get("data") if isinstance(document, dict) else None
     customer = data.get("customer") if isinstance(data, dict) else None
-    if isinstance(customer, dict) and customer.get("id") == customer_id:
-        return _identifiers(customer)
-    return set()
+    return customer if isinstance(customer, dict) and customer.get("id") == customer_id else None
 
 
-def _encodings(needle: str) -> set[bytes]:
-    """The byte forms a string takes inside a JSON body: raw UTF-8 and ASCII-escaped."""
-    return {
-        json.dumps(needle, ensure_ascii=False)[1:-1].encode("utf-8"),
-        json.dumps(needle, ensure_ascii=True)[1:-1].encode("ascii"),
-    }
-
-
-def _contains(session: Session, needle: bytes) -> ColumnElement[bool]:
-    if session.get_bind().dialect.name == "postgresql":
-        # bytea LIKE; "!" escapes, since a backslash is special in bytea literals.
-        escaped = needle.replace(b"!", b"!!").replace(b"%", b"!%").replace(b"_", b"!_")
-        return _events.c.body.like(b"%" + escaped + b"%", escape="!")
-    return func.instr(_events.c.body, needle) > 0
+def _string_values(document: Any) -> Iterator[str]:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)

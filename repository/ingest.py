@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import ColumnElement, LargeBinary, Table, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,10 +25,12 @@ from models.validation import CustomerValidationError, parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
+from repository.locks import lock_customers
 from repository.retry import run_in_transaction
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT",
+    "DEFAULT_MAX_BODY_BYTES",
     "IngestResult",
     "MalformedDelivery",
     "count_events",
@@ -42,6 +44,11 @@ __all__ = [
 #: counts an answer that takes more than 10 s as a failed sendout; this leaves room for
 #: the network and for reading the body.
 DEFAULT_DELIVERY_TIMEOUT = 5.0
+#: The largest body the receiver takes by default: Voucherify's are a few kilobytes.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+#: What an event about a forgotten customer keeps of its error.
+ERASED_ERROR = "rejected; the details were erased with the customer (forget)"
 
 _events = cast(Table, WebhookEventRow.__table__)
 _tombstones = cast(Table, CustomerTombstoneRow.__table__)
@@ -99,7 +106,12 @@ def ingest(
     now = received_at or datetime.now(UTC)
     provisional = _provisional_outcome(action)
     error = _storable_text(action.error) if isinstance(action, _Reject) else None
-    if not _claim(session, envelope, body, now, provisional, error, count_delivery):
+    if envelope.customer_id is not None:
+        # Before the claim, so that an erasure of this customer (which takes the same
+        # lock) either finds this event recorded or is seen by it.
+        lock_customers(session, [envelope.customer_id])
+    claimed = _claim(session, envelope, body, now, provisional, error, count_delivery)
+    if claimed is None:
         return IngestResult(
             envelope.event_id, EventOutcome.DUPLICATE, envelope.event_type, envelope.customer_id
         )
@@ -110,10 +122,8 @@ def ingest(
             .where(_events.c.event_id == envelope.event_id)
             .values(outcome=outcome.value)
         )
-    if outcome is not EventOutcome.APPLIED and envelope.customer_id is not None:
-        _drop_body_if_forgotten(session, envelope.event_id, envelope.customer_id)
     return IngestResult(
-        envelope.event_id, outcome, envelope.event_type, envelope.customer_id, error
+        envelope.event_id, outcome, envelope.event_type, envelope.customer_id, claimed.error
     )
 
 
@@ -173,7 +183,8 @@ def replay_rejected(
     *,
     on_result: Callable[[IngestResult], None] | None = None,
 ) -> list[IngestResult]:
-    """Process every recorded ``rejected`` event again (after a fix), from its raw body."""
+    """Process every recorded ``rejected`` event again (after a fix), from its raw body;
+    events of forgotten customers are left alone (their bodies were erased)."""
     results: list[IngestResult] = []
     for event_id, body in _rejected_bodies(sessions):
         try:
@@ -194,6 +205,8 @@ def _rejected_bodies(sessions: sessionmaker[Session]) -> Iterator[tuple[str, byt
                 select(_events.c.event_id, _events.c.body)
                 .where(_events.c.outcome == EventOutcome.REJECTED.value)
                 .where(_events.c.event_id > after)
+                # Recorded without a body: there is nothing to process again.
+                .where(~_is_forgotten(_events.c.customer_id))
                 .order_by(_events.c.event_id)
                 .limit(100)
             ).all()
@@ -259,6 +272,12 @@ def _provisional_outcome(action: _Action) -> EventOutcome:
     return EventOutcome.APPLIED
 
 
+@dataclass(frozen=True)
+class _Claimed:
+    error: str | None
+    """The error as recorded (erased when the customer was forgotten)."""
+
+
 def _claim(
     session: Session,
     envelope: Envelope,
@@ -267,9 +286,20 @@ def _claim(
     outcome: EventOutcome,
     error: str | None,
     count_delivery: bool,
-) -> bool:
-    """Insert the event row, or take over a rejected one; False if another delivery has it."""
+) -> _Claimed | None:
+    """Insert the event row, or take over a rejected one; None if another delivery has it.
+
+    A delivery about a forgotten customer is recorded without its body and error text: both
+    may carry the personal data that was erased.
+    """
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stored_body: Any = body
+    stored_error: Any = error
+    if envelope.customer_id is not None:
+        forgotten = _is_forgotten(envelope.customer_id)
+        stored_body = case((forgotten, literal(b"", LargeBinary)), else_=literal(body, LargeBinary))
+        if error is not None:
+            stored_error = case((forgotten, literal(ERASED_ERROR)), else_=literal(error))
     fields = {
         "envelope_id": envelope.envelope_id,
         "event_type": envelope.event_type,
@@ -278,8 +308,8 @@ def _claim(
         "event_created_at": envelope.created_at,
         "last_received_at": now,
         "outcome": outcome.value,
-        "error": error,
-        "body": body,
+        "error": stored_error,
+        "body": stored_body,
     }
     ins = dialect.insert(_events).values(
         event_id=envelope.event_id, first_received_at=now, deliveries=1, **fields
@@ -289,28 +319,25 @@ def _claim(
         index_elements=[_events.c.event_id],
         set_={**{name: ins.excluded[name] for name in fields}, "deliveries": deliveries},
         where=_events.c.outcome == EventOutcome.REJECTED.value,
-    ).returning(_events.c.event_id)
-    if session.execute(claim).first() is not None:
-        return True
+    ).returning(_events.c.error)
+    row = session.execute(claim).first()
+    if row is not None:
+        return _Claimed(row.error)
     if count_delivery:
         session.execute(
             update(_events)
             .where(_events.c.event_id == envelope.event_id)
             .values(deliveries=_events.c.deliveries + 1, last_received_at=now)
         )
-    return False
+    return None
 
 
-def _drop_body_if_forgotten(session: Session, event_id: str, customer_id: str) -> None:
-    """A customer erased on request stays erased: Voucherify may still deliver events about
-    it (retries, resends), and their bodies carry the personal data that was removed."""
-    forgotten = (
+def _is_forgotten(customer_id: Any) -> ColumnElement[bool]:
+    """Whether the customer was erased on request (``customer_id``: a value or a column)."""
+    return (
         select(_tombstones.c.customer_id)
         .where(_tombstones.c.customer_id == customer_id, _tombstones.c.forgotten.is_(True))
         .exists()
-    )
-    session.execute(
-        update(_events).where(_events.c.event_id == event_id, forgotten).values(body=b"")
     )
 
 

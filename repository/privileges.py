@@ -24,12 +24,50 @@ from sqlalchemy.orm import Session
 
 from models.base import Base
 
-__all__ = ["APP_TABLE_PRIVILEGES", "VERSION_TABLE", "GrantReport", "grant_app_role"]
+__all__ = [
+    "APP_TABLE_PRIVILEGES",
+    "VERSION_TABLE",
+    "GrantReport",
+    "InvalidRoleName",
+    "grant_app_role",
+    "require_role_name",
+]
 
 #: What the service does with the rows of the store's tables.
 APP_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 #: Alembic's table: the service only reads it.
 VERSION_TABLE = "alembic_version"
+
+
+#: Names that do not denote one role: PUBLIC is every role on the server; the others are
+#: the current and session roles, whatever they happen to be.
+_NOT_A_ROLE = frozenset({"public", "current_user", "session_user", "current_role", "none"})
+#: PostgreSQL cuts longer identifiers short, silently: the grant would go to another name.
+_MAX_ROLE_BYTES = 63
+
+
+class InvalidRoleName(ValueError):
+    """The name cannot be given the service's privileges safely."""
+
+
+def require_role_name(role: str) -> None:
+    """Refuse names that are not one ordinary role: empty, PUBLIC (in any case), the
+    current/session role keywords, reserved ``pg_`` names, or longer than PostgreSQL keeps."""
+    folded = role.casefold()
+    if not role.strip():
+        problem = "the role name is empty"
+    elif folded in _NOT_A_ROLE:
+        meaning = "every role" if folded == "public" else "whichever role runs the statement"
+        problem = f"{role!r} is not one role: it stands for {meaning}"
+    elif folded.startswith("pg_"):
+        problem = f"{role!r} is reserved: role names starting with pg_ belong to PostgreSQL"
+    elif not role.isprintable():
+        problem = f"{role!r} holds control characters"
+    elif len(role.encode("utf-8", "surrogatepass")) > _MAX_ROLE_BYTES:
+        problem = f"the role name is longer than {_MAX_ROLE_BYTES} bytes"
+    else:
+        return
+    raise InvalidRoleName(problem)
 
 
 @dataclass(frozen=True)
@@ -58,8 +96,7 @@ def grant_app_role(
     is created (LOGIN, NOINHERIT, no superuser, CREATEDB, CREATEROLE, replication or RLS
     bypass); otherwise it must exist, and a given password replaces its password.
     """
-    if not role:
-        raise ValueError("the role name is empty")
+    require_role_name(role)
     pg = _driver_connection(session_or_connection)
     ident = sql.Identifier(role)
     with pg.cursor() as cursor:

@@ -172,6 +172,9 @@ class Store:
             return {row.event_id: (row.customer_id, row.outcome, bytes(row.body))
                     for row in list_events(session, limit=10_000)}
 
+    def events_bodies(self) -> list[str]:
+        return [body.decode("utf-8") for _, _, body in self.events().values()]
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, make_database: Any, tmp_path: Path) -> Iterator[Store]:
@@ -276,3 +279,128 @@ def test_forgetting_a_customer_never_stored_removes_its_events_and_succeeds(
     assert [v[0] for v in store.events().values()] == [other.id]
     assert store.customer(other.id) is not None
     assert store.tombstone(person.id) is not None
+
+
+# --- regressions: whole values only, nothing stored again, errors and replay ---------------
+
+
+def customer_of(customer_id: str, **fields: Any) -> dict[str, Any]:
+    """The example customer as another person: identifiers of its own, none shared."""
+    customer = copy.deepcopy(example_customer())
+    unique = customer_id.removeprefix("cust_").lower()
+    customer.update(
+        id=customer_id, created_at=iso(T0), updated_at=iso(T0), name=f"Person {unique}",
+        email=f"{unique}@people.example", phone=None, source_id=f"src-{unique}",
+    )
+    customer.update(fields)
+    return customer
+
+
+def test_forget_matches_whole_values_and_keeps_events_that_only_contain_them(
+    store: Store,
+) -> None:
+    ann = customer_of("cust_Ann", source_id="10000", email="ann.lee@forget.example")
+    joann = customer_of(
+        "cust_JoAnn", source_id="src-joann", email="jo.ann.lee@forget.example",
+        # Substrings of Ann's identifiers, and her source_id as a number: not her.
+        metadata={"note": "met cust_Ann at the fair", "mail": "x.ann.lee@forget.example.org"},
+    )
+    joann["summary"]["orders"]["total_amount"] = 10000
+    mentions = customer_of("cust_Mentions", metadata={"referrer": "cust_Ann"})
+    lines = [
+        delivery("customer.created", {"customer": ann}, T0, ascii_only=False),
+        delivery("customer.created", {"customer": joann}, T0, ascii_only=False),
+        # A whole value of hers in another customer's event (escaped: the same value).
+        delivery("customer.created", {"customer": mentions}, T0, ascii_only=True).replace(
+            '"cust_Ann"', '"cust_\\u0041nn"'
+        ),
+    ]
+    assert store.cli("ingest", store.write_lines("events.jsonl", lines)).returncode == 0
+    before = store.events()
+
+    forgotten = store.cli("forget", "cust_Ann")
+
+    assert forgotten.returncode == 0, str(forgotten)
+    assert "2 webhook events removed" in forgotten.output, str(forgotten)
+    after = store.events()
+    kept = {k: v for k, v in before.items() if v[0] == "cust_JoAnn"}
+    assert after == kept
+    assert store.customer("cust_JoAnn") == joann
+
+
+def test_forget_erases_an_email_in_any_case_from_other_customers_events(store: Store) -> None:
+    zelda = customer_of("cust_ZeldaQuinn01", email="zelda.q@forget.example")
+    other = customer_of("cust_OtherPerson01", metadata={"contact": "ZELDA.Q@FORGET.EXAMPLE"})
+    bystander = customer_of("cust_Bystander0001", metadata={"contact": "zelda.q@forget.exampl"})
+    lines = [delivery("customer.created", {"customer": c}, T0, ascii_only=False)
+             for c in (zelda, other, bystander)]
+    assert store.cli("ingest", store.write_lines("events.jsonl", lines)).returncode == 0
+
+    forgotten = store.cli("forget", zelda["id"])
+
+    assert forgotten.returncode == 0, str(forgotten)
+    assert [v[0] for v in store.events().values()] == [bystander["id"]]
+    assert "zelda.q@forget.example" not in json.dumps(store.events_bodies()).casefold()
+
+
+@pytest.mark.parametrize(
+    "customer_id",
+    ["", " ", "e", "cust_", "cust_A", " cust_Ann", "cust_Ann ", "ann.lee@forget.example",
+     "cust_\tAnn", "cust_\udcffAnn"],
+)
+def test_forget_refuses_an_id_that_does_not_look_like_one_and_changes_nothing(
+    store: Store, customer_id: str
+) -> None:
+    ann = customer_of("cust_Ann", email="ann.lee@forget.example")
+    line = delivery("customer.created", {"customer": ann}, T0, ascii_only=False)
+    assert store.cli("ingest", store.write_lines("events.jsonl", [line])).returncode == 0
+    before = store.events()
+
+    refused = store.cli("forget", customer_id)
+
+    assert refused.returncode == 2, str(refused)
+    assert len(refused.output.strip().splitlines()) == 1, str(refused)
+    assert "argument ID" in refused.output and "Traceback" not in refused.output
+    assert store.events() == before
+    assert store.customer("cust_Ann") == ann
+
+
+def test_every_delivery_after_erasure_is_recorded_without_body_or_error_and_not_replayed(
+    store: Store,
+) -> None:
+    person = make_person("later")
+    assert store.cli("import", store.write_lines("customers.jsonl", [
+        json.dumps(person.customer(T0)),
+    ])).returncode == 0
+    assert store.cli("forget", person.id).returncode == 0
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    lines = [
+        # Newer than the erasure: applied (the tombstone moves on), yet nothing kept.
+        delivery("customer.deleted", {"customer": person.customer(later)}, later,
+                 ascii_only=False),
+        delivery("customer.rewarded", {"customer": {"id": person.id, "email": person.email,
+                                                    "name": person.name}}, later,
+                 ascii_only=False),
+        # Rejected, with an error that quotes the offending (personal) value.
+        delivery("customer.updated",
+                 {"customer": {**person.customer(later), "birthdate": person.phone}}, later,
+                 ascii_only=False),
+    ]
+
+    ingested = store.cli("ingest", store.write_lines("later.jsonl", lines))
+
+    assert ingested.returncode == 1, str(ingested)  # the rejected one
+    assert "1 applied" in ingested.output and "1 ignored" in ingested.output, str(ingested)
+    assert "1 rejected" in ingested.output, str(ingested)
+    assert person.phone not in ingested.output
+    events = store.events()
+    assert sorted(v[1] for v in events.values()) == ["applied", "ignored", "rejected"]
+    assert all(v[0] == person.id and v[2] == b"" for v in events.values())
+    assert occurrences(store.engine, person) == []
+    assert store.customer(person.id) is None
+
+    replayed = store.cli("replay")
+
+    assert replayed.returncode == 0, str(replayed)
+    assert "replayed 0 events" in replayed.output, str(replayed)
+    assert occurrences(store.engine, person) == []

@@ -366,3 +366,45 @@ def test_role_names_are_quoted_as_identifiers(app_role: AppRole) -> None:
     finally:
         engine.dispose()
         drop_role([app_role.owner_url], name)
+
+
+# --- names that are not one role ----------------------------------------------------------
+
+
+def table_grantees(url: str) -> set[str]:
+    """Every role (``PUBLIC`` included) holding a privilege on a store table."""
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text(
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text"
+            " END FROM pg_class c, aclexplode(c.relacl) a"
+            " WHERE c.relname IN ('customers', 'webhook_events', 'customer_tombstones')"
+        )).scalars().all()
+    engine.dispose()
+    return set(rows)
+
+
+@pytest.mark.parametrize(
+    "role",
+    ["public", "PUBLIC", "Public", "pg_monitor", "PG_anything", "current_user", "SESSION_USER",
+     "current_role", "", "   ", "a" * 64, "app\trole"],
+)
+def test_grant_refuses_names_that_are_not_one_role_with_exit_2_and_grants_nothing(
+    app_role: AppRole, tmp_path: Path, role: str
+) -> None:
+    before = table_grantees(app_role.owner_url)
+
+    run = cli(["--database-url", app_role.owner_url, "grant-app-role", role], cwd=tmp_path)
+
+    assert run.returncode == 2, str(run)
+    assert len(run.output.strip().splitlines()) == 1, str(run)
+    assert "argument NAME" in run.output and "Traceback" not in run.output, str(run)
+    assert "PUBLIC" not in table_grantees(app_role.owner_url)
+    assert table_grantees(app_role.owner_url) == before
+
+
+def test_grant_on_sqlite_is_refused_before_the_name_is_used(tmp_path: Path) -> None:
+    run = cli(["--database-url", f"sqlite:///{tmp_path / 'x.db'}", "grant-app-role", "public"],
+              cwd=tmp_path)
+    assert run.returncode == 2, str(run)
+    assert "Traceback" not in run.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -526,6 +527,29 @@ class TestReceiver:
         row = receiver.store.events()[event_id_of(body)]
         assert (row.outcome, row.deliveries) == ("applied", senders)
         assert receiver.store.customer_json(customer["id"]) == customer
+
+    def test_client_disconnecting_mid_body_gets_one_log_line_and_no_traceback(
+        self, receiver: Receiver
+    ) -> None:
+        server = receiver.server
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+                client.sendall(
+                    b"POST /webhooks/voucherify HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+                )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and server.log().count("status=499") < 3:
+            time.sleep(0.05)
+
+        server.deliveries += 3  # the server's log has a line for each delivery
+        log = server.log()
+        assert log.count("status=499") == 3, log
+        assert "Traceback" not in log and "Exception in ASGI" not in log, log
+        assert_nothing_stored(receiver.store)
+        # The server goes on answering.
+        body = encode(envelope("customer.created", {"customer": created_customer()}))
+        assert server.deliver(body).status == 200
 
     def test_log_has_one_line_per_delivery_and_never_the_secret(
         self, receiver: Receiver
