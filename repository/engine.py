@@ -9,10 +9,18 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "make_async_engine",
+    "make_async_session_factory",
     "make_engine",
     "make_session_factory",
     "normalize_url",
@@ -27,15 +35,20 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _BUSY_TIMEOUT_CHANGED = "customer_store.busy_timeout_changed"
 
 
-def normalize_url(url: str) -> str:
-    """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver; refuse others."""
+def normalize_url(url: str, *, asynchronous: bool = False) -> str:
+    """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver (which serves sync
+    and async engines alike) and ``sqlite://`` to pysqlite or, for async engines,
+    aiosqlite; refuse other databases and drivers."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend == "sqlite":
-        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+        driver = "sqlite+aiosqlite" if asynchronous else "sqlite+pysqlite"
+        if parsed.drivername not in ("sqlite", driver):
             raise ValueError(f"unsupported SQLite driver {parsed.drivername!r}")
+        if asynchronous:
+            parsed = parsed.set(drivername=driver)
     else:
         raise ValueError(
             f"unsupported database {backend!r}: use postgresql://… or sqlite:///path"
@@ -55,23 +68,21 @@ def make_engine(
     run each statement in a transaction of its own (driver-level autocommit), so a ``get``
     is one round trip, with no BEGIN before it and no ROLLBACK after. Don't write with it.
     """
-    url = normalize_url(url)
-    if read_only:
-        kwargs.setdefault("isolation_level", "AUTOCOMMIT")
-    if make_url(url).get_backend_name() == "sqlite":
-        kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "checkin", _restore_busy_timeout)
-        return engine
-    # No pre-ping on checkout (a round trip per request): a connection found dead is
-    # invalidated with the rest of the pool, and writes are retried (repository.retry).
-    kwargs.setdefault("json_serializer", dumps_for_jsonb)
-    # Sessions in UTC: the server's own zone could turn the last instants of year 9999
-    # into year 10000 when timestamps are rendered as text (as in JSON aggregates).
-    connect_args = dict(kwargs.pop("connect_args", {}))
-    connect_args["options"] = f"{connect_args.get('options', '')} -c timezone=UTC".strip()
-    return create_engine(url, connect_args=connect_args, **kwargs)
+    url, options = _engine_arguments(url, read_only, kwargs, asynchronous=False)
+    engine = create_engine(url, **options)
+    _configure(engine)
+    return engine
+
+
+def make_async_engine(
+    url: str = DEFAULT_DATABASE_URL, *, read_only: bool = False, **kwargs: Any
+) -> AsyncEngine:
+    """:func:`make_engine` for asyncio: the same URLs and the same connection setup, on
+    psycopg 3's async connection or aiosqlite."""
+    url, options = _engine_arguments(url, read_only, kwargs, asynchronous=True)
+    engine = create_async_engine(url, **options)
+    _configure(engine.sync_engine)
+    return engine
 
 
 def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
@@ -86,6 +97,51 @@ def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionm
     if read_only:
         engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_async_session_factory(
+    engine: AsyncEngine, *, read_only: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """:func:`make_session_factory` for async engines."""
+    if read_only:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def set_sqlite_busy_timeout(connection: Connection, milliseconds: int) -> None:
+    """Make this checkout of a SQLite connection wait at most ``milliseconds`` for a lock;
+    the connection gets the default back when it returns to the pool."""
+    connection.info[_BUSY_TIMEOUT_CHANGED] = True
+    # PRAGMA takes no bound parameters; the value is an int rendered by %d.
+    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(milliseconds):d}")
+
+
+def _engine_arguments(
+    url: str, read_only: bool, kwargs: dict[str, Any], *, asynchronous: bool
+) -> tuple[str, dict[str, Any]]:
+    """The URL and options both kinds of engine are created with."""
+    url = normalize_url(url, asynchronous=asynchronous)
+    options = dict(kwargs)
+    if read_only:
+        options.setdefault("isolation_level", "AUTOCOMMIT")
+    if make_url(url).get_backend_name() == "sqlite":
+        options.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        return url, options
+    # No pre-ping on checkout (a round trip per request): a connection found dead is
+    # invalidated with the rest of the pool, and writes are retried (repository.retry).
+    options.setdefault("json_serializer", dumps_for_jsonb)
+    # Sessions in UTC: the server's own zone could turn the last instants of year 9999
+    # into year 10000 when timestamps are rendered as text (as in JSON aggregates).
+    connect_args = dict(options.pop("connect_args", {}))
+    connect_args["options"] = f"{connect_args.get('options', '')} -c timezone=UTC".strip()
+    options["connect_args"] = connect_args
+    return url, options
+
+
+def _configure(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite)
+        event.listen(engine, "checkin", _restore_busy_timeout)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -104,14 +160,6 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
-
-
-def set_sqlite_busy_timeout(connection: Connection, milliseconds: int) -> None:
-    """Make this checkout of a SQLite connection wait at most ``milliseconds`` for a lock;
-    the connection gets the default back when it returns to the pool."""
-    connection.info[_BUSY_TIMEOUT_CHANGED] = True
-    # PRAGMA takes no bound parameters; the value is an int rendered by %d.
-    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(milliseconds):d}")
 
 
 def _restore_busy_timeout(dbapi_connection: Any, record: Any) -> None:

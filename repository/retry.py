@@ -1,4 +1,4 @@
-"""Transactions that are retried when the database asks for it.
+"""Transactions that are retried when the database asks for it, sync and async.
 
 PostgreSQL may abort a transaction with a serialization failure or a deadlock, or lose
 its connection; SQLite may report "database is locked" past its busy timeout. Each of
@@ -9,6 +9,10 @@ A caller that must answer in time (the webhook receiver: Voucherify counts a del
 takes more than 10 seconds as failed) passes ``timeout``: the attempts, the pauses between
 them and every lock wait inside them then end by that time, and
 :class:`DeadlineExceeded` says that nothing was committed.
+
+One policy (tenacity) drives both faces: :func:`run_in_transaction` with a sync session
+factory, :func:`run_in_transaction_async` with an async one, whose unit of work is the same
+sync function, run on the async connection through ``AsyncSession.run_sync``.
 """
 
 from __future__ import annotations
@@ -16,16 +20,25 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
 from repository.engine import set_sqlite_busy_timeout
 
-__all__ = ["DEFAULT_ATTEMPTS", "DeadlineExceeded", "is_retryable", "run_in_transaction"]
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DeadlineExceeded",
+    "is_retryable",
+    "run_in_transaction",
+    "run_in_transaction_async",
+]
 
 T = TypeVar("T")
 DEFAULT_ATTEMPTS = 6
@@ -48,8 +61,10 @@ class DeadlineExceeded(Exception):
         self.timeout = timeout
 
 
-def is_retryable(exc: DBAPIError) -> bool:
+def is_retryable(exc: BaseException) -> bool:
     """Whether running the same transaction again may succeed."""
+    if not isinstance(exc, DBAPIError):
+        return False
     if exc.connection_invalidated:
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
@@ -74,37 +89,110 @@ def run_in_transaction(
     would outlast it is cut short, no retry starts that could not finish in time, and
     :class:`DeadlineExceeded` is raised instead.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for attempt in range(1, attempts + 1):
+    bound = _Bound(timeout)
+    for attempt in Retrying(**_policy(attempts, base_delay, max_delay, bound)):
+        with attempt, bound.translated(), sessions.begin() as session:
+            return _attempt(session, work, bound)
+    raise AssertionError("unreachable: the policy re-raises the last error")
+
+
+async def run_in_transaction_async(
+    sessions: async_sessionmaker[AsyncSession],
+    work: Callable[[Session], T],
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    base_delay: float = 0.05,
+    max_delay: float = 2.0,
+    timeout: float | None = None,
+) -> T:
+    """:func:`run_in_transaction` for async sessions: the same ``work`` (a sync function of
+    a session), the same retries and time bound, without blocking the event loop on I/O."""
+    bound = _Bound(timeout)
+    async for attempt in AsyncRetrying(**_policy(attempts, base_delay, max_delay, bound)):
+        with attempt, bound.translated():
+            async with sessions.begin() as session:
+                return await session.run_sync(_attempt, work, bound)
+    raise AssertionError("unreachable: the policy re-raises the last error")
+
+
+class _Bound:
+    """The time bound of one unit of work (or none)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(self.timeout or 0.0)
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """A wait the bound cut short is the bound reached, not a database failure."""
         try:
-            with sessions.begin() as session:
-                if deadline is not None:
-                    _bound_waits(session, deadline, timeout or 0.0)
-                return work(session)
+            yield
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None)
-            if deadline is not None and sqlstate in _TIMEOUT_SQLSTATES:
-                raise DeadlineExceeded(timeout or 0.0) from exc
-            if attempt == attempts or not is_retryable(exc):
-                raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise DeadlineExceeded(timeout or 0.0) from exc
-            _log.warning(
-                "retrying transaction (attempt %d of %d) after %s",
-                attempt + 1, attempts, type(exc.orig).__name__,
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+            if self.deadline is not None and sqlstate in _TIMEOUT_SQLSTATES:
+                raise self.exceeded() from exc
+            raise
+
+    def bound_waits(self, session: Session) -> None:
+        """Make every wait of this transaction end by the deadline."""
+        if self.deadline is None:
+            return
+        remaining_ms = int((self.deadline - time.monotonic()) * 1000)
+        if remaining_ms < 1:  # 0 would mean "no limit" to both databases
+            raise self.exceeded()
+        connection = session.connection()
+        if connection.dialect.name == "postgresql":
+            connection.execute(_BOUND_WAITS, {"ms": str(remaining_ms)})
+        else:
+            set_sqlite_busy_timeout(connection, remaining_ms)
 
 
-def _bound_waits(session: Session, deadline: float, timeout: float) -> None:
-    """Make every wait of this transaction end by ``deadline`` (a ``time.monotonic()``)."""
-    remaining_ms = int((deadline - time.monotonic()) * 1000)
-    if remaining_ms < 1:  # 0 would mean "no limit" to both databases
-        raise DeadlineExceeded(timeout)
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(_BOUND_WAITS, {"ms": str(remaining_ms)})
-    else:
-        set_sqlite_busy_timeout(connection, remaining_ms)
+def _attempt(session: Session, work: Callable[[Session], T], bound: _Bound) -> T:
+    bound.bound_waits(session)
+    return work(session)
+
+
+def _policy(
+    attempts: int, base_delay: float, max_delay: float, bound: _Bound
+) -> dict[str, Any]:
+    """What both faces retry, how long they pause, and when they stop."""
+
+    def pause(state: RetryCallState) -> float:
+        growing = min(max_delay, base_delay * 2.0 ** (state.attempt_number - 1))
+        return growing * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
+
+    def stop(state: RetryCallState) -> bool:
+        if state.attempt_number >= attempts:
+            return True
+        # The pause is decided before this runs: a retry that could not finish in time
+        # does not start.
+        deadline = bound.deadline
+        if deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline:
+            raise bound.exceeded() from _failure(state)
+        return False
+
+    def log_retry(state: RetryCallState) -> None:
+        _log.warning(
+            "retrying transaction (attempt %d of %d) after %s",
+            state.attempt_number + 1, attempts, type(_cause(state)).__name__,
+        )
+
+    return {
+        "retry": retry_if_exception(is_retryable),
+        "wait": pause,
+        "stop": stop,
+        "before_sleep": log_retry,
+        "reraise": True,
+    }
+
+
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+def _cause(state: RetryCallState) -> BaseException | None:
+    failure = _failure(state)
+    return getattr(failure, "orig", failure)
