@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from customer_store.common import (
 from customer_store.progress import Progress
 from models.events import EventOutcome
 from models.signature import parse_secrets
-from repository import make_session_factory
+from repository import make_async_engine, make_async_session_factory, make_session_factory
 from repository.ingest import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
@@ -121,8 +122,10 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
             "rotating, the new and the previous one, comma separated), or pass "
             "--no-signature-check to accept unsigned deliveries", EXIT_USAGE,
         )
+    # The receiver runs on the async API; the sync engine only checked the schema.
+    async_engine = make_async_engine(engine.url.render_as_string(hide_password=False))
     app = create_app(
-        make_session_factory(engine),
+        make_async_session_factory(async_engine),
         secrets=secrets or None,
         max_body_bytes=args.max_body_bytes,
         delivery_timeout=args.delivery_timeout,
@@ -130,7 +133,10 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
     checked = f"checked with {len(secrets)} secret(s)" if secrets else "NOT checked"
     print(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
           f"(signatures {checked})", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+    finally:
+        asyncio.run(async_engine.dispose())
     return EXIT_OK
 
 

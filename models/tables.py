@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, false, func, text
+from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, JSONDocument, SortedText, UTCDateTime
@@ -77,6 +77,12 @@ class CustomerRow(Base):
     null_mask: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
 
+    #: Search keys: email and name case-folded in Python (``repository.mapping.fold``), so
+    #: that SQLite and PostgreSQL compare the same text (revision 0005). Derived data,
+    #: written with every row and never part of the customer's JSON.
+    email_folded: Mapped[str | None]
+    name_folded: Mapped[str | None]
+
     address: Mapped[CustomerAddressRow | None] = relationship(
         cascade=_CASCADE, passive_deletes=True
     )
@@ -89,20 +95,17 @@ class CustomerRow(Base):
 
     __table_args__ = (
         Index(None, "source_id"),
-        # The indexes behind repository.queries' filters (revision 0004), with the
-        # expression indexes below the class.
+        # The indexes behind repository.queries' filters (revisions 0004 and 0005), with
+        # the GIN index below the class.
         Index(None, "created_at"),
         Index(None, "updated_at"),
         Index(None, "orders_last_order_date"),
+        Index(None, "email_folded"),
+        # Prefixes: LIKE on PostgreSQL (whatever the database's collation), GLOB on SQLite.
+        Index(None, "name_folded", postgresql_ops={"name_folded": "text_pattern_ops"}),
     )
 
 
-Index("ix_customers_email_lower", func.lower(CustomerRow.email))
-Index(
-    "ix_customers_name_lower_prefix",
-    func.lower(CustomerRow.name).label("lower_name"),
-    postgresql_ops={"lower_name": "text_pattern_ops"},
-).ddl_if(dialect="postgresql")
 Index(
     "ix_customers_metadata_gin",
     CustomerRow.metadata_,

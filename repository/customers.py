@@ -183,16 +183,20 @@ class CustomerRepository:
         Pages follow the primary key (keyset pagination), so late pages cost what the
         first one does and rows written meanwhile are seen at most once.
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
         after: str | None = None
         while True:
-            condition = _customers.c.id > after if after is not None else None
-            page = self._load(condition, limit=batch_size)
+            page = self.page_after(after, limit=batch_size)
             yield from page
             if len(page) < batch_size:
                 return
             after = page[-1].id
+
+    def page_after(self, after: str | None, *, limit: int) -> list[Customer]:
+        """Up to ``limit`` customers ordered by id, after the id ``after`` (from the first
+        without): one keyset page, one statement."""
+        if limit < 1:
+            raise ValueError("batch_size must be at least 1")
+        return self._load(_customers.c.id > after if after is not None else None, limit=limit)
 
     # -- internals -------------------------------------------------------------------
 

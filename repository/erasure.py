@@ -26,6 +26,7 @@ from models.tables import CustomerTombstoneRow
 from models.validation import loads_json
 from repository.customers import CustomerRepository, DeleteOutcome
 from repository.locks import lock_customers
+from repository.mapping import fold
 
 __all__ = [
     "MAX_CUSTOMER_ID_LENGTH",
@@ -61,7 +62,8 @@ class ErasureReport:
 
 @dataclass
 class _Identifiers:
-    """What names the customer in a JSON body: whole string values, emails ignoring case."""
+    """What names the customer in a JSON body: whole string values, emails compared as
+    search compares them (:func:`repository.mapping.fold`)."""
 
     exact: set[str]
     emails: set[str] = field(default_factory=set)
@@ -75,7 +77,7 @@ class _Identifiers:
                 self.exact.add(value)
         email = customer.get("email")
         if isinstance(email, str) and len(email) >= _MIN_IDENTIFIER:
-            self.emails.add(email.casefold())
+            self.emails.add(fold(email))
 
     def may_be_in(self, body: bytes) -> bool:
         """A quick screen that never misses a body :meth:`is_in` would find."""
@@ -90,11 +92,11 @@ class _Identifiers:
         return any(self._names(value) for value in _string_values(document))
 
     def _mentioned(self, body: bytes) -> bool:
-        text = body.decode("utf-8", "replace").casefold()
-        return any(value.casefold() in text for value in self.exact | self.emails)
+        text = fold(body.decode("utf-8", "replace"))
+        return any(fold(value) in text for value in self.exact | self.emails)
 
     def _names(self, value: str) -> bool:
-        return value in self.exact or value.casefold() in self.emails
+        return value in self.exact or fold(value) in self.emails
 
 
 def require_customer_id(customer_id: str) -> None:

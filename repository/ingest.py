@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from sqlalchemy import ColumnElement, LargeBinary, Table, case, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
@@ -26,7 +27,7 @@ from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, 
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
 from repository.locks import lock_customers
-from repository.retry import run_in_transaction
+from repository.retry import run_in_transaction, run_in_transaction_async
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT",
@@ -36,6 +37,7 @@ __all__ = [
     "count_events",
     "ingest",
     "ingest_delivery",
+    "ingest_delivery_async",
     "list_events",
     "replay_rejected",
 ]
@@ -141,6 +143,25 @@ def ingest_delivery(
     time or raises :class:`~repository.retry.DeadlineExceeded` having recorded nothing.
     """
     return run_in_transaction(
+        sessions,
+        lambda session: ingest(
+            session, body, received_at=received_at, count_delivery=count_delivery
+        ),
+        timeout=timeout,
+    )
+
+
+async def ingest_delivery_async(
+    sessions: async_sessionmaker[AsyncSession],
+    body: bytes,
+    *,
+    received_at: datetime | None = None,
+    count_delivery: bool = True,
+    timeout: float | None = None,
+) -> IngestResult:
+    """:func:`ingest_delivery` for asyncio: the same transaction, retries and time bound,
+    awaited on an async session factory."""
+    return await run_in_transaction_async(
         sessions,
         lambda session: ingest(
             session, body, received_at=received_at, count_delivery=count_delivery

@@ -7,10 +7,16 @@ does not name go to the row's ``extra`` JSON, under the dotted path of their obj
 
 Bit numbers are stored in every row: never renumber them. A new documented key takes a
 new bit (and a migration moves it out of ``extra``).
+
+Besides the layout's columns a customer row holds search keys derived from it
+(``email_folded``, ``name_folded``: see :func:`fold`); they are written with every row and
+never read back into the customer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import unicodedata
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,10 +43,15 @@ __all__ = [
     "ADDRESS_COLUMNS",
     "CAMPAIGN_COLUMNS",
     "CUSTOMER_COLUMNS",
+    "FOLD_LIMIT",
     "REFERRAL_COLUMNS",
+    "SEARCH_KEY_COLUMNS",
     "CustomerRows",
     "customer_from_rows",
     "customer_to_rows",
+    "email_key",
+    "fold",
+    "name_key",
 ]
 
 
@@ -155,7 +166,11 @@ _ADDRESS_LEAVES = _columns(ADDRESS_LAYOUT)
 _CAMPAIGN_LEAVES = _columns(CAMPAIGN_LAYOUT)
 _REFERRAL_LEAVES = _columns(REFERRAL_LAYOUT)
 _BOOKKEEPING = ["absent_mask", "extra"]
-CUSTOMER_COLUMNS = [*_CUSTOMER_LEAVES, "version_at", "null_mask", *_BOOKKEEPING]
+#: Search keys derived from the row (see :func:`fold`), never part of the customer's JSON.
+SEARCH_KEY_COLUMNS = ("email_folded", "name_folded")
+CUSTOMER_COLUMNS = [
+    *_CUSTOMER_LEAVES, "version_at", "null_mask", *_BOOKKEEPING, *SEARCH_KEY_COLUMNS
+]
 ADDRESS_COLUMNS = ["customer_id", *_ADDRESS_LEAVES, *_BOOKKEEPING]
 CAMPAIGN_COLUMNS = ["customer_id", "campaign", *_CAMPAIGN_LEAVES, *_BOOKKEEPING]
 REFERRAL_COLUMNS = ["customer_id", "position", *_REFERRAL_LEAVES, *_BOOKKEEPING]
@@ -196,6 +211,7 @@ def customer_to_rows(customer: Customer) -> CustomerRows:
     row = enc.row
     row["version_at"] = row["updated_at"] if row["updated_at"] is not None else row["created_at"]
     row.update(absent_mask=enc.absent, null_mask=enc.null, extra=enc.extra or None)
+    row.update(email_folded=email_key(row["email"]), name_folded=name_key(row["name"]))
     customer_id = row["id"]
 
     rows = CustomerRows(customer=row)
@@ -213,6 +229,46 @@ def customer_to_rows(customer: Customer) -> CustomerRows:
         for index, entry in enumerate(referrals)
     ]
     return rows
+
+
+#: Longest search key, in characters: at four bytes a character a key stays within
+#: PostgreSQL's B-tree entry limit (2,704 bytes) however much folding lengthened the text
+#: (one character can fold to 18, U+FDFA).
+FOLD_LIMIT = 600
+
+
+def fold(text: str) -> str:
+    """``text`` as search compares it, ignoring case and width, the same in any database.
+
+    Unicode full case folding (``ß`` is ``ss``, a final sigma is a sigma) between two NFKC
+    normalisations: the first makes canonically equal spellings (``é`` composed or as ``e``
+    and an accent) and compatibility forms (full-width letters, U+FF21 on; ligatures such as
+    U+FB01) the same letters, which casefold alone does not; the second puts casefold's
+    output, which can change under normalisation, back into NFKC, so that
+    ``fold(fold(x)) == fold(x)``. The databases' own ``lower()`` is not used: SQLite's folds
+    only ASCII, PostgreSQL's follows the database's locale, neither does full case folding.
+    The fold is language-neutral: Turkish dotted and dotless i stay distinct letters.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def email_key(email: str | None) -> str | None:
+    """``customers.email_folded``: the fold of ``email``, for equality. A fold longer than
+    :data:`FOLD_LIMIT` keeps its start and gains a digest of the whole, so equal keys still
+    mean equal folds."""
+    if email is None:
+        return None
+    folded = fold(email)
+    if len(folded) <= FOLD_LIMIT:
+        return folded
+    digest = hashlib.sha256(folded.encode("utf-8")).hexdigest()
+    return f"{folded[:FOLD_LIMIT]}#{digest}"
+
+
+def name_key(name: str | None) -> str | None:
+    """``customers.name_folded``: the fold of ``name`` cut at :data:`FOLD_LIMIT`, for
+    prefixes of up to that many characters."""
+    return None if name is None else fold(name)[:FOLD_LIMIT]
 
 
 def customer_from_rows(

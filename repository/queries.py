@@ -2,7 +2,9 @@
 
 Every filter is one SQL condition backed by an index on PostgreSQL (see the migrations);
 a page is one statement whatever the filters, and pages follow the primary key, so a late
-page costs what the first one does.
+page costs what the first one does. Email and name prefix are compared on the search keys
+that every write stores (``repository.mapping.fold``), with the argument folded alike.
+Arguments are checked before any SQL is built (:class:`InvalidArgument`).
 """
 
 from __future__ import annotations
@@ -10,22 +12,41 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, and_, exists, func, literal, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
 from models.tables import CustomerRow, LoyaltyCampaignRow, ReferralEntryRow
+from models.validation import text_problem
+from models.wire import INT64_MAX, INT64_MIN
+from repository.mapping import FOLD_LIMIT, email_key, fold
 from repository.reads import customer_select, decode_customer
 
 __all__ = [
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_TERMS",
     "MAX_PAGE_SIZE",
+    "MAX_TEXT_LENGTH",
     "CustomerFilter",
+    "InvalidArgument",
     "InvalidCursor",
     "Page",
     "count",
@@ -35,25 +56,58 @@ __all__ = [
 ]
 
 MAX_PAGE_SIZE = 1000
+#: Longest text argument in characters: no stored email, name, source_id, campaign key,
+#: loyalty tier or referrer id is longer (``models.customer.IndexedText``).
+MAX_TEXT_LENGTH = 500
+#: How deep ``metadata_contains`` may nest (``{"a": [1]}`` is 2 deep) and how many object
+#: keys and array elements it may hold in all. On SQLite every key is a table of a join
+#: (at most 64) and every array a nested subquery (SQLite's parser takes about 8 levels).
+MAX_METADATA_DEPTH = 6
+MAX_METADATA_TERMS = 50
+#: Longer than any cursor :func:`find` makes (an id of 255 characters, JSON-escaped).
+MAX_CURSOR_LENGTH = 8192
 
 customers = cast(Table, CustomerRow.__table__)
 campaigns = cast(Table, LoyaltyCampaignRow.__table__)
 referrals = cast(Table, ReferralEntryRow.__table__)
 
+_TEXT_FIELDS = ("email", "source_id", "name_prefix", "campaign", "loyalty_tier", "referred_by")
+_MOMENT_FIELDS = ("created_from", "created_before", "updated_from", "updated_before")
 
-class InvalidCursor(ValueError):
+
+class InvalidArgument(ValueError):
+    """A search argument that no search can take; ``field`` names it (``email``,
+    ``metadata_contains``, ``limit``, ``cursor``...), ``reason`` says what is wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class InvalidCursor(InvalidArgument):
     """The cursor was not made by :func:`find` (or was changed)."""
+
+    def __init__(self, reason: str = "not a cursor returned by find") -> None:
+        super().__init__("cursor", reason)
 
 
 @dataclass(frozen=True)
 class CustomerFilter:
-    """What to look for; every field is optional and all given fields must hold."""
+    """What to look for; every field is optional and all given fields must hold.
+
+    Arguments are checked when the filter is made and refused with :class:`InvalidArgument`:
+    text with U+0000 or a lone surrogate or longer than :data:`MAX_TEXT_LENGTH`, a time
+    without a zone, an integer beyond 64 bits, metadata that is not JSON (NaN, infinities)
+    or that nests deeper than :data:`MAX_METADATA_DEPTH` or holds more than
+    :data:`MAX_METADATA_TERMS` keys and elements.
+    """
 
     email: str | None = None
-    """Equal, ignoring case."""
+    """Equal, ignoring case (compared as :func:`repository.mapping.fold` makes them)."""
     source_id: str | None = None
     name_prefix: str | None = None
-    """The name starts with this, ignoring case."""
+    """The name starts with this, ignoring case (compared folded, as ``email``)."""
     created_from: datetime | None = None
     created_before: datetime | None = None
     updated_from: datetime | None = None
@@ -70,12 +124,22 @@ class CustomerFilter:
     """``summary.orders.last_order_date`` on or after this."""
 
     def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            _check_text(name, getattr(self, name))
+        if self.name_prefix is not None and len(fold(self.name_prefix)) > FOLD_LIMIT:
+            raise InvalidArgument(
+                "name_prefix", f"longer than {FOLD_LIMIT} characters once case-folded"
+            )
+        for name in _MOMENT_FIELDS:
+            _check_moment(name, getattr(self, name))
+        if not isinstance(self.orders_since, date) or isinstance(self.orders_since, datetime):
+            _check_moment("orders_since", self.orders_since)
+        if self.min_points is not None:
+            _check_int64("min_points", self.min_points)
         if (self.min_points is not None or self.loyalty_tier is not None) and not self.campaign:
-            raise ValueError("min_points and loyalty_tier need a campaign")
-        for name in ("created_from", "created_before", "updated_from", "updated_before"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} must carry a time zone")
+            raise InvalidArgument("campaign", "min_points and loyalty_tier need a campaign")
+        if self.metadata_contains is not None:
+            _check_metadata(self.metadata_contains)
 
 
 @dataclass(frozen=True)
@@ -92,9 +156,13 @@ def find(
     cursor: str | None = None,
     limit: int = 100,
 ) -> Page:
-    """One page of matching customers, ordered by id."""
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+    """One page of matching customers, ordered by id.
+
+    Raises :class:`InvalidArgument` (:class:`InvalidCursor` for the cursor) before any SQL
+    runs when ``limit`` is not 1 to :data:`MAX_PAGE_SIZE` or the cursor is not one of ours.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidArgument("limit", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
     dialect = session.get_bind().dialect.name
     # One row more than asked tells whether another page exists.
     statement = customer_select_for(dialect, filters, cursor=cursor, limit=limit + 1)
@@ -123,15 +191,102 @@ def count(session: Session, filters: CustomerFilter | None = None) -> int:
     return int(session.scalar(query) or 0)
 
 
+# -- checking the arguments ------------------------------------------------------------
+
+
+def _check_text(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidArgument(name, f"expected a string, got {type(value).__name__}")
+    problem = text_problem(value)
+    if problem:
+        raise InvalidArgument(name, problem)
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidArgument(
+            name, f"longer than {MAX_TEXT_LENGTH} characters, which no stored value is"
+        )
+
+
+def _check_moment(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, datetime):
+        raise InvalidArgument(name, f"expected a datetime, got {type(value).__name__}")
+    if value.utcoffset() is None:
+        raise InvalidArgument(name, "must carry a time zone")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgument(name, "out of range once converted to UTC") from None
+
+
+def _check_metadata_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise InvalidArgument(
+            "metadata_contains", f"expected string keys, got {type(key).__name__}"
+        )
+    problem = text_problem(key)
+    if problem:
+        raise InvalidArgument("metadata_contains", f"a key {problem}")
+
+
+def _check_int64(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(name, f"expected an integer, got {type(value).__name__}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidArgument(name, "expected an integer that fits in 64 bits")
+
+
+def _check_metadata(wanted: object) -> None:
+    """Refuse what is not JSON, or too large a filter, before it becomes SQL."""
+    field = "metadata_contains"
+    if not isinstance(wanted, Mapping):
+        raise InvalidArgument(field, f"expected a JSON object, got {type(wanted).__name__}")
+    terms = 0
+    pending: list[tuple[object, int]] = [(wanted, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, Mapping | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise InvalidArgument(field, f"nested deeper than {MAX_METADATA_DEPTH} levels")
+            terms += len(value)
+            if terms > MAX_METADATA_TERMS:
+                raise InvalidArgument(
+                    field, f"more than {MAX_METADATA_TERMS} keys and array elements"
+                )
+            if isinstance(value, Mapping):
+                for key in value:
+                    _check_metadata_key(key)
+                pending.extend((item, depth + 1) for item in value.values())
+            else:
+                pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                raise InvalidArgument(field, f"a value {problem}")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidArgument(field, f"expected finite numbers, got {value!r}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidArgument(field, "expected integers that fit in 64 bits")
+        elif value is not None and not isinstance(value, bool):
+            raise InvalidArgument(field, f"not a JSON value: {type(value).__name__}")
+
+
+# -- SQL -------------------------------------------------------------------------------
+
+
 def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
     c = customers.c
     parts: list[ColumnElement[bool]] = []
     if f.email is not None:
-        parts.append(func.lower(c.email) == f.email.lower())
+        parts.append(c.email_folded == email_key(f.email))
     if f.source_id is not None:
         parts.append(c.source_id == f.source_id)
     if f.name_prefix is not None:
-        parts.append(func.lower(c.name).like(_like_prefix(f.name_prefix.lower()), escape="\\"))
+        parts.append(_starts_with(c.name_folded, fold(f.name_prefix), dialect))
     if f.created_from is not None:
         parts.append(c.created_at >= f.created_from)
     if f.created_before is not None:
@@ -160,48 +315,93 @@ def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
     return and_(true(), *parts)
 
 
+def _starts_with(column: Any, prefix: str, dialect: str) -> ColumnElement[bool]:
+    """``column`` starts with ``prefix``, as a pattern the column's index serves: LIKE with
+    text_pattern_ops on PostgreSQL, GLOB on SQLite (its LIKE ignores ASCII case and so
+    cannot use an index)."""
+    if dialect == "postgresql":
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return column.like(escaped + "%", escape="\\")  # type: ignore[no-any-return]
+    escaped = "".join(f"[{ch}]" if ch in "*?[" else ch for ch in prefix)
+    return column.op("GLOB", is_comparison=True)(escaped + "*")  # type: ignore[no-any-return]
+
+
 def _metadata_contains(wanted: Mapping[str, Any], dialect: str) -> ColumnElement[bool]:
     if dialect == "postgresql":
-        return customers.c.metadata.op("@>")(literal(dict(wanted), JSONB))
-    return _sqlite_contains(customers.c.metadata, "$", wanted)
+        return customers.c.metadata.op("@>")(literal(_plain(wanted), JSONB))
+    document = customers.c.metadata
+    return and_(func.json_type(document) == "object", *_sqlite_members(document, wanted))
 
 
-def _sqlite_contains(document: Any, path: str, wanted: Any) -> ColumnElement[bool]:
-    """PostgreSQL's ``@>`` rules, spelled with SQLite's JSON functions."""
-    if isinstance(wanted, dict):
-        return and_(
-            func.json_type(document, path) == "object",
-            *(_sqlite_contains(document, f"{path}.{json.dumps(k)}", v) for k, v in wanted.items()),
-        )
-    if isinstance(wanted, list):
-        element = func.json_each(document, path).table_valued("value", "type")
-        return and_(
-            func.json_type(document, path) == "array",
-            *(
-                exists()
-                .select_from(element)
-                .where(_sqlite_scalar(element.c.value, element.c.type, item))
-                for item in wanted
-            ),
-        )
-    return _sqlite_scalar(func.json_extract(document, path), func.json_type(document, path), wanted)
+def _plain(value: Any) -> Any:
+    """JSON values as the serializer takes them: any Mapping as a dict."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
-def _sqlite_scalar(value: Any, kind: Any, wanted: Any) -> ColumnElement[bool]:
-    if wanted is None:
-        return kind == "null"  # type: ignore[no-any-return]
-    if isinstance(wanted, bool):
-        return kind == ("true" if wanted else "false")  # type: ignore[no-any-return]
-    if isinstance(wanted, (int, float)):
-        return and_(kind.in_(["integer", "real"]), value == wanted)
-    if isinstance(wanted, str):
-        return and_(kind == "text", value == wanted)
-    raise ValueError("metadata_contains: nested objects inside arrays are not supported on SQLite")
+# PostgreSQL's @> rules, spelled with SQLite's JSON functions. Keys are compared as values
+# (json_each's key column), never written into a JSON path: SQLite's paths cannot quote
+# every key (one holding a double quote, for one). A nested value is read by json_each only
+# where its type says it is an object or an array (a CASE), never as text that is not JSON.
+# The members of nested objects are joined in one subquery (a key names at most one
+# member, so the join cannot multiply rows); each wanted array element is a subquery of its
+# own. Nesting subqueries costs SQLite's parser stack, hence MAX_METADATA_DEPTH.
 
 
-def _like_prefix(prefix: str) -> str:
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
+def _sqlite_members(document: Any, wanted: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    """For each wanted key, the object ``document`` has the key with a matching value."""
+    out: list[ColumnElement[bool]] = []
+    for key, item in wanted.items():
+        member = func.json_each(document).table_valued("key", "value", "type")
+        froms: list[Any] = [member]
+        where: list[ColumnElement[bool]] = [member.c.key == key]
+        _sqlite_match(member, item, froms, where)
+        out.append(_exists(froms, where))
+    return out
+
+
+def _sqlite_match(
+    node: Any, wanted: Any, froms: list[Any], where: list[ColumnElement[bool]]
+) -> None:
+    """Add to ``froms`` and ``where`` what makes ``node`` (a json_each row) contain
+    ``wanted``."""
+    value, kind = node.c.value, node.c.type
+    if isinstance(wanted, Mapping):
+        where.append(kind == "object")
+        inner = case((kind == "object", value))
+        for key, item in wanted.items():
+            member = func.json_each(inner).table_valued("key", "value", "type")
+            froms.append(member)
+            where.append(member.c.key == key)
+            _sqlite_match(member, item, froms, where)
+    elif isinstance(wanted, list):
+        where.append(kind == "array")
+        inner = case((kind == "array", value))
+        for item in wanted:
+            element = func.json_each(inner).table_valued("value", "type")
+            element_froms: list[Any] = [element]
+            element_where: list[ColumnElement[bool]] = []
+            _sqlite_match(element, item, element_froms, element_where)
+            where.append(_exists(element_froms, element_where))
+    elif wanted is None:
+        where.append(kind == "null")
+    elif isinstance(wanted, bool):
+        where.append(kind == ("true" if wanted else "false"))
+    elif isinstance(wanted, (int, float)):
+        where.append(and_(kind.in_(["integer", "real"]), value == wanted))
+    else:
+        where.append(and_(kind == "text", value == wanted))
+
+
+def _exists(froms: list[Any], where: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+    # Each json_each reads a column of one before it: a join on nothing more.
+    joined = froms[0]
+    for later in froms[1:]:
+        joined = joined.join(later, true())
+    return exists().select_from(joined).where(true(), *where)
 
 
 def cursor_after(customer_id: str) -> str:
@@ -215,12 +415,15 @@ def _encode_cursor(last_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor()
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        after = json.loads(raw)["after"]
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidCursor("not a cursor returned by find") from None
-    if not isinstance(after, str):
-        raise InvalidCursor("not a cursor returned by find")
+        document = json.loads(raw)
+    except (ValueError, RecursionError, binascii.Error):
+        raise InvalidCursor() from None
+    after = document.get("after") if isinstance(document, dict) else None
+    if not isinstance(after, str) or text_problem(after):
+        raise InvalidCursor()
     return after
 

@@ -29,6 +29,7 @@ from repository.mapping import (
     ADDRESS_COLUMNS,
     CAMPAIGN_COLUMNS,
     REFERRAL_COLUMNS,
+    SEARCH_KEY_COLUMNS,
     customer_from_rows,
 )
 
@@ -42,6 +43,8 @@ referrals = cast(Table, ReferralEntryRow.__table__)
 _ADDRESS_FIELDS = [name for name in ADDRESS_COLUMNS if name != "customer_id"]
 _CAMPAIGN_FIELDS = [name for name in CAMPAIGN_COLUMNS if name != "customer_id"]
 _REFERRAL_FIELDS = [name for name in REFERRAL_COLUMNS if name != "customer_id"]
+#: What a customer is rebuilt from: every column but the search keys derived from them.
+_CUSTOMER_FIELDS = [c for c in customers.c if c.name not in SEARCH_KEY_COLUMNS]
 
 
 def customer_select(dialect: str) -> Select[Any]:
@@ -53,7 +56,7 @@ def customer_select(dialect: str) -> Select[Any]:
     table from its start to reach a late page.
     """
     return select(
-        customers,
+        *_CUSTOMER_FIELDS,
         _aggregate(addresses, _ADDRESS_FIELDS, dialect).label("address_json"),
         _aggregate(campaigns, _CAMPAIGN_FIELDS, dialect).label("campaigns_json"),
         _aggregate(referrals, _REFERRAL_FIELDS, dialect).label("referrals_json"),

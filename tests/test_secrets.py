@@ -48,7 +48,7 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("find", "--email", "a@example.com"),
     ("stats",),
     ("grant-app-role", "some_role", "--create", "--password-env", "APP_PW"),
-    ("forget", "cust_x"),
+    ("forget", "cust_xyz"),
     ("ingest", "events.jsonl"),
     ("serve", "--port", "1"),
     ("events",),

@@ -1,0 +1,100 @@
+"""The customer repository for asyncio services: the sync repository's rules, awaited.
+
+Each method runs :class:`~repository.customers.CustomerRepository`'s own code on the async
+session's connection through ``AsyncSession.run_sync`` (SQLAlchemy's greenlet bridge): the
+newest-wins upserts, tombstones, mapping and queries exist once, and every database round
+trip is awaited on the event loop instead of blocking it. Like the sync repository, it
+never commits: the caller owns the transaction (``async with sessions.begin(): ...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from models.customer import Customer
+from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome, UpsertSummary
+from repository.queries import CustomerFilter, Page
+
+__all__ = ["AsyncCustomerRepository"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncCustomerRepository:
+    """:class:`~repository.customers.CustomerRepository` on an ``AsyncSession``: the same
+    methods with the same outcomes, awaited."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def upsert(self, customer: Customer | Mapping[str, Any]) -> UpsertOutcome:
+        """See :meth:`CustomerRepository.upsert`."""
+        return await self._run(CustomerRepository.upsert, customer)
+
+    async def upsert_many(
+        self, customers: Iterable[Customer | Mapping[str, Any]]
+    ) -> UpsertSummary:
+        """See :meth:`CustomerRepository.upsert_many` (``COPY`` on PostgreSQL here too)."""
+        return await self._run(CustomerRepository.upsert_many, list(customers))
+
+    async def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
+        """See :meth:`CustomerRepository.delete`."""
+        return await self._run(CustomerRepository.delete, customer_id, deleted_at=deleted_at)
+
+    async def get(self, customer_id: str) -> Customer | None:
+        """See :meth:`CustomerRepository.get`."""
+        return await self._run(CustomerRepository.get, customer_id)
+
+    async def get_one_or_none(self, customer_id: str) -> Customer | None:
+        """Alias of :meth:`get`, under the name SQLAlchemy users know."""
+        return await self.get(customer_id)
+
+    async def get_by_source_id(self, source_id: str) -> Customer | None:
+        """See :meth:`CustomerRepository.get_by_source_id`."""
+        return await self._run(CustomerRepository.get_by_source_id, source_id)
+
+    async def is_deleted(self, customer_id: str) -> datetime | None:
+        """See :meth:`CustomerRepository.is_deleted`."""
+        return await self._run(CustomerRepository.is_deleted, customer_id)
+
+    async def count(self, filters: CustomerFilter | None = None) -> int:
+        """See :meth:`CustomerRepository.count`."""
+        return await self._run(CustomerRepository.count, filters)
+
+    async def find(
+        self,
+        filters: CustomerFilter | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """See :meth:`CustomerRepository.find`."""
+        return await self._run(CustomerRepository.find, filters, cursor=cursor, limit=limit)
+
+    async def iter_all(self, *, batch_size: int = 500) -> AsyncIterator[Customer]:
+        """See :meth:`CustomerRepository.iter_all`: a page per round trip, awaited."""
+        after: str | None = None
+        while True:
+            page = await self._run(CustomerRepository.page_after, after, limit=batch_size)
+            for customer in page:
+                yield customer
+            if len(page) < batch_size:
+                return
+            after = page[-1].id
+
+    async def _run(
+        self,
+        method: Callable[Concatenate[CustomerRepository, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        def call(session: Session) -> T:
+            return method(CustomerRepository(session), *args, **kwargs)
+
+        return await self.session.run_sync(call)
