@@ -9,12 +9,14 @@ upserts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import Connection, Table, column, delete, exists, insert, select, table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
 
 from models.tables import (
     CustomerAddressRow,
@@ -132,16 +134,33 @@ def _copy(
         return
     json_positions = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+
+    def values() -> Iterator[list[Any]]:
+        for row in rows:
+            out = [row[name] for name in columns]
+            for i in json_positions:
+                if out[i] is not None:
+                    # JSON as text: the jsonb column parses it, as COPY does any type.
+                    out[i] = dumps_for_jsonb(out[i])
+            yield out
+
     with driver_errors(connection):
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                values = [row[name] for name in columns]
-                for i in json_positions:
-                    if values[i] is not None:
-                        # JSON as text: the jsonb column parses it, as COPY does any type.
-                        values[i] = dumps_for_jsonb(values[i])
-                copy.write_row(values)
+        driver = connection.connection.driver_connection
+        if isinstance(driver, psycopg.AsyncConnection):
+            # The async API runs this code through run_sync: await the driver from here.
+            await_only(_copy_async(driver, statement, values()))
+            return
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+            for row_values in values():
+                copy.write_row(row_values)
+
+
+async def _copy_async(
+    driver: psycopg.AsyncConnection[Any], statement: str, values: Iterator[list[Any]]
+) -> None:
+    async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row_values in values:
+            await copy.write_row(row_values)
 
 
 # -- SQLite ----------------------------------------------------------------------------

@@ -8,21 +8,24 @@ end. Without a reachable server, PostgreSQL tests are skipped locally and fail w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from models import Base
-from repository import CustomerRepository, make_engine
+from repository import AsyncCustomerRepository, CustomerRepository, make_async_engine, make_engine
 from repository.schema import upgrade_to_head
+from tests.aio import APIS, Blocking
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = FIXTURES / "voucherify"
@@ -130,6 +133,37 @@ def session(engine: Engine) -> Iterator[Session]:
 @pytest.fixture
 def repo(session: Session) -> CustomerRepository:
     return CustomerRepository(session)
+
+
+@pytest.fixture(scope="session")
+def runner() -> Iterator[asyncio.Runner]:
+    """One event loop for every test of the async API (its engines belong to it)."""
+    with asyncio.Runner() as loop_runner:
+        yield loop_runner
+
+
+@pytest.fixture(scope="session")
+def async_engine(database_url: str, runner: asyncio.Runner) -> Iterator[AsyncEngine]:
+    engine = make_async_engine(database_url)
+    yield engine
+    runner.run(engine.dispose())
+
+
+@pytest.fixture(params=APIS)
+def api_repo(
+    request: pytest.FixtureRequest, session: Session, runner: asyncio.Runner
+) -> Iterator[CustomerRepository]:
+    """The repository through each API: the sync one on ``session``, or the async one on
+    an ``AsyncSession`` of its own, behind a blocking face (tests/aio.py). Its session is
+    ``repo.session`` either way; the ``session`` fixture empties the tables afterwards."""
+    if request.param == "sync":
+        yield CustomerRepository(session)
+        return
+    async_session = AsyncSession(request.getfixturevalue("async_engine"), expire_on_commit=False)
+    try:
+        yield cast(CustomerRepository, Blocking(AsyncCustomerRepository(async_session), runner))
+    finally:
+        runner.run(async_session.close())
 
 
 @pytest.fixture

@@ -6,10 +6,12 @@ and the CLI do; what it left behind is read back in fresh sessions.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,14 +19,16 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import EventOutcome, WebhookEventRow
-from repository import CustomerRepository, make_session_factory
+from repository import CustomerRepository, make_async_session_factory
 from repository.ingest import (
     IngestResult,
     MalformedDelivery,
     count_events,
     ingest_delivery,
+    ingest_delivery_async,
     replay_rejected,
 )
+from tests.aio import APIS
 from tests.conftest import load_example_events
 from tests.webhook_streams import build_stream, envelope, legacy_envelope
 
@@ -40,10 +44,25 @@ REJECTED_EXAMPLE_EVENTS = {
 # -- helpers -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sessions(engine: Engine, session: Session) -> sessionmaker[Session]:
-    """Sessions of their own per delivery; the ``session`` fixture empties the tables."""
-    return make_session_factory(engine)
+class Deliveries(sessionmaker[Session]):
+    """Sync sessions to read with, and the API (sync or async) deliveries go through."""
+
+    deliver: Callable[[bytes], IngestResult]
+
+
+@pytest.fixture(params=APIS)
+def sessions(
+    request: pytest.FixtureRequest, engine: Engine, session: Session, runner: asyncio.Runner
+) -> sessionmaker[Session]:
+    """Sessions of their own per delivery; the ``session`` fixture empties the tables.
+    Every test here delivers through ``ingest_delivery`` and ``ingest_delivery_async``."""
+    factory = Deliveries(engine, expire_on_commit=False)
+    if request.param == "sync":
+        factory.deliver = lambda body: ingest_delivery(factory, body)
+    else:
+        async_sessions = make_async_session_factory(request.getfixturevalue("async_engine"))
+        factory.deliver = lambda body: runner.run(ingest_delivery_async(async_sessions, body))
+    return factory
 
 
 def _customer(customer_id: str = CUSTOMER_ID, **fields: Any) -> dict[str, Any]:
@@ -104,7 +123,8 @@ def _event_id(body: bytes) -> str:
 
 
 def _deliver(sessions: sessionmaker[Session], body: bytes) -> IngestResult:
-    return ingest_delivery(sessions, body)
+    assert isinstance(sessions, Deliveries)
+    return sessions.deliver(body)
 
 
 def _stored(sessions: sessionmaker[Session], customer_id: str = CUSTOMER_ID) -> Any:

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
 
 from models import (
     CustomerAddressRow,
@@ -52,6 +51,12 @@ def _customer(customer_id: str = "cust_test0001", **fields: Any) -> dict[str, An
 
 def _at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture
+def repo(api_repo: CustomerRepository) -> CustomerRepository:
+    """Every test here runs through the sync and the async API."""
+    return api_repo
 
 
 def _stored(repo: CustomerRepository, customer_id: str) -> dict[str, Any] | None:
@@ -166,7 +171,8 @@ def test_a_payload_without_timestamps_does_not_replace_a_dated_one(
     assert _stored(repo, "cust_test0001") == dated
 
 
-def test_the_same_payload_twice_is_idempotent(repo: CustomerRepository, session: Session) -> None:
+def test_the_same_payload_twice_is_idempotent(repo: CustomerRepository) -> None:
+    session = repo.session
     payload = _customer()
     assert repo.upsert(payload) is UpsertOutcome.APPLIED
     assert repo.upsert(copy.deepcopy(payload)) is UpsertOutcome.APPLIED
@@ -220,7 +226,8 @@ def test_a_payload_newer_than_the_deletion_is_stored_and_clears_the_tombstone(
     assert repo.is_deleted("cust_test0001") is None
 
 
-def test_deleting_removes_every_child_row(repo: CustomerRepository, session: Session) -> None:
+def test_deleting_removes_every_child_row(repo: CustomerRepository) -> None:
+    session = repo.session
     repo.upsert(_customer())
     repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
     for table in (CustomerRow, CustomerAddressRow, LoyaltyCampaignRow, ReferralEntryRow):
@@ -269,8 +276,9 @@ def test_iter_all_streams_every_customer_in_id_order(repo: CustomerRepository) -
 
 
 def test_get_costs_the_same_statements_for_one_campaign_and_for_sixty(
-    repo: CustomerRepository, engine: Engine
+    repo: CustomerRepository,
 ) -> None:
+    engine = repo.session.get_bind()
     small = _customer("cust_small")
     large = _customer(
         "cust_large",
@@ -341,7 +349,8 @@ def test_make_engine_uses_psycopg_for_every_postgresql_spelling(url: str) -> Non
     assert make_engine(url).dialect.driver == "psycopg"
 
 
-def test_stored_times_are_utc(repo: CustomerRepository, session: Session) -> None:
+def test_stored_times_are_utc(repo: CustomerRepository) -> None:
+    session = repo.session
     repo.upsert(_customer(updated_at="2024-02-01T05:00:00.000+05:00"))
     row = session.scalars(select(CustomerRow)).one()
     assert row.version_at == datetime(2024, 2, 1, 0, 0, tzinfo=UTC)
