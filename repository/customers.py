@@ -36,7 +36,7 @@ from repository import queries
 from repository.bulk import bulk_upsert
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
-from repository.newest_wins import clear_older_tombstones, upsert_newest
+from repository.newest_wins import clear_older_tombstones, upsert_one_statement
 from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer, get_by_id_statement
 
@@ -204,8 +204,8 @@ class CustomerRepository:
         self._lock(rows.id)
         if self._blocked_by_tombstone(rows):
             return UpsertOutcome.STALE
-        upsert = upsert_newest(self._insert(_customers).values(**rows.customer))
-        if self.session.execute(upsert).first() is None:
+        written = self.session.execute(upsert_one_statement(self._dialect), rows.customer)
+        if written.first() is None:
             return UpsertOutcome.STALE
         self._replace_children(rows)
         return UpsertOutcome.APPLIED
