@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,15 +14,16 @@ from sqlalchemy import Engine
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError
 from customer_store.progress import Progress
-from repository import forget_customer, make_session_factory
-from repository.erasure import ErasureReport, InvalidCustomerId, require_customer_id
-from repository.privileges import (
+from repository import (
+    ErasureReport,
     GrantReport,
-    InvalidRoleName,
+    forget_customer,
     grant_app_role,
+    make_session_factory,
+    require_customer_id,
     require_role_name,
+    run_in_transaction,
 )
-from repository.retry import run_in_transaction
 
 __all__ = ["add_commands"]
 
@@ -34,7 +36,8 @@ def add_commands(commands: Any) -> None:
         "(run as the owner that ran the migrations)",
     )
     grant.add_argument(
-        "role", metavar="NAME", type=_role_name, help="the role the service connects as"
+        "role", metavar="NAME", type=_checked(require_role_name),
+        help="the role the service connects as",
     )
     grant.add_argument("--create", action="store_true", help="create the role (LOGIN)")
     grant.add_argument(
@@ -50,25 +53,23 @@ def add_commands(commands: Any) -> None:
         "(a tombstone with the id and the time remains)",
     )
     forget.add_argument(
-        "id", metavar="ID", type=_customer_id, help="the Voucherify customer id (cust_...)"
+        "id", metavar="ID", type=_checked(require_customer_id),
+        help="the Voucherify customer id (cust_...)",
     )
     forget.set_defaults(run=_forget)
 
 
-def _role_name(text: str) -> str:
-    try:
-        require_role_name(text)
-    except InvalidRoleName as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked(check: Callable[[str], None]) -> Callable[[str], str]:
+    """An argparse type from one of the library's checks (which raise ValueError)."""
 
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
 
-def _customer_id(text: str) -> str:
-    try:
-        require_customer_id(text)
-    except InvalidCustomerId as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return parse
 
 
 def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:

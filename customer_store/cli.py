@@ -39,16 +39,17 @@ from customer_store.common import (
 )
 from customer_store.progress import Progress
 from repository import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DATABASE_URL,
     CustomerRepository,
     ImportReport,
     Rejection,
+    current_revision,
     import_records,
     make_session_factory,
     read_records,
+    upgrade_to_head,
 )
-from repository.importer import DEFAULT_BATCH_SIZE
-from repository.schema import current_revision, upgrade_to_head
 
 __all__ = ["MAX_BATCH_SIZE", "build_parser", "main"]
 

@@ -13,8 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from repository import make_engine
-from repository.schema import current_revision, head_revision
+from repository import current_revision, head_revision, make_engine
 
 __all__ = [
     "EXIT_FAILED",

@@ -12,18 +12,19 @@ from typing import Any
 from sqlalchemy import Engine
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, int_between
-from models.validation import loads_json
-from models.wire import INT64_MAX, INT64_MIN, parse_datetime
-from repository import CustomerFilter, CustomerRepository, make_session_factory
-from repository.mapping import FOLD_LIMIT
-from repository.queries import (
+from models import INT64_MAX, INT64_MIN, loads_json, parse_datetime
+from repository import (
+    FOLD_LIMIT,
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
     MAX_PAGE_SIZE,
     MAX_TEXT_LENGTH,
+    CustomerFilter,
+    CustomerRepository,
     InvalidArgument,
+    make_session_factory,
+    store_stats,
 )
-from repository.stats import store_stats
 
 __all__ = ["add_commands"]
 

@@ -23,16 +23,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from models.events import EventOutcome
-from models.signature import SIGNATURE_HEADER, SignatureMatch, verify_signature
-from repository.ingest import (
+from models import (
+    SIGNATURE_HEADER,
+    EventOutcome,
+    MalformedDelivery,
+    SignatureMatch,
+    verify_signature,
+)
+from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
+    DeadlineExceeded,
     IngestResult,
-    MalformedDelivery,
     ingest_delivery_async,
 )
-from repository.retry import DeadlineExceeded
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 

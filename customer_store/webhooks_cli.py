@@ -21,16 +21,16 @@ from customer_store.common import (
     open_binary_input,
 )
 from customer_store.progress import Progress
-from models.events import EventOutcome
-from models.signature import parse_secrets
-from repository import make_async_engine, make_async_session_factory, make_session_factory
-from repository.ingest import (
+from models import EventOutcome, MalformedDelivery, parse_secrets
+from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     IngestResult,
-    MalformedDelivery,
     ingest_delivery,
     list_events,
+    make_async_engine,
+    make_async_session_factory,
+    make_session_factory,
     replay_rejected,
 )
 

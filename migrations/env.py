@@ -1,8 +1,10 @@
-"""Alembic environment: reads only the models' metadata and the database URL.
+"""Alembic environment: reads the models' metadata and the database URL.
 
 The URL comes from, in order: a connection handed over by the caller
 (``config.attributes["connection"]``), ``config.attributes["database_url"]``, the
-``DATABASE_URL`` environment variable, and the SQLite default.
+``DATABASE_URL`` environment variable, and the SQLite default. Migrations run on the
+project's own engine (``repository.make_engine``): the same driver, SQLite pragmas and UTC
+sessions as the store itself.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import TypeDecorator, create_engine, pool
+from sqlalchemy import TypeDecorator, pool
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from migrations import include_object_for
 from models.base import Base
-
-DEFAULT_DATABASE_URL = "sqlite:///customers.db"
+from repository.engine import DEFAULT_DATABASE_URL, make_engine, normalize_url
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -30,11 +31,7 @@ target_metadata = Base.metadata
 
 def _url() -> str:
     url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
-    url = url or DEFAULT_DATABASE_URL
-    parsed = make_url(url)
-    if parsed.get_backend_name() in ("postgres", "postgresql"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
+    return normalize_url(url or DEFAULT_DATABASE_URL)
 
 
 def _render_item(
@@ -75,7 +72,7 @@ def run_migrations_online() -> None:
     if isinstance(given, Connection):
         _run(given)
         return
-    engine = given if isinstance(given, Engine) else create_engine(_url(), poolclass=pool.NullPool)
+    engine = given if isinstance(given, Engine) else make_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
         _run(connection)
     if given is None:

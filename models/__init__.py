@@ -6,6 +6,14 @@ No I/O happens here: the repository package reads and writes these.
 from models.base import Base
 from models.customer import Customer
 from models.events import EventOutcome, WebhookEventRow
+from models.signature import (
+    SIGNATURE_HEADER,
+    SignatureMatch,
+    compact_json,
+    parse_secrets,
+    sign,
+    verify_signature,
+)
 from models.tables import (
     CustomerAddressRow,
     CustomerRow,
@@ -13,19 +21,36 @@ from models.tables import (
     LoyaltyCampaignRow,
     ReferralEntryRow,
 )
-from models.validation import CustomerValidationError, FieldError, parse_customer
+from models.validation import CustomerValidationError, FieldError, loads_json, parse_customer
+from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
+from models.wire import INT64_MAX, INT64_MIN, format_datetime, parse_datetime
 
 __all__ = [
+    "CUSTOMER_CHANGE_EVENTS",
+    "INT64_MAX",
+    "INT64_MIN",
+    "SIGNATURE_HEADER",
     "Base",
     "Customer",
     "CustomerAddressRow",
     "CustomerRow",
     "CustomerTombstoneRow",
     "CustomerValidationError",
+    "Envelope",
     "EventOutcome",
     "FieldError",
     "LoyaltyCampaignRow",
+    "MalformedDelivery",
     "ReferralEntryRow",
+    "SignatureMatch",
     "WebhookEventRow",
+    "compact_json",
+    "format_datetime",
+    "loads_json",
     "parse_customer",
+    "parse_datetime",
+    "parse_envelope",
+    "parse_secrets",
+    "sign",
+    "verify_signature",
 ]

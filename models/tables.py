@@ -172,6 +172,6 @@ class CustomerTombstoneRow(Base):
 
     customer_id: Mapped[str] = mapped_column(SortedText, primary_key=True)
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    #: Erased on request (revision 0004): no later payload stores the customer again, and
+    #: Erased on request (revision 0003): no later payload stores the customer again, and
     #: later webhook bodies about it are kept without their content.
     forgotten: Mapped[bool] = mapped_column(server_default=false())

@@ -1,5 +1,10 @@
 """Reading and writing customers: the mapping between the shape and the rows, the
-queries, bulk import, and running the migrations. All SQL of the project lives here."""
+queries, bulk import, webhook ingestion, administration and the migrations. All SQL of
+the project lives here.
+
+This is the public surface: a service, an operator script and the project's own entry
+points (the CLI, the receiver) import from here only. Names are grouped by concern.
+"""
 
 from repository.async_customers import AsyncCustomerRepository
 from repository.customers import (
@@ -15,29 +20,102 @@ from repository.engine import (
     make_engine,
     make_session_factory,
 )
-from repository.erasure import forget_customer
-from repository.importer import ImportReport, Rejection, import_records
-from repository.queries import CustomerFilter, InvalidCursor, Page
+from repository.erasure import (
+    ErasureReport,
+    InvalidCustomerId,
+    forget_customer,
+    require_customer_id,
+)
+from repository.event_log import count_events, list_events, replay_rejected
+from repository.importer import DEFAULT_BATCH_SIZE, ImportReport, Rejection, import_records
+from repository.ingest import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    IngestResult,
+    ingest_delivery,
+    ingest_delivery_async,
+)
+from repository.mapping import FOLD_LIMIT, fold
+from repository.privileges import GrantReport, InvalidRoleName, grant_app_role, require_role_name
+from repository.queries import (
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_TERMS,
+    MAX_PAGE_SIZE,
+    MAX_TEXT_LENGTH,
+    CustomerFilter,
+    InvalidArgument,
+    InvalidCursor,
+    Page,
+)
 from repository.records import Record, read_records
+from repository.retry import (
+    DeadlineExceeded,
+    is_retryable,
+    run_in_transaction,
+    run_in_transaction_async,
+)
+from repository.schema import alembic_config, current_revision, head_revision, upgrade_to_head
+from repository.stats import StoreStats, store_stats
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
+    # engines and sessions
     "DEFAULT_DATABASE_URL",
-    "AsyncCustomerRepository",
-    "CustomerFilter",
-    "CustomerRepository",
-    "DeleteOutcome",
-    "ImportReport",
-    "InvalidCursor",
-    "Page",
-    "Record",
-    "Rejection",
-    "UpsertOutcome",
-    "UpsertSummary",
-    "forget_customer",
-    "import_records",
     "make_async_engine",
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
+    # customers
+    "AsyncCustomerRepository",
+    "CustomerRepository",
+    "DeleteOutcome",
+    "UpsertOutcome",
+    "UpsertSummary",
+    # search
+    "FOLD_LIMIT",
+    "MAX_METADATA_DEPTH",
+    "MAX_METADATA_TERMS",
+    "MAX_PAGE_SIZE",
+    "MAX_TEXT_LENGTH",
+    "CustomerFilter",
+    "InvalidArgument",
+    "InvalidCursor",
+    "Page",
+    "fold",
+    # import
+    "DEFAULT_BATCH_SIZE",
+    "ImportReport",
+    "Record",
+    "Rejection",
+    "import_records",
     "read_records",
+    # webhooks
+    "DEFAULT_DELIVERY_TIMEOUT",
+    "DEFAULT_MAX_BODY_BYTES",
+    "IngestResult",
+    "count_events",
+    "ingest_delivery",
+    "ingest_delivery_async",
+    "list_events",
+    "replay_rejected",
+    # transactions
+    "DeadlineExceeded",
+    "is_retryable",
+    "run_in_transaction",
+    "run_in_transaction_async",
+    # administration
+    "ErasureReport",
+    "GrantReport",
+    "InvalidCustomerId",
+    "InvalidRoleName",
+    "StoreStats",
+    "forget_customer",
+    "grant_app_role",
+    "require_customer_id",
+    "require_role_name",
+    "store_stats",
+    # migrations
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "upgrade_to_head",
 ]

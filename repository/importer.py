@@ -43,6 +43,9 @@ class ImportReport:
     stale: int = 0
     rejected: int = 0
     rejections: list[Rejection] = field(default_factory=list, repr=False)
+    #: Reading stopped at this error (also counted as rejected): the rest of the input
+    #: was not imported.
+    stopped: Rejection | None = None
 
     @property
     def total(self) -> int:
@@ -98,7 +101,10 @@ def import_records(
             rows: list[CustomerRows] = []
             for record in chunk:
                 if record.error is not None:
-                    reject(Rejection(record.location, record.error))
+                    rejection = Rejection(record.location, record.error)
+                    if record.stopped:
+                        report.stopped = rejection
+                    reject(rejection)
                     continue
                 try:
                     customer = parse_customer(record.value, source=record.text)

@@ -9,12 +9,11 @@ outcome commit together, so a crash leaves either all of them or none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, LargeBinary, Table, case, func, literal, select, update
+from sqlalchemy import ColumnElement, LargeBinary, Table, case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,12 +33,10 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "IngestResult",
     "MalformedDelivery",
-    "count_events",
     "ingest",
     "ingest_delivery",
     "ingest_delivery_async",
-    "list_events",
-    "replay_rejected",
+    "is_forgotten",
 ]
 
 #: Seconds the receiver gives one delivery, lock waits and retries included. Voucherify
@@ -170,74 +167,6 @@ async def ingest_delivery_async(
     )
 
 
-def list_events(
-    session: Session,
-    *,
-    outcome: EventOutcome | None = None,
-    after: str | None = None,
-    limit: int = 100,
-) -> Sequence[WebhookEventRow]:
-    """Recorded events ordered by event id, a page at a time (``after`` = last id seen)."""
-    query = select(WebhookEventRow).order_by(WebhookEventRow.event_id).limit(limit)
-    if outcome is EventOutcome.DUPLICATE:
-        query = query.where(WebhookEventRow.deliveries > 1)
-    elif outcome is not None:
-        query = query.where(WebhookEventRow.outcome == outcome.value)
-    if after is not None:
-        query = query.where(WebhookEventRow.event_id > after)
-    return session.scalars(query).all()
-
-
-def count_events(session: Session) -> dict[str, int]:
-    """How many recorded events have each outcome, and how many redeliveries were duplicates."""
-    rows = session.execute(
-        select(_events.c.outcome, func.count(), func.sum(_events.c.deliveries - 1))
-        .group_by(_events.c.outcome)
-    ).all()
-    counts = {outcome: int(n) for outcome, n, _ in rows}
-    counts[EventOutcome.DUPLICATE.value] = sum(int(d or 0) for _, _, d in rows)
-    return counts
-
-
-def replay_rejected(
-    sessions: sessionmaker[Session],
-    *,
-    on_result: Callable[[IngestResult], None] | None = None,
-) -> list[IngestResult]:
-    """Process every recorded ``rejected`` event again (after a fix), from its raw body;
-    events of forgotten customers are left alone (their bodies were erased)."""
-    results: list[IngestResult] = []
-    for event_id, body in _rejected_bodies(sessions):
-        try:
-            result = ingest_delivery(sessions, body, count_delivery=False)
-        except MalformedDelivery as exc:  # recorded once, so only a changed parser gets here
-            result = IngestResult(event_id, EventOutcome.REJECTED, error=str(exc))
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    return results
-
-
-def _rejected_bodies(sessions: sessionmaker[Session]) -> Iterator[tuple[str, bytes]]:
-    after = ""
-    while True:
-        with sessions() as session:
-            page = session.execute(
-                select(_events.c.event_id, _events.c.body)
-                .where(_events.c.outcome == EventOutcome.REJECTED.value)
-                .where(_events.c.event_id > after)
-                # Recorded without a body: there is nothing to process again.
-                .where(~_is_forgotten(_events.c.customer_id))
-                .order_by(_events.c.event_id)
-                .limit(100)
-            ).all()
-        if not page:
-            return
-        for event_id, body in page:
-            yield event_id, bytes(body)
-        after = page[-1][0]
-
-
 def _plan(envelope: Envelope) -> _Action:
     """Decide what the delivery asks for, before touching the database."""
     if envelope.problem is not None:
@@ -317,7 +246,7 @@ def _claim(
     stored_body: Any = body
     stored_error: Any = error
     if envelope.customer_id is not None:
-        forgotten = _is_forgotten(envelope.customer_id)
+        forgotten = is_forgotten(envelope.customer_id)
         stored_body = case((forgotten, literal(b"", LargeBinary)), else_=literal(body, LargeBinary))
         if error is not None:
             stored_error = case((forgotten, literal(ERASED_ERROR)), else_=literal(error))
@@ -353,7 +282,7 @@ def _claim(
     return None
 
 
-def _is_forgotten(customer_id: Any) -> ColumnElement[bool]:
+def is_forgotten(customer_id: Any) -> ColumnElement[bool]:
     """Whether the customer was erased on request (``customer_id``: a value or a column)."""
     return (
         select(_tombstones.c.customer_id)

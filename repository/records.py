@@ -1,24 +1,33 @@
 """Reading customer records from files: JSON Lines, a JSON array, or Voucherify list pages.
 
-Parsing never raises for bad data: a line that is not JSON becomes a :class:`Record`
-with an ``error``, so that one bad line costs one record, not the whole file. Large
-JSON arrays and JSON Lines are read incrementally; memory does not grow with the file.
+Parsing never raises for bad data. A line that is not JSON becomes a :class:`Record` with
+an ``error``, so that one bad line costs one record, not the whole file; so does an array
+element, which is found by its brackets and decoded alone (:mod:`repository.json_text`).
+Where the input cannot be followed any further (a string or bracket still open at the end,
+more input after a multi-line document), the last record is an error with ``stopped`` set,
+saying where reading stopped. Memory holds about one chunk and the current record, however
+large the file; a list page over several lines has its customers read one at a time.
 """
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from models.validation import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
+from repository.json_text import Piece, Position, ValueScanner, Window, read_value
 
 __all__ = ["Record", "read_records"]
 
-_CHUNK = 1 << 16
-_decoder = FINITE_JSON_DECODER
+#: The first line (in characters) is read whole to tell the forms apart when it is at most
+#: this long; a longer one is read as a document or an array, piece by piece.
+_PEEK_LIMIT = 1 << 20
+_LEADING_BLANK = re.compile(r"[\s\ufeff]*")
+_SPACES = re.compile(r"[ \t\r]*")
+_NOT_JSON = object()
 
 
 @dataclass(frozen=True)
@@ -30,59 +39,68 @@ class Record:
     error: str | None = None
     #: The JSON text ``value`` was parsed from, when it is exactly one line of input.
     text: str | None = None
+    #: Reading stopped at this error: nothing after it was read, let alone imported.
+    stopped: bool = False
 
 
 def read_records(stream: TextIO) -> Iterator[Record]:
     """Yield the customer records in ``stream``, whichever of the three forms it has."""
-    head, _ = _skip_blank(stream)
-    if head == "":
+    window = Window(stream)
+    first = window.skip_blank(_LEADING_BLANK)
+    if first not in ("[", "{"):
+        if first:
+            yield from _line_records(window.lines(), start=window.at.line)
         return
-    first_line = head + stream.readline()
-    if head == "[":
-        yield from _array_or_lines(stream, first_line)
-        return
-    try:
-        value = loads_json(first_line)
-    except (ValueError, RecursionError):
-        # Not one JSON value per line: perhaps one pretty-printed document.
-        rest = first_line + stream.read()
-        try:
-            document = loads_json(rest)
-        except (ValueError, RecursionError):
-            # Lines end at "\n", "\r\n" or "\r" only: str.splitlines would also split at
-            # U+2028, U+0085 and other characters that JSON strings may hold as they are.
-            yield from _line_records(io.StringIO(rest, newline=None), start=1)
+    line = window.peek_line(window.pos, _PEEK_LIMIT)
+    if line is not None:
+        value = _decoded_or_not(line)
+        if value is not _NOT_JSON:
+            after = window.peek_nonblank(window.pos + len(line), _PEEK_LIMIT)
+            if first == "[" and after == len(window.text):
+                yield from _expand(value, "document", "")  # an array on one line
+            else:
+                yield from _line_records(window.lines(), start=window.at.line)
             return
-        yield from _expand(document, "document", "")
-        return
-    yield from _expand(value, "line 1", "line 1 ", first_line)
-    yield from _line_records(stream, start=2)
+        if first == "{" and not _opens_document(window, line):
+            yield from _line_records(window.lines(), start=window.at.line)
+            return
+    yield from _array(window) if first == "[" else _document(window)
 
 
-def _array_or_lines(stream: TextIO, first_line: str) -> Iterator[Record]:
-    """Input that starts with ``[``: one JSON array, or JSON Lines whose first is an array."""
+def _decoded_or_not(line: str) -> Any:
     try:
-        value = loads_json(first_line)
+        return loads_json(line)
     except (ValueError, RecursionError):
-        yield from _array_records(stream, first_line)  # an array over several lines
-        return
-    after, blank_lines = _skip_blank(stream)
-    if after == "":
-        yield from _expand(value, "document", "")  # an array on one line
-        return
-    # More follows: JSON Lines, the first of which is an array (of customers, one hopes).
-    yield from _expand(value, "line 1", "line 1 ", first_line)
-    yield from _line_records(
-        _prepend(after + stream.readline(), stream), start=2 + blank_lines
-    )
+        return _NOT_JSON
 
 
-def _prepend(first: str, rest: TextIO) -> Iterator[str]:
-    yield first
-    yield from rest
+def _opens_document(window: Window, line: str) -> bool:
+    """Whether a first line that is not JSON begins one document over several lines.
+
+    It must leave brackets open with every string closed (a JSON string never spans lines),
+    and the second line must go on with it: in JSON Lines whose first line is cut short or
+    mangled, the second line starts a value right where the first expects a ``,`` or ``}``.
+    """
+    scanner = ValueScanner("}")
+    if scanner.scan(line.rstrip("\r\n"), 1) >= 0 or scanner.in_string or scanner.broken:
+        return False
+    second = window.peek_nonblank(window.pos + len(line), _PEEK_LIMIT)
+    if second is None or second == len(window.text):
+        return True
+    second_line = window.peek_line(second, _PEEK_LIMIT)
+    if second_line is None:
+        return True
+    text = window.text[window.pos:second + len(second_line)]
+    try:
+        FINITE_JSON_DECODER.raw_decode(text)
+    except json.JSONDecodeError as exc:
+        return exc.pos > second - window.pos
+    except (ValueError, RecursionError):
+        pass  # a number out of range or deep nesting: the syntax holds so far
+    return True
 
 
-def _line_records(lines: Any, *, start: int) -> Iterator[Record]:
+def _line_records(lines: Iterable[str], *, start: int) -> Iterator[Record]:
     for number, line in enumerate(lines, start=start):
         if not line.strip():
             continue
@@ -118,77 +136,140 @@ def _expand(value: Any, location: str, prefix: str, text: str | None = None) -> 
         yield Record(location, value, text=text)
 
 
-def _array_records(stream: TextIO, head: str) -> Iterator[Record]:
-    """Decode ``[v0, v1, ...]`` element by element, holding one chunk at a time."""
-    buffer = ""
-    position = 0
+def _array(window: Window) -> Iterator[Record]:
+    """``[v0, v1, ...]``, the window at its ``[``: each element read and decoded alone."""
+    start = window.at
+    window.take(window.pos + 1)
+    closed = yield from _elements(window, lambda index: f"index {index}")
+    if closed:
+        yield from _after(window, start, "array's closing ]")
+
+
+def _elements(window: Window, name: Callable[[int], str]) -> Generator[Record, None, bool]:
+    """The records of an array whose ``[`` was just read; whether it was closed (if not,
+    the last record says where reading stopped)."""
     index = 0
-    expect_value = True
-    eof = False
-
-    def fill() -> bool:
-        nonlocal buffer, position, eof
-        chunk = stream.read(_CHUNK)
-        if not chunk:
-            eof = True
+    while True:
+        piece = read_value(window, ",]")
+        if piece.unclosed:
+            why = f"the input ends inside this element ({piece.unclosed})"
+            yield _stop(window, name(index), piece.start, why, index)
             return False
-        buffer = buffer[position:] + chunk
-        position = 0
-        return True
-
-    buffer = head[1:]
-    while True:
-        while position < len(buffer) and buffer[position] in " \t\r\n":
-            position += 1
-        if position >= len(buffer):
-            if fill():
-                continue
-            yield Record(f"index {index}", error="invalid JSON: the array is not closed")
-            return
-        char = buffer[position]
-        if char == "]" and (not expect_value or index == 0):
-            if buffer[position + 1:].strip() or _skip_blank(stream)[0]:
-                yield Record(
-                    f"after index {index - 1}",
-                    error="invalid JSON: more input after the array's closing ]; give one "
-                    "JSON array, or JSON Lines (one customer per line)",
-                )
-            return
-        if char == "," and not expect_value:
-            position += 1
-            expect_value = True
-            continue
-        if not expect_value:
-            yield Record(f"index {index}", error=f"invalid JSON: expected ',' or ']', got {char!r}")
-            return
-        try:
-            value, end = _decoder.raw_decode(buffer, position)
-        except json.JSONDecodeError as exc:
-            # The value may continue in the next chunk; only at the end is it truly bad.
-            if not eof and fill():
-                continue
-            yield Record(f"index {index}", error=f"invalid JSON: {exc.msg}")
-            return
-        except NonFiniteNumber as exc:
-            yield Record(f"index {index}", error=f"invalid JSON: {exc}")
-            return
-        except RecursionError:
-            yield Record(f"index {index}", error="invalid JSON: nested too deeply")
-            return
-        if end == len(buffer) and not eof and fill():
-            # A number at the very end of the chunk might be cut short: decode it again.
-            continue
-        position = end
-        yield Record(f"index {index}", value)
+        if piece.error is not None:
+            # Where brackets were mended, the text skipped can hold more than one element.
+            skipped = f"skipped up to {window.describe(piece.end or piece.start)}"
+            yield Record(name(index), error=f"invalid JSON: {piece.error}; {skipped}")
+        elif not piece.empty:
+            yield Record(name(index), piece.value)
+        elif piece.delimiter == "," or (piece.delimiter == "]" and index > 0):
+            where = window.describe(piece.start)
+            yield Record(name(index), error=f"invalid JSON: expected a value at {where}")
+        if piece.delimiter == "":
+            why = "the input ends before the array's closing ]"
+            if piece.empty:
+                yield _stop(window, name(index), window.at, why, index)
+            else:
+                yield _stop(window, f"after {name(index)}", window.at, why, index + 1)
+            return False
+        window.take(window.pos + 1)
+        if piece.delimiter == "]":
+            return True
         index += 1
-        expect_value = False
 
 
-def _skip_blank(stream: TextIO) -> tuple[str, int]:
-    """The first character that is not blank (or "" at the end), and the newlines skipped."""
-    newlines = 0
+def _document(window: Window) -> Iterator[Record]:
+    """One object over several lines (or one very long line), the window at its ``{``.
+
+    A list page's customers are read one by one when ``"object": "list"`` comes before
+    them, as in Voucherify's responses; the other members are small, and held.
+    """
+    start = window.at
+    window.take(window.pos + 1)
+    members: dict[str, Any] = {}
+    streamed = False
     while True:
-        char = stream.read(1)
-        if char == "" or not (char.isspace() or char == "\ufeff"):
-            return char, newlines
-        newlines += char == "\n"
+        key = read_value(window, ":,}")
+        if key.empty and key.delimiter == "}" and not members and not streamed:
+            window.take(window.pos + 1)
+            break
+        if key.unclosed or not key.delimiter:
+            yield _stop(window, "document", key.start, "the input ends inside the document")
+            return
+        if key.delimiter != ":" or not isinstance(key.value, str):
+            yield _stop(window, "document", key.start, "expected a member name and ':' here")
+            return
+        window.take(window.pos + 1)
+        if key.value == "customers" and members.get("object") == "list" and (
+            window.skip_blank() == "["
+        ):
+            window.take(window.pos + 1)
+            if not (yield from _elements(window, lambda index: f"customers[{index}]")):
+                return
+            streamed = True
+            value = read_value(window, ",}")
+            if not value.empty or not value.delimiter:
+                why = "expected ',' or '}' here" if value.delimiter else (
+                    "the input ends inside the document")
+                yield _stop(window, "document", value.start, why)
+                return
+        else:
+            value = read_value(window, ",}")
+            problem = _problem(window, value)
+            if problem:
+                yield _stop(window, "document", value.start, problem)
+                return
+            members[key.value] = value.value
+        window.take(window.pos + 1)
+        if value.delimiter == "}":
+            break
+    if not streamed:
+        on_one_line = window.at.line == start.line
+        location = f"line {start.line}" if on_one_line else "document"
+        yield from _expand(members, location, f"{location} " if on_one_line else "")
+    yield from _after(window, start, "document's closing }")
+
+
+def _after(window: Window, start: Position, what: str) -> Iterator[Record]:
+    """What may follow an array or a document: nothing, unless it was all on one line;
+    then it was the first of JSON Lines, and the next lines are read as such."""
+    if window.at.line != start.line:
+        if window.skip_blank():
+            why = f"more input after the {what}; give one JSON document, or JSON Lines"
+            yield _stop(window, f"line {window.at.line}", window.at, why)
+        return
+    if window.skip_blank(_SPACES) not in ("\n", ""):
+        yield Record(f"line {start.line}", error=f"invalid JSON: more input after the {what} "
+                     f"at {window.describe(window.at)}")
+    while (newline := window.text.find("\n", window.pos)) < 0:
+        window.take(len(window.text))
+        if not window.more():
+            break
+    else:
+        window.take(newline + 1)
+    yield from _line_records(window.lines(), start=window.at.line)
+
+
+def _problem(window: Window, value: Piece) -> str | None:
+    """Why a member of a document is not a value, if it is not."""
+    if value.error is not None:
+        return f"invalid JSON: {value.error}"
+    if value.unclosed or not value.delimiter:
+        return "the input ends inside the document"
+    if value.empty:
+        return f"expected a value at {window.describe(value.start)}"
+    return None
+
+
+def _stop(
+    window: Window, location: str, position: Position, why: str, index: int | None = None
+) -> Record:
+    """The last record: why reading could go no further, and where it stopped."""
+    where = window.describe(position)
+    if index is not None:
+        where += f", element index {index}"
+    prefix = "" if why.startswith("invalid JSON") else "invalid JSON: "
+    return Record(
+        location,
+        error=f"{prefix}{why}; reading stopped at {where}: the rest of the input was not imported",
+        stopped=True,
+    )

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from models.base import Base
 from models.tables import CustomerTombstoneRow
 from repository import queries
-from repository.ingest import count_events
+from repository.event_log import count_events
 
 __all__ = ["StoreStats", "store_stats"]
 

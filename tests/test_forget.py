@@ -26,8 +26,7 @@ from sqlalchemy import Engine, MetaData, select
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
 
-from repository import CustomerRepository, make_engine
-from repository.ingest import list_events
+from repository import CustomerRepository, list_events, make_engine
 from repository.schema import upgrade_to_head
 from tests.test_secrets import Run, cli
 from tests.webhook_streams import envelope, iso

@@ -18,14 +18,14 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import EventOutcome, WebhookEventRow
-from repository import CustomerRepository, make_async_session_factory
-from repository.ingest import (
+from models import EventOutcome, MalformedDelivery, WebhookEventRow
+from repository import (
+    CustomerRepository,
     IngestResult,
-    MalformedDelivery,
     count_events,
     ingest_delivery,
     ingest_delivery_async,
+    make_async_session_factory,
     replay_rejected,
 )
 from tests.aio import APIS

@@ -24,8 +24,14 @@ from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base, EventOutcome, WebhookEventRow
-from repository import CustomerRepository, make_engine, make_session_factory
-from repository.ingest import IngestResult, count_events, ingest_delivery
+from repository import (
+    CustomerRepository,
+    IngestResult,
+    count_events,
+    ingest_delivery,
+    make_engine,
+    make_session_factory,
+)
 from tests.servers import cli_command
 from tests.webhook_streams import build_stream, envelope, iso
 

@@ -40,11 +40,12 @@ from repository import (
     CustomerFilter,
     CustomerRepository,
     import_records,
+    ingest_delivery,
+    list_events,
     make_engine,
     make_session_factory,
     read_records,
 )
-from repository.ingest import ingest_delivery, list_events
 from repository.mapping import email_key, name_key
 from repository.queries import MAX_PAGE_SIZE
 from repository.schema import alembic_config, current_revision, head_revision

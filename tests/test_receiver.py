@@ -31,8 +31,7 @@ from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
 from models.signature import sign
-from repository import CustomerRepository, make_engine
-from repository.ingest import list_events
+from repository import CustomerRepository, list_events, make_engine
 from repository.schema import upgrade_to_head
 from tests.servers import (
     ROOT,
