@@ -26,7 +26,8 @@ from models.tables import (
     ReferralEntryRow,
 )
 from repository.driver import driver_errors
-from repository.engine import dumps_for_jsonb
+from repository.engine import dialect_of
+from repository.jsonb import dumps_for_jsonb
 from repository.locks import lock_customers
 from repository.mapping import (
     ADDRESS_COLUMNS,
@@ -56,7 +57,7 @@ def bulk_upsert(session: Session, batch: Sequence[CustomerRows]) -> list[bool]:
     """
     if not batch:
         return []
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         applied = _merge_postgresql(session, batch)
     else:
         applied = _merge_sqlite(session, batch)

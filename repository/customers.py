@@ -34,6 +34,7 @@ from models.tables import (
 from models.validation import parse_customer
 from repository import queries
 from repository.bulk import bulk_upsert
+from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import clear_older_tombstones, upsert_one_statement
@@ -76,7 +77,7 @@ class CustomerRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._dialect = session.get_bind().dialect.name
+        self._dialect = dialect_of(session)
         if self._dialect not in ("postgresql", "sqlite"):
             raise ValueError(f"unsupported database dialect {self._dialect!r}")
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -17,8 +15,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from repository.jsonb import dumps_for_jsonb
+
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "dialect_of",
     "make_async_engine",
     "make_async_session_factory",
     "make_engine",
@@ -167,49 +168,6 @@ def _restore_busy_timeout(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
 
 
-def dumps_for_jsonb(value: Any) -> str:
-    """``json.dumps`` whose floats survive JSONB's ``numeric`` round trip as floats.
-
-    JSONB keeps numbers as ``numeric``: ``1e+300`` comes back as 301 digits with no
-    decimal point, which JSON readers take for an integer. Floats written in plain
-    notation with a decimal point stay floats.
-    """
-    if not _has_exponent_float(value):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    parts: list[str] = []
-    _write(value, parts)
-    return "".join(parts)
-
-
-def _has_exponent_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return "e" in repr(value)
-    if isinstance(value, dict):
-        return any(_has_exponent_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_exponent_float(v) for v in value)
-    return False
-
-
-def _write(value: Any, parts: list[str]) -> None:
-    if isinstance(value, float):
-        text = repr(value)
-        if "e" in text:
-            text = format(Decimal(text), "f")
-            text = text if "." in text else text + ".0"
-        parts.append(text)
-    elif isinstance(value, dict):
-        parts.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            parts.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
-            _write(item, parts)
-        parts.append("}")
-    elif isinstance(value, list):
-        parts.append("[")
-        for i, item in enumerate(value):
-            if i:
-                parts.append(",")
-            _write(item, parts)
-        parts.append("]")
-    else:
-        parts.append(json.dumps(value, ensure_ascii=False))
+def dialect_of(session: Session) -> str:
+    """The database behind ``session``: ``"postgresql"`` or ``"sqlite"``."""
+    return session.get_bind().dialect.name

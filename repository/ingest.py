@@ -25,6 +25,7 @@ from models.validation import CustomerValidationError, parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
+from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.retry import run_in_transaction, run_in_transaction_async
 
@@ -242,7 +243,7 @@ def _claim(
     A delivery about a forgotten customer is recorded without its body and error text: both
     may carry the personal data that was erased.
     """
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    dialect = postgresql if dialect_of(session) == "postgresql" else sqlite
     stored_body: Any = body
     stored_error: Any = error
     if envelope.customer_id is not None:

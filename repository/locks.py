@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from repository.engine import dialect_of
+
 __all__ = ["LOCK_NAMESPACE", "lock_customers"]
 
 #: First key of the two-key advisory locks, so they cannot clash with other users' locks.
@@ -28,6 +30,6 @@ _LOCK_MANY = text(
 
 def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
     """Take the write locks of these customers until the end of the transaction."""
-    if not customer_ids or session.get_bind().dialect.name != "postgresql":
+    if not customer_ids or dialect_of(session) != "postgresql":
         return
     session.execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": list(customer_ids)})

@@ -37,6 +37,7 @@ from models.customer import Customer
 from models.tables import CustomerRow, LoyaltyCampaignRow, ReferralEntryRow
 from models.validation import text_problem
 from models.wire import INT64_MAX, INT64_MIN
+from repository.engine import dialect_of
 from repository.mapping import FOLD_LIMIT, email_key, fold
 from repository.reads import customer_select, decode_customer
 
@@ -163,7 +164,7 @@ def find(
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidArgument("limit", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_of(session)
     # One row more than asked tells whether another page exists.
     statement = customer_select_for(dialect, filters, cursor=cursor, limit=limit + 1)
     rows = session.execute(statement).all()
@@ -184,7 +185,7 @@ def customer_select_for(
 
 def count(session: Session, filters: CustomerFilter | None = None) -> int:
     """How many customers match."""
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_of(session)
     query = select(func.count()).select_from(customers).where(
         _conditions(filters or CustomerFilter(), dialect)
     )

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from models.base import Base
 from models.tables import CustomerTombstoneRow
 from repository import queries
+from repository.engine import dialect_of
 from repository.event_log import count_events
 
 __all__ = ["StoreStats", "store_stats"]
@@ -37,7 +38,7 @@ def store_stats(session: Session) -> StoreStats:
 
 
 def _table_bytes(session: Session, table: str) -> int | None:
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_of(session) == "postgresql":
         size = session.scalar(
             text("SELECT pg_total_relation_size(CAST(:table AS regclass))"), {"table": table}
         )
