@@ -146,8 +146,6 @@ def _field_error(error: Any) -> FieldError:
         return FieldError(path, f"{error['msg'].lower()}, got {describe_value(value)}")
     if kind == "value_error":
         message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
-        if not message.startswith("expected"):
-            message = f"{message}"
         return FieldError(path, f"{message}, got {describe_value(value)}"
                           if "got" not in message else message)
     expected = _EXPECTED.get(kind)
