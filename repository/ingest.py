@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, LargeBinary, Table, case, literal, select, update
@@ -140,13 +141,8 @@ def ingest_delivery(
     With ``timeout`` (seconds), lock waits and retries included, it commits within that
     time or raises :class:`~repository.retry.DeadlineExceeded` having recorded nothing.
     """
-    return run_in_transaction(
-        sessions,
-        lambda session: ingest(
-            session, body, received_at=received_at, count_delivery=count_delivery
-        ),
-        timeout=timeout,
-    )
+    work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
+    return run_in_transaction(sessions, work, timeout=timeout)
 
 
 async def ingest_delivery_async(
@@ -159,13 +155,8 @@ async def ingest_delivery_async(
 ) -> IngestResult:
     """:func:`ingest_delivery` for asyncio: the same transaction, retries and time bound,
     awaited on an async session factory."""
-    return await run_in_transaction_async(
-        sessions,
-        lambda session: ingest(
-            session, body, received_at=received_at, count_delivery=count_delivery
-        ),
-        timeout=timeout,
-    )
+    work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
+    return await run_in_transaction_async(sessions, work, timeout=timeout)
 
 
 def _plan(envelope: Envelope) -> _Action:
