@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections import Counter
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import Engine
@@ -27,7 +28,7 @@ from repository import (
     DEFAULT_MAX_BODY_BYTES,
     IngestResult,
     ingest_delivery,
-    list_events,
+    iter_events,
     make_async_engine,
     make_async_session_factory,
     make_session_factory,
@@ -143,26 +144,18 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
 def _events(engine: Engine, args: argparse.Namespace) -> int:
     sessions = make_session_factory(engine)
     outcome = EventOutcome(args.outcome) if args.outcome else None
-    shown, after = 0, None
     with sessions() as session:
-        while args.limit is None or shown < args.limit:
-            page = list_events(session, outcome=outcome, after=after, limit=500)
-            if not page:
-                break
-            for row in page[: None if args.limit is None else args.limit - shown]:
-                print(json.dumps({
-                    "event_id": row.event_id,
-                    "type": row.event_type,
-                    "customer_id": row.customer_id,
-                    "outcome": row.outcome,
-                    "deliveries": row.deliveries,
-                    "first_received_at": row.first_received_at.isoformat(),
-                    "last_received_at": row.last_received_at.isoformat(),
-                    "error": row.error,
-                }, ensure_ascii=False))
-                shown += 1
-            after = page[-1].event_id
-            session.expunge_all()
+        for row in islice(iter_events(session, outcome=outcome), args.limit):
+            print(json.dumps({
+                "event_id": row.event_id,
+                "type": row.event_type,
+                "customer_id": row.customer_id,
+                "outcome": row.outcome,
+                "deliveries": row.deliveries,
+                "first_received_at": row.first_received_at.isoformat(),
+                "last_received_at": row.last_received_at.isoformat(),
+                "error": row.error,
+            }, ensure_ascii=False))
     return EXIT_OK
 
 

@@ -5,7 +5,9 @@ No I/O happens here: the repository package reads and writes these.
 
 from models.base import Base
 from models.customer import Customer
+from models.errors import CustomerValidationError, FieldError
 from models.events import EventOutcome, WebhookEventRow
+from models.json_decoding import loads_json
 from models.signature import (
     SIGNATURE_HEADER,
     SignatureMatch,
@@ -21,7 +23,7 @@ from models.tables import (
     LoyaltyCampaignRow,
     ReferralEntryRow,
 )
-from models.validation import CustomerValidationError, FieldError, loads_json, parse_customer
+from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import INT64_MAX, INT64_MIN, format_datetime, parse_datetime
 

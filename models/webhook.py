@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from models.validation import loads_json, text_problem
+from models.json_decoding import loads_json
+from models.storability import text_problem
 from models.wire import parse_datetime
 
 __all__ = [

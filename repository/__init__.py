@@ -26,7 +26,7 @@ from repository.erasure import (
     forget_customer,
     require_customer_id,
 )
-from repository.event_log import count_events, list_events, replay_rejected
+from repository.event_log import count_events, iter_events, list_events, replay_rejected
 from repository.importer import DEFAULT_BATCH_SIZE, ImportReport, Rejection, import_records
 from repository.ingest import (
     DEFAULT_DELIVERY_TIMEOUT,
@@ -95,6 +95,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "count_events",
     "ingest_delivery",
     "ingest_delivery_async",
+    "iter_events",
     "list_events",
     "replay_rejected",
     # transactions

@@ -8,46 +8,36 @@ of one customer end in the newest state rather than colliding.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from functools import partial
+from operator import attrgetter
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Table,
     delete,
-    insert,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
-from models.tables import (
-    CustomerAddressRow,
-    CustomerRow,
-    CustomerTombstoneRow,
-    LoyaltyCampaignRow,
-    ReferralEntryRow,
-)
 from models.validation import parse_customer
 from repository import queries
 from repository.bulk import bulk_upsert
+from repository.children import replace_children
 from repository.engine import dialect_of
+from repository.keyset import keyset_pages
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import clear_older_tombstones, upsert_one_statement
 from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer, get_by_id_statement
+from repository.tables import customers, tombstones
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
-
-_customers = cast(Table, CustomerRow.__table__)
-_addresses = cast(Table, CustomerAddressRow.__table__)
-_campaigns = cast(Table, LoyaltyCampaignRow.__table__)
-_referrals = cast(Table, ReferralEntryRow.__table__)
-_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 
 class UpsertOutcome(enum.StrEnum):
@@ -100,9 +90,13 @@ class CustomerRepository:
         All are validated before the first is written. Within the batch the newest version
         of an id wins (the later one among equals); the versions it supersedes count as stale.
         """
-        batch = [customer_to_rows(parse_customer(c)) for c in customers]
-        applied = bulk_upsert(self.session, batch)
+        applied = self.upsert_rows([customer_to_rows(parse_customer(c)) for c in customers])
         return UpsertSummary(applied=sum(applied), stale=len(applied) - sum(applied))
+
+    def upsert_rows(self, batch: Sequence[CustomerRows]) -> list[bool]:
+        """:meth:`upsert_many` of customers already validated and mapped to rows (what an
+        import pipelines): for each, whether it was applied."""
+        return bulk_upsert(self.session, batch)
 
     def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
         """Delete a customer and remember the deletion, so older updates cannot revive it.
@@ -113,16 +107,16 @@ class CustomerRepository:
         if deleted_at.tzinfo is None:
             raise ValueError("deleted_at must carry a time zone")
         self._lock(customer_id)
-        ins = self._insert(_tombstones).values(customer_id=customer_id, deleted_at=deleted_at)
+        ins = self._insert(tombstones).values(customer_id=customer_id, deleted_at=deleted_at)
         remembered = self.session.execute(
             ins.on_conflict_do_update(
-                index_elements=[_tombstones.c.customer_id],
+                index_elements=[tombstones.c.customer_id],
                 set_={"deleted_at": ins.excluded.deleted_at},
-                where=ins.excluded.deleted_at > _tombstones.c.deleted_at,
-            ).returning(_tombstones.c.customer_id)
+                where=ins.excluded.deleted_at > tombstones.c.deleted_at,
+            ).returning(tombstones.c.customer_id)
         ).first()
         removed = self.session.execute(
-            delete(_customers).where(_customers.c.id == customer_id).returning(_customers.c.id)
+            delete(customers).where(customers.c.id == customer_id).returning(customers.c.id)
         ).first()
         if removed is not None:
             return DeleteOutcome.REMOVED
@@ -148,19 +142,19 @@ class CustomerRepository:
         while (the old holder's rename not yet received): the newer one is the answer.
         """
         newest = (
-            select(_customers.c.id)
-            .where(_customers.c.source_id == source_id)
-            .order_by(_customers.c.version_at.desc().nulls_last(), _customers.c.id.desc())
+            select(customers.c.id)
+            .where(customers.c.source_id == source_id)
+            .order_by(customers.c.version_at.desc().nulls_last(), customers.c.id.desc())
             .limit(1)
             .scalar_subquery()
         )
-        found = self._load(_customers.c.id == newest, limit=1)
+        found = self._load(customers.c.id == newest, limit=1)
         return found[0] if found else None
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
         value: datetime | None = self.session.scalar(
-            select(_tombstones.c.deleted_at).where(_tombstones.c.customer_id == customer_id)
+            select(tombstones.c.deleted_at).where(tombstones.c.customer_id == customer_id)
         )
         return value
 
@@ -184,20 +178,18 @@ class CustomerRepository:
         Pages follow the primary key (keyset pagination), so late pages cost what the
         first one does and rows written meanwhile are seen at most once.
         """
-        after: str | None = None
-        while True:
-            page = self.page_after(after, limit=batch_size)
+        pages = keyset_pages(
+            partial(self.page_after, limit=batch_size), attrgetter("id"), size=batch_size
+        )
+        for page in pages:
             yield from page
-            if len(page) < batch_size:
-                return
-            after = page[-1].id
 
     def page_after(self, after: str | None, *, limit: int) -> list[Customer]:
         """Up to ``limit`` customers ordered by id, after the id ``after`` (from the first
         without): one keyset page, one statement."""
         if limit < 1:
             raise ValueError("batch_size must be at least 1")
-        return self._load(_customers.c.id > after if after is not None else None, limit=limit)
+        return self._load(customers.c.id > after if after is not None else None, limit=limit)
 
     # -- internals -------------------------------------------------------------------
 
@@ -208,7 +200,7 @@ class CustomerRepository:
         written = self.session.execute(upsert_one_statement(self._dialect), rows.customer)
         if written.first() is None:
             return UpsertOutcome.STALE
-        self._replace_children(rows)
+        replace_children(self.session, [rows])
         return UpsertOutcome.APPLIED
 
     def _blocked_by_tombstone(self, rows: CustomerRows) -> bool:
@@ -220,16 +212,6 @@ class CustomerRepository:
         if rows.version_at is not None:
             self.session.execute(clear_older_tombstones(rows.id, rows.version_at))
         return self.is_deleted(rows.id) is not None
-
-    def _replace_children(self, rows: CustomerRows) -> None:
-        for table in (_addresses, _campaigns, _referrals):
-            self.session.execute(delete(table).where(table.c.customer_id == rows.id))
-        if rows.address is not None:
-            self.session.execute(insert(_addresses), [rows.address])
-        if rows.campaigns:
-            self.session.execute(insert(_campaigns), rows.campaigns)
-        if rows.referrals:
-            self.session.execute(insert(_referrals), rows.referrals)
 
     def _lock(self, customer_id: str) -> None:
         lock_customers(self.session, [customer_id])

@@ -13,20 +13,21 @@ a source_id ``10000`` does not match an amount of 10000.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from operator import itemgetter
+from typing import Any
 
-from sqlalchemy import Table, delete, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.events import WebhookEventRow
-from models.tables import CustomerTombstoneRow
-from models.validation import loads_json
+from models.json_decoding import loads_json
 from repository.customers import CustomerRepository, DeleteOutcome
+from repository.keyset import keyset_pages
 from repository.locks import lock_customers
 from repository.mapping import fold
+from repository.tables import events, tombstones
 
 __all__ = [
     "MAX_CUSTOMER_ID_LENGTH",
@@ -36,9 +37,6 @@ __all__ = [
     "forget_customer",
     "require_customer_id",
 ]
-
-_events = cast(Table, WebhookEventRow.__table__)
-_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 #: The shortest id in Voucherify's published examples (``cust_ID``).
 MIN_CUSTOMER_ID_LENGTH = 7
@@ -134,20 +132,20 @@ def forget_customer(
     if stored is not None:
         identifiers.learn(stored.to_json())
     for (body,) in session.execute(
-        select(_events.c.body).where(_events.c.customer_id == customer_id)
+        select(events.c.body).where(events.c.customer_id == customer_id)
     ):
         identifiers.learn(_customer_in(bytes(body), customer_id))
     removed = repo.delete(customer_id, deleted_at=forgotten_at)
     session.execute(
-        update(_tombstones).where(_tombstones.c.customer_id == customer_id).values(forgotten=True)
+        update(tombstones).where(tombstones.c.customer_id == customer_id).values(forgotten=True)
     )
     own = session.execute(
-        delete(_events).where(_events.c.customer_id == customer_id).returning(_events.c.event_id)
+        delete(events).where(events.c.customer_id == customer_id).returning(events.c.event_id)
     ).all()
     others = _events_naming(session, customer_id, identifiers, on_progress)
     for start in range(0, len(others), _SCAN_PAGE):
         chunk = others[start : start + _SCAN_PAGE]
-        session.execute(delete(_events).where(_events.c.event_id.in_(chunk)))
+        session.execute(delete(events).where(events.c.event_id.in_(chunk)))
     return ErasureReport(
         customer_removed=removed is DeleteOutcome.REMOVED, events_removed=len(own) + len(others)
     )
@@ -160,26 +158,25 @@ def _events_naming(
     on_progress: Callable[[int], None] | None,
 ) -> list[str]:
     """Ids of other events whose bodies name the customer, read a page at a time."""
+    others = or_(events.c.customer_id != customer_id, events.c.customer_id.is_(None))
+
+    def fetch(after: str | None) -> Sequence[Any]:
+        query = select(events.c.event_id, events.c.body).where(others)
+        if after is not None:
+            query = query.where(events.c.event_id > after)
+        return session.execute(query.order_by(events.c.event_id).limit(_SCAN_PAGE)).all()
+
     found: list[str] = []
-    scanned, after = 0, ""
-    others = or_(_events.c.customer_id != customer_id, _events.c.customer_id.is_(None))
-    while True:
-        page = session.execute(
-            select(_events.c.event_id, _events.c.body)
-            .where(others, _events.c.event_id > after)
-            .order_by(_events.c.event_id)
-            .limit(_SCAN_PAGE)
-        ).all()
-        if not page:
-            return found
+    scanned = 0
+    for page in keyset_pages(fetch, itemgetter(0), size=_SCAN_PAGE):
         for event_id, body in page:
             raw = bytes(body)
             if raw and identifiers.may_be_in(raw) and identifiers.is_in(raw):
                 found.append(event_id)
         scanned += len(page)
-        after = page[-1][0]
         if on_progress is not None:
             on_progress(scanned)
+    return found
 
 
 def _customer_in(body: bytes, customer_id: str) -> Any:

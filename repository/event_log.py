@@ -7,17 +7,34 @@ Recording a delivery is :mod:`repository.ingest`'s work; this module reads what 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from functools import partial
+from operator import attrgetter, itemgetter
+from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventOutcome, WebhookEventRow
 from repository.ingest import IngestResult, MalformedDelivery, ingest_delivery, is_forgotten
+from repository.keyset import keyset_pages
+from repository.tables import events
 
-__all__ = ["count_events", "list_events", "replay_rejected"]
+__all__ = ["count_events", "iter_events", "list_events", "replay_rejected"]
 
-_events = cast(Table, WebhookEventRow.__table__)
+_PAGE = 100
+
+
+def iter_events(
+    session: Session, *, outcome: EventOutcome | None = None, page_size: int = 500
+) -> Iterator[WebhookEventRow]:
+    """Every recorded event (of ``outcome``) ordered by event id, read in keyset pages;
+    rows already yielded are expunged so memory stays flat."""
+    fetch = partial(list_events, session, outcome=outcome, limit=page_size)
+    for page in keyset_pages(
+        lambda after: fetch(after=after), attrgetter("event_id"), size=page_size
+    ):
+        yield from page
+        session.expunge_all()
 
 
 def list_events(
@@ -41,8 +58,8 @@ def list_events(
 def count_events(session: Session) -> dict[str, int]:
     """How many recorded events have each outcome, and how many redeliveries were duplicates."""
     rows = session.execute(
-        select(_events.c.outcome, func.count(), func.sum(_events.c.deliveries - 1))
-        .group_by(_events.c.outcome)
+        select(events.c.outcome, func.count(), func.sum(events.c.deliveries - 1))
+        .group_by(events.c.outcome)
     ).all()
     counts = {outcome: int(n) for outcome, n, _ in rows}
     counts[EventOutcome.DUPLICATE.value] = sum(int(d or 0) for _, _, d in rows)
@@ -69,20 +86,21 @@ def replay_rejected(
 
 
 def _rejected_bodies(sessions: sessionmaker[Session]) -> Iterator[tuple[str, bytes]]:
-    after = ""
-    while True:
+    def fetch(after: str | None) -> Sequence[Any]:
+        query = (
+            select(events.c.event_id, events.c.body)
+            .where(events.c.outcome == EventOutcome.REJECTED.value)
+            # Recorded without a body: there is nothing to process again.
+            .where(~is_forgotten(events.c.customer_id))
+            .order_by(events.c.event_id)
+            .limit(_PAGE)
+        )
+        if after is not None:
+            query = query.where(events.c.event_id > after)
+        # A session per page: processing an event commits, and must not wait on this read.
         with sessions() as session:
-            page = session.execute(
-                select(_events.c.event_id, _events.c.body)
-                .where(_events.c.outcome == EventOutcome.REJECTED.value)
-                .where(_events.c.event_id > after)
-                # Recorded without a body: there is nothing to process again.
-                .where(~is_forgotten(_events.c.customer_id))
-                .order_by(_events.c.event_id)
-                .limit(100)
-            ).all()
-        if not page:
-            return
+            return session.execute(query).all()
+
+    for page in keyset_pages(fetch, itemgetter(0), size=_PAGE):
         for event_id, body in page:
             yield event_id, bytes(body)
-        after = page[-1][0]

@@ -1,9 +1,10 @@
 """Bulk import: every record is stored, counted stale, or rejected with its reason.
 
 Records are validated one by one (a bad record never reaches the database) and written in
-batches with :func:`repository.bulk.bulk_upsert`, one transaction per batch, retried when
-the database asks for it. If the database refuses a batch, its records are written again
-one transaction each, so that only the record it refuses is rejected.
+batches with :meth:`CustomerRepository.upsert_rows` (the write behind ``upsert_many``), one
+transaction per batch, retried when the database asks for it. If the database refuses a
+batch, its records are written again one transaction each, so that only the record it
+refuses is rejected.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from itertools import islice
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.validation import CustomerValidationError, parse_customer
-from repository.bulk import bulk_upsert
-from repository.customers import UpsertOutcome
+from models.errors import CustomerValidationError
+from models.validation import parse_customer
+from repository.customers import CustomerRepository, UpsertOutcome
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.records import Record
 from repository.retry import is_retryable, run_in_transaction
@@ -130,7 +131,7 @@ def _write_batch(
         return _BatchResult()
     try:
         return _BatchResult(
-            applied=run_in_transaction(sessions, lambda session: bulk_upsert(session, rows))
+            applied=run_in_transaction(sessions, partial(_upsert_rows, batch=rows))
         )
     except DBAPIError as exc:
         if is_retryable(exc):
@@ -148,8 +149,12 @@ def _write_batch(
     return result
 
 
+def _upsert_rows(session: Session, *, batch: list[CustomerRows]) -> list[bool]:
+    return CustomerRepository(session).upsert_rows(batch)
+
+
 def _upsert_one(session: Session, *, rows: CustomerRows) -> bool:
-    return bulk_upsert(session, [rows])[0]
+    return _upsert_rows(session, batch=[rows])[0]
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:

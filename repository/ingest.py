@@ -12,23 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, LargeBinary, Table, case, literal, select, update
+from sqlalchemy import ColumnElement, LargeBinary, case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
-from models.events import EventOutcome, WebhookEventRow
-from models.tables import CustomerTombstoneRow
-from models.validation import CustomerValidationError, parse_customer
+from models.errors import CustomerValidationError
+from models.events import EventOutcome
+from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
 from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.retry import run_in_transaction, run_in_transaction_async
+from repository.tables import events, tombstones
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT",
@@ -50,9 +51,6 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 #: What an event about a forgotten customer keeps of its error.
 ERASED_ERROR = "rejected; the details were erased with the customer (forget)"
-
-_events = cast(Table, WebhookEventRow.__table__)
-_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 
 @dataclass(frozen=True)
@@ -119,8 +117,8 @@ def ingest(
     outcome = _perform(session, action)
     if outcome is not provisional:
         session.execute(
-            update(_events)
-            .where(_events.c.event_id == envelope.event_id)
+            update(events)
+            .where(events.c.event_id == envelope.event_id)
             .values(outcome=outcome.value)
         )
     return IngestResult(
@@ -253,23 +251,23 @@ def _claim(
         "error": stored_error,
         "body": stored_body,
     }
-    ins = dialect.insert(_events).values(
+    ins = dialect.insert(events).values(
         event_id=envelope.event_id, first_received_at=now, deliveries=1, **fields
     )
-    deliveries = _events.c.deliveries + 1 if count_delivery else _events.c.deliveries
+    deliveries = events.c.deliveries + 1 if count_delivery else events.c.deliveries
     claim = ins.on_conflict_do_update(
-        index_elements=[_events.c.event_id],
+        index_elements=[events.c.event_id],
         set_={**{name: ins.excluded[name] for name in fields}, "deliveries": deliveries},
-        where=_events.c.outcome == EventOutcome.REJECTED.value,
-    ).returning(_events.c.error)
+        where=events.c.outcome == EventOutcome.REJECTED.value,
+    ).returning(events.c.error)
     row = session.execute(claim).first()
     if row is not None:
         return _Claimed(row.error)
     if count_delivery:
         session.execute(
-            update(_events)
-            .where(_events.c.event_id == envelope.event_id)
-            .values(deliveries=_events.c.deliveries + 1, last_received_at=now)
+            update(events)
+            .where(events.c.event_id == envelope.event_id)
+            .values(deliveries=events.c.deliveries + 1, last_received_at=now)
         )
     return None
 
@@ -277,8 +275,8 @@ def _claim(
 def is_forgotten(customer_id: Any) -> ColumnElement[bool]:
     """Whether the customer was erased on request (``customer_id``: a value or a column)."""
     return (
-        select(_tombstones.c.customer_id)
-        .where(_tombstones.c.customer_id == customer_id, _tombstones.c.forgotten.is_(True))
+        select(tombstones.c.customer_id)
+        .where(tombstones.c.customer_id == customer_id, tombstones.c.forgotten.is_(True))
         .exists()
     )
 

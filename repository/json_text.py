@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from models.validation import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
+from models.json_decoding import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
 
 __all__ = ["Piece", "Position", "ValueScanner", "Window", "read_value"]
 

@@ -8,40 +8,37 @@ is replaced by anything, a payload without one replaces nothing that has one.
 from __future__ import annotations
 
 import functools
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Delete, Table, and_, bindparam, delete, or_
+from sqlalchemy import Delete, and_, bindparam, delete, or_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from models.tables import CustomerRow, CustomerTombstoneRow
 from repository.mapping import CUSTOMER_COLUMNS
+from repository.tables import customers, tombstones
 
 __all__ = ["clear_older_tombstones", "upsert_newest", "upsert_one_statement"]
-
-_customers = cast(Table, CustomerRow.__table__)
-_tombstones = cast(Table, CustomerTombstoneRow.__table__)
 
 
 def clear_older_tombstones(customer_id: Any, version_at: Any) -> Delete:
     """Forget deletions older than the payload (``customer_id`` and ``version_at`` are
     values, or columns of a staging table): a newer payload brings a deleted customer back.
     A customer erased on request (``forgotten``) is never brought back."""
-    return delete(_tombstones).where(
-        _tombstones.c.customer_id == customer_id,
-        _tombstones.c.deleted_at < version_at,
-        _tombstones.c.forgotten.is_(False),
+    return delete(tombstones).where(
+        tombstones.c.customer_id == customer_id,
+        tombstones.c.deleted_at < version_at,
+        tombstones.c.forgotten.is_(False),
     )
 
 
 def upsert_newest(insert: Any) -> Any:
     """``insert`` (PostgreSQL's or SQLite's) into customers, turned into an upsert that
     replaces a stored row only under the rule, returning the ids it wrote."""
-    stored, incoming = _customers.c.version_at, insert.excluded.version_at
+    stored, incoming = customers.c.version_at, insert.excluded.version_at
     return insert.on_conflict_do_update(
-        index_elements=[_customers.c.id],
+        index_elements=[customers.c.id],
         set_={name: insert.excluded[name] for name in CUSTOMER_COLUMNS if name != "id"},
         where=or_(stored.is_(None), and_(incoming.is_not(None), incoming >= stored)),
-    ).returning(_customers.c.id)
+    ).returning(customers.c.id)
 
 
 @functools.cache
@@ -49,7 +46,7 @@ def upsert_one_statement(dialect: str) -> Any:
     """:func:`upsert_newest` of one customer row, every column a bound parameter named as
     the column: built once per dialect, so that each upsert skips building the ~40 column
     statement and its cache key."""
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(_customers)
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(customers)
     return upsert_newest(insert.values({
-        name: bindparam(name, type_=_customers.c[name].type) for name in CUSTOMER_COLUMNS
+        name: bindparam(name, type_=customers.c[name].type) for name in CUSTOMER_COLUMNS
     }))

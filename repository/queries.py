@@ -16,12 +16,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
-    Table,
     and_,
     case,
     exists,
@@ -34,12 +33,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
-from models.tables import CustomerRow, LoyaltyCampaignRow, ReferralEntryRow
-from models.validation import text_problem
+from models.storability import text_problem
 from models.wire import INT64_MAX, INT64_MIN
 from repository.engine import dialect_of
 from repository.mapping import FOLD_LIMIT, email_key, fold
 from repository.reads import customer_select, decode_customer
+from repository.tables import campaigns, customers, referrals
 
 __all__ = [
     "MAX_METADATA_DEPTH",
@@ -67,10 +66,6 @@ MAX_METADATA_DEPTH = 6
 MAX_METADATA_TERMS = 50
 #: Longer than any cursor :func:`find` makes (an id of 255 characters, JSON-escaped).
 MAX_CURSOR_LENGTH = 8192
-
-customers = cast(Table, CustomerRow.__table__)
-campaigns = cast(Table, LoyaltyCampaignRow.__table__)
-referrals = cast(Table, ReferralEntryRow.__table__)
 
 _TEXT_FIELDS = ("email", "source_id", "name_prefix", "campaign", "loyalty_tier", "referred_by")
 _MOMENT_FIELDS = ("created_from", "created_before", "updated_from", "updated_before")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -24,7 +24,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 
 from models.customer import Customer
-from models.tables import CustomerAddressRow, CustomerRow, LoyaltyCampaignRow, ReferralEntryRow
 from repository.mapping import (
     ADDRESS_COLUMNS,
     CAMPAIGN_COLUMNS,
@@ -32,13 +31,9 @@ from repository.mapping import (
     SEARCH_KEY_COLUMNS,
     customer_from_rows,
 )
+from repository.tables import addresses, campaigns, customers, referrals
 
 __all__ = ["customer_select", "decode_customer", "get_by_id_statement"]
-
-customers = cast(Table, CustomerRow.__table__)
-addresses = cast(Table, CustomerAddressRow.__table__)
-campaigns = cast(Table, LoyaltyCampaignRow.__table__)
-referrals = cast(Table, ReferralEntryRow.__table__)
 
 _ADDRESS_FIELDS = [name for name in ADDRESS_COLUMNS if name != "customer_id"]
 _CAMPAIGN_FIELDS = [name for name in CAMPAIGN_COLUMNS if name != "customer_id"]

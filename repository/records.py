@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from models.validation import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
+from models.json_decoding import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
 from repository.json_text import Piece, Position, ValueScanner, Window, read_value
 
 __all__ = ["Record", "read_records"]

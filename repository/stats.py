@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.base import Base
-from models.tables import CustomerTombstoneRow
 from repository import queries
 from repository.engine import dialect_of
 from repository.event_log import count_events
+from repository.tables import tombstones
 
 __all__ = ["StoreStats", "store_stats"]
 
@@ -28,7 +27,6 @@ class StoreStats:
 
 
 def store_stats(session: Session) -> StoreStats:
-    tombstones = cast(Table, CustomerTombstoneRow.__table__)
     return StoreStats(
         customers=queries.count(session),
         deleted=int(session.scalar(select(func.count()).select_from(tombstones)) or 0),

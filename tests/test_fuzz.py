@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base
 from models.events import EventOutcome, WebhookEventRow
-from models.validation import MAX_NESTING
+from models.storability import MAX_NESTING
 from repository import CustomerRepository, import_records, make_session_factory, read_records
 from repository.ingest import MalformedDelivery, ingest_delivery
 from tests.invariants import assert_invariants

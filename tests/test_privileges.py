@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models import parse_customer
-from models.validation import CustomerValidationError
+from models.errors import CustomerValidationError
 from repository import CustomerFilter, CustomerRepository, make_engine
 from repository.privileges import grant_app_role
 from repository.schema import alembic_config, upgrade_to_head

@@ -1,0 +1,51 @@
+"""A customer's child rows (address, loyalty campaigns, referral entries), replaced whole.
+
+A payload carries the whole customer, so applying it deletes every child row the stored
+version had and writes the payload's: one rule for a single upsert and for a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, insert
+from sqlalchemy.orm import Session
+
+from repository.copy import copy_rows
+from repository.engine import dialect_of
+from repository.mapping import ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS, CustomerRows
+from repository.tables import addresses, campaigns, referrals
+
+__all__ = ["replace_children"]
+
+# One statement for the three tables; ``ANY`` keeps it one cached plan for any batch size.
+_DELETE_CHILDREN_POSTGRESQL = (
+    "WITH a AS (DELETE FROM customer_addresses WHERE customer_id = ANY(%(ids)s)), "
+    "c AS (DELETE FROM customer_loyalty_campaigns WHERE customer_id = ANY(%(ids)s)) "
+    "DELETE FROM customer_referral_entries WHERE customer_id = ANY(%(ids)s)"
+)
+
+
+def replace_children(session: Session, applied: Sequence[CustomerRows]) -> None:
+    """Replace the child rows of the customers in ``applied`` (their upserts were applied)."""
+    if not applied:
+        return
+    ids = [rows.id for rows in applied]
+    connection = session.connection()
+    on_postgresql = dialect_of(session) == "postgresql"
+    if on_postgresql:
+        connection.exec_driver_sql(_DELETE_CHILDREN_POSTGRESQL, {"ids": ids})
+    else:
+        for table in (addresses, campaigns, referrals):
+            connection.execute(delete(table).where(table.c.customer_id.in_(ids)))
+    for table, columns, children in (
+        (addresses, ADDRESS_COLUMNS, [r.address for r in applied if r.address is not None]),
+        (campaigns, CAMPAIGN_COLUMNS, [c for r in applied for c in r.campaigns]),
+        (referrals, REFERRAL_COLUMNS, [e for r in applied for e in r.referrals]),
+    ):
+        if not children:
+            continue
+        if on_postgresql:
+            copy_rows(connection, table.name, columns, children)
+        else:
+            connection.execute(insert(table), children)

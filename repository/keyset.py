@@ -1,0 +1,33 @@
+"""Keyset pagination: walk a table a page at a time, each page after the last key seen.
+
+Late pages cost what the first one does (an index range scan, no ``OFFSET``), and rows
+written meanwhile are seen at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+__all__ = ["keyset_pages"]
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+def keyset_pages(
+    fetch: Callable[[K | None], Sequence[T]], key: Callable[[T], K], *, size: int
+) -> Iterator[Sequence[T]]:
+    """Pages from ``fetch(after)`` (``None`` first, then ``key`` of the last item), until
+    one comes back with fewer than ``size`` items. ``fetch`` must order by the key and
+    return at most ``size`` items."""
+    if size < 1:
+        raise ValueError("the page size must be at least 1")
+    after: K | None = None
+    while True:
+        page = fetch(after)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        after = key(page[-1])
