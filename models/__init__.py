@@ -16,6 +16,7 @@ from models.signature import (
     sign,
     verify_signature,
 )
+from models.sync import SyncListedRow, SyncStateRow
 from models.tables import (
     CustomerAddressRow,
     CustomerRow,
@@ -45,6 +46,8 @@ __all__ = [
     "MalformedDelivery",
     "ReferralEntryRow",
     "SignatureMatch",
+    "SyncListedRow",
+    "SyncStateRow",
     "WebhookEventRow",
     "compact_json",
     "format_datetime",

@@ -1,6 +1,6 @@
 """Reading and writing customers: the mapping between the shape and the rows, the
-queries, bulk import, webhook ingestion, administration and the migrations. All SQL of
-the project lives here.
+queries, bulk import, webhook ingestion, sync from Voucherify's API, administration and
+the migrations. All SQL of the project lives here.
 
 This is the public surface: a service, an operator script and the project's own entry
 points (the CLI, the receiver) import from here only. Names are grouped by concern.
@@ -56,6 +56,19 @@ from repository.retry import (
 )
 from repository.schema import alembic_config, current_revision, head_revision, upgrade_to_head
 from repository.stats import StoreStats, store_stats
+from repository.sync import DEFAULT_OVERLAP, SyncReport, TieOverflow, sync_customers
+from repository.sync_state import SyncState, sync_states
+from repository.voucherify_client import (
+    DEFAULT_API_URL,
+    DEFAULT_RESERVE,
+    ApiUnavailable,
+    AuthenticationFailed,
+    BudgetExhausted,
+    CustomerPage,
+    RequestLimitReached,
+    VoucherifyClient,
+    VoucherifyError,
+)
 
 __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     # engines and sessions
@@ -98,6 +111,22 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "iter_events",
     "list_events",
     "replay_rejected",
+    # sync from Voucherify's API
+    "DEFAULT_API_URL",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_RESERVE",
+    "ApiUnavailable",
+    "AuthenticationFailed",
+    "BudgetExhausted",
+    "CustomerPage",
+    "RequestLimitReached",
+    "SyncReport",
+    "SyncState",
+    "TieOverflow",
+    "VoucherifyClient",
+    "VoucherifyError",
+    "sync_customers",
+    "sync_states",
     # transactions
     "DeadlineExceeded",
     "is_retryable",

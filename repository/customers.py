@@ -20,7 +20,6 @@ from sqlalchemy import (
     delete,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
@@ -28,7 +27,7 @@ from models.validation import parse_customer
 from repository import queries
 from repository.bulk import bulk_upsert
 from repository.children import replace_children
-from repository.engine import dialect_of
+from repository.engine import dialect_of, native_insert
 from repository.keyset import keyset_pages
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
@@ -107,7 +106,9 @@ class CustomerRepository:
         if deleted_at.tzinfo is None:
             raise ValueError("deleted_at must carry a time zone")
         self._lock(customer_id)
-        ins = self._insert(tombstones).values(customer_id=customer_id, deleted_at=deleted_at)
+        ins = native_insert(self.session, tombstones).values(
+            customer_id=customer_id, deleted_at=deleted_at
+        )
         remembered = self.session.execute(
             ins.on_conflict_do_update(
                 index_elements=[tombstones.c.customer_id],
@@ -215,10 +216,6 @@ class CustomerRepository:
 
     def _lock(self, customer_id: str) -> None:
         lock_customers(self.session, [customer_id])
-
-    def _insert(self, table: Any) -> Any:
-        dialect = postgresql if self._dialect == "postgresql" else sqlite
-        return dialect.insert(table)
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
         query = customer_select(self._dialect).limit(limit)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,6 +25,7 @@ __all__ = [
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
+    "native_insert",
     "normalize_url",
     "set_sqlite_busy_timeout",
 ]
@@ -171,3 +173,9 @@ def _restore_busy_timeout(dbapi_connection: Any, record: Any) -> None:
 def dialect_of(session: Session) -> str:
     """The database behind ``session``: ``"postgresql"`` or ``"sqlite"``."""
     return session.get_bind().dialect.name
+
+
+def native_insert(session: Session, table: Table) -> Any:
+    """The database's own ``INSERT`` construct for ``table``, the one with
+    ``on_conflict_do_update``/``on_conflict_do_nothing`` (PostgreSQL's or SQLite's)."""
+    return (postgresql if dialect_of(session) == "postgresql" else sqlite).insert(table)

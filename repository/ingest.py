@@ -15,7 +15,6 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, case, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +25,7 @@ from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
-from repository.engine import dialect_of
+from repository.engine import native_insert
 from repository.locks import lock_customers
 from repository.retry import run_in_transaction, run_in_transaction_async
 from repository.tables import events, tombstones
@@ -232,7 +231,6 @@ def _claim(
     A delivery about a forgotten customer is recorded without its body and error text: both
     may carry the personal data that was erased.
     """
-    dialect = postgresql if dialect_of(session) == "postgresql" else sqlite
     stored_body: Any = body
     stored_error: Any = error
     if envelope.customer_id is not None:
@@ -251,7 +249,7 @@ def _claim(
         "error": stored_error,
         "body": stored_body,
     }
-    ins = dialect.insert(events).values(
+    ins = native_insert(session, events).values(
         event_id=envelope.event_id, first_received_at=now, deliveries=1, **fields
     )
     deliveries = events.c.deliveries + 1 if count_delivery else events.c.deliveries

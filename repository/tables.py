@@ -10,6 +10,7 @@ from typing import cast
 from sqlalchemy import Table
 
 from models.events import WebhookEventRow
+from models.sync import SyncListedRow, SyncStateRow
 from models.tables import (
     CustomerAddressRow,
     CustomerRow,
@@ -18,7 +19,16 @@ from models.tables import (
     ReferralEntryRow,
 )
 
-__all__ = ["addresses", "campaigns", "customers", "events", "referrals", "tombstones"]
+__all__ = [
+    "addresses",
+    "campaigns",
+    "customers",
+    "events",
+    "referrals",
+    "sync_listed",
+    "sync_state",
+    "tombstones",
+]
 
 customers = cast(Table, CustomerRow.__table__)
 addresses = cast(Table, CustomerAddressRow.__table__)
@@ -26,3 +36,5 @@ campaigns = cast(Table, LoyaltyCampaignRow.__table__)
 referrals = cast(Table, ReferralEntryRow.__table__)
 tombstones = cast(Table, CustomerTombstoneRow.__table__)
 events = cast(Table, WebhookEventRow.__table__)
+sync_state = cast(Table, SyncStateRow.__table__)
+sync_listed = cast(Table, SyncListedRow.__table__)

@@ -1,0 +1,409 @@
+"""Sync from Voucherify's list API: a full backfill, then incremental runs, never a skip.
+
+Listing follows ``GET /v1/customers`` in ascending order (``order=created_at`` for a full
+listing and for new customers, ``order=updated_at`` for changes) a page of 100 at a time.
+Many customers can share one timestamp (bulk imports), and ``starting_after`` returns
+only those strictly after it, so each next page starts one millisecond before the last
+timestamp seen and the customers already seen at that timestamp are skipped. When a whole
+page shares one timestamp, that timestamp is read on its own by page number
+(``created_at[after]``/``[before]`` around it, ``page`` 1 to 99).
+
+Each page is stored with the newest-wins rule (a newer webhook wins, an older one loses)
+in one transaction together with the checkpoint, so a run that is interrupted resumes at
+the last committed page. A full listing (the first run, or ``full=True``) notes every id it
+sees; ``full=True`` then records a deletion for every stored customer it did not see and
+that is older than the listing's start (on the server's clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.errors import CustomerValidationError
+from models.validation import parse_customer
+from models.wire import format_datetime, parse_datetime
+from repository.customers import CustomerRepository, DeleteOutcome
+from repository.importer import Rejection
+from repository.keyset import keyset_pages
+from repository.mapping import CustomerRows, customer_to_rows
+from repository.retry import run_in_transaction
+from repository.sync_state import (
+    SyncState,
+    forget_listed,
+    load_sync_state,
+    remember_listed,
+    save_sync_state,
+    unlisted_customers,
+)
+from repository.tables import customers, tombstones
+from repository.voucherify_client import (
+    ApiUnavailable,
+    CustomerPage,
+    RequestLimitReached,
+    VoucherifyClient,
+)
+
+__all__ = ["DEFAULT_OVERLAP", "PAGE_SIZE", "SyncReport", "TieOverflow", "sync_customers"]
+
+T = TypeVar("T")
+
+PAGE_SIZE = 100
+#: The API's last page number: a run of ties is readable up to 99 pages of 100.
+MAX_PAGE = 99
+#: How far an incremental run reaches back before its checkpoint.
+DEFAULT_OVERLAP = timedelta(seconds=1)
+_TICK = timedelta(milliseconds=1)
+_SWEEP_PAGE = 500
+
+
+class TieOverflow(RuntimeError):
+    """More customers share one timestamp than the API can list (99 pages of 100)."""
+
+
+@dataclass
+class SyncReport:
+    """What a sync did (or, with ``dry_run``, would do)."""
+
+    mode: str = "incremental"
+    dry_run: bool = False
+    #: The customers count the API reported for the listing (the progress bar's total).
+    total: int | None = None
+    listed: int = 0
+    applied: int = 0
+    stale: int = 0
+    rejected: int = 0
+    deleted: int = 0
+    #: With ``dry_run``: customers the store lacks, holds in an older version, or holds
+    #: although Voucherify no longer lists them (only a full listing finds those).
+    new: int = 0
+    newer: int = 0
+    missing: int = 0
+    requests: int = 0
+    #: False when the run stopped early (``max_requests``); the next run goes on.
+    complete: bool = True
+    stopped: str | None = None
+    rejections: list[Rejection] = field(default_factory=list, repr=False)
+
+    @property
+    def repaired(self) -> int:
+        return self.applied + self.deleted
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.new or self.newer or self.missing)
+
+
+@dataclass
+class _Page:
+    customers: list[dict[str, Any]]
+    #: Where the next run may resume: every customer before it is on this or an earlier page.
+    checkpoint: datetime | None
+    where: str
+
+
+def sync_customers(
+    sessions: sessionmaker[Session],
+    client: VoucherifyClient,
+    *,
+    full: bool = False,
+    dry_run: bool = False,
+    overlap: timedelta = DEFAULT_OVERLAP,
+    on_progress: Callable[[SyncReport], None] | None = None,
+    on_reject: Callable[[Rejection], None] | None = None,
+) -> SyncReport:
+    """Bring the store level with Voucherify's customer list; see the module docstring."""
+    with sessions() as session:
+        state = load_sync_state(session, client.api_url) or SyncState(client.api_url)
+    run = _Run(sessions, client, state, dry_run, on_progress, on_reject)
+    try:
+        if full or state.listing_started_at is not None or state.created_cursor is None:
+            run.listing(sweep=full)
+        else:
+            run.incremental(overlap)
+    except RequestLimitReached as exc:
+        run.report.complete = False
+        run.report.stopped = str(exc)
+    run.report.requests = client.requests
+    return run.report
+
+
+class _Run:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        client: VoucherifyClient,
+        state: SyncState,
+        dry_run: bool,
+        on_progress: Callable[[SyncReport], None] | None,
+        on_reject: Callable[[Rejection], None] | None,
+    ) -> None:
+        self.sessions = sessions
+        self.client = client
+        self.state = state
+        self.report = SyncReport(dry_run=dry_run)
+        self.on_progress = on_progress
+        self.on_reject = on_reject
+        self.listed_ids: set[str] = set()  # dry run only: a full listing's ids, in memory
+
+    # -- the two kinds of run ----------------------------------------------------------
+
+    def listing(self, *, sweep: bool) -> None:
+        state = self.state
+        if state.listing_started_at is None or (sweep and not state.listing_sweeps):
+            # A new listing (a listing without a sweep is restarted to sweep: its ids
+            # were not noted).
+            state.listing_started_at = None
+            state.listing_cursor = None
+            state.listing_sweeps = sweep
+            if not self.report.dry_run:
+                self._commit(lambda session: forget_listed(session, state.api_url))
+        sweeping = bool(state.listing_sweeps)
+        self.report.mode = "full" if sweeping else "backfill"
+        start = state.listing_cursor - _TICK if state.listing_cursor is not None else None
+        for page in self._walk("created_at", start, count_total=True):
+            if state.listing_started_at is None:
+                state.listing_started_at = self._server_time()
+            state.listing_cursor = page.checkpoint or state.listing_cursor
+            self._store(page, note_listed=sweeping)
+        started = state.listing_started_at or self._server_time()
+        deleted = self._sweep(started) if sweeping else 0
+        self.report.deleted = deleted
+        # Whatever changed since the listing began has a timestamp after its start.
+        state.created_cursor = state.updated_cursor = started
+        state.listing_started_at = state.listing_cursor = state.listing_sweeps = None
+        self._finish(clear_listed=sweeping)
+
+    def incremental(self, overlap: timedelta) -> None:
+        state = self.state
+        for order in ("created_at", "updated_at"):
+            cursor = getattr(state, f"{order.removesuffix('_at')}_cursor")
+            for page in self._walk(order, cursor - overlap if cursor else None):
+                if page.checkpoint is not None:
+                    setattr(state, f"{order.removesuffix('_at')}_cursor", page.checkpoint)
+                self._store(page, note_listed=False)
+        self._finish(clear_listed=False)
+
+    # -- listing -----------------------------------------------------------------------
+
+    def _walk(
+        self, order: str, after: datetime | None, *, count_total: bool = False
+    ) -> Iterator[_Page]:
+        """Every customer listed ascending by ``order`` after ``after``, in pages."""
+        boundary: datetime | None = None  # the last timestamp of the previous page
+        seen: set[str] = set()  # ids seen at ``boundary``
+        tie_read: datetime | None = None
+        number = 0
+        while True:
+            cursor = after if boundary is None else boundary - _TICK
+            if tie_read is not None and boundary == tie_read:
+                cursor = boundary  # every customer at it is read: strictly after it now
+            params = {"order": order, "limit": str(PAGE_SIZE)}
+            if cursor is not None:
+                params["starting_after"] = format_datetime(cursor)
+            answer = self.client.list_customers(params)
+            number += 1
+            if count_total and self.report.total is None:
+                self.report.total = answer.total
+            items = answer.customers
+            stamps = [_stamp(c, order) for c in items]
+            last = stamps[-1] if stamps else None
+            where = f"page {number} of order={order}" + (
+                f" starting_after={params['starting_after']}" if cursor is not None else ""
+            )
+            fresh = [c for c in items if _id(c) not in seen]
+            if items and last is None and answer.has_more:
+                raise ApiUnavailable(f"customers without {order} on {where}: cannot page on")
+            if items and all(s == last for s in stamps) and last == boundary:
+                if len(items) < PAGE_SIZE or not answer.has_more:
+                    if fresh:
+                        yield _Page(fresh, last, where)
+                    return
+                if tie_read == last:
+                    raise ApiUnavailable(
+                        f"the API listed customers at starting_after again on {where}"
+                    )
+                # A whole page at the one timestamp already being read: read it by number.
+                assert last is not None
+                yield from self._read_tie(order, last, seen, answer)
+                tie_read = last
+                continue
+            if fresh or items:
+                yield _Page(fresh, _checkpoint(stamps), where)
+            if not answer.has_more or not items:
+                return
+            seen = {_id(c) for c, s in zip(items, stamps, strict=True) if s == last} | (
+                seen if last == boundary else set()
+            )
+            boundary = last
+
+    def _read_tie(
+        self, order: str, at: datetime, seen: set[str], first: CustomerPage
+    ) -> Iterator[_Page]:
+        base = {
+            "order": order,
+            "limit": str(PAGE_SIZE),
+            f"{order}[after]": format_datetime(at - _TICK),
+            f"{order}[before]": format_datetime(at + _TICK),
+        }
+        for number in range(1, MAX_PAGE + 1):
+            answer = self.client.list_customers({**base, "page": str(number)})
+            fresh = [c for c in answer.customers if _id(c) not in seen]
+            seen.update(_id(c) for c in fresh)
+            if fresh:
+                yield _Page(fresh, at, f"page {number} of {order}={format_datetime(at)}")
+            if not answer.has_more:
+                return
+        raise TieOverflow(
+            f"more than {MAX_PAGE * PAGE_SIZE} customers share {order} {format_datetime(at)}: "
+            "the API cannot list them all"
+        )
+
+    def _server_time(self) -> datetime:
+        """The server's clock at its last answer (the ``Date`` header, rounded down): what
+        existed before then was listed, whatever this machine's clock says."""
+        now = self.client.last_server_time
+        # No Date header: this machine's clock, held back for a possible skew.
+        return now if now is not None else datetime.now(UTC) - timedelta(minutes=5)
+
+    # -- storing -----------------------------------------------------------------------
+
+    def _store(self, page: _Page, *, note_listed: bool) -> None:
+        report = self.report
+        rows: list[CustomerRows] = []
+        for index, raw in enumerate(page.customers):
+            try:
+                rows.append(customer_to_rows(parse_customer(raw)))
+            except CustomerValidationError as exc:
+                self._reject(Rejection(f"customers[{index}] on {page.where}", str(exc)))
+        report.listed += len(page.customers)
+        ids = [_id(c) for c in page.customers if _id(c)]
+        if report.dry_run:
+            self._compare(rows)
+            if note_listed:
+                self.listed_ids.update(ids)
+        else:
+            state = self.state
+
+            def write(session: Session) -> list[bool]:
+                applied = CustomerRepository(session).upsert_rows(rows)
+                if note_listed:
+                    remember_listed(session, state.api_url, ids)
+                save_sync_state(session, state)
+                return applied
+
+            applied = self._commit(write)
+            report.applied += sum(applied)
+            report.stale += len(applied) - sum(applied)
+        if self.on_progress is not None:
+            self.on_progress(report)
+
+    def _compare(self, rows: list[CustomerRows]) -> None:
+        ids = [r.id for r in rows]
+        with self.sessions() as session:
+            stored = dict(session.execute(
+                select(customers.c.id, customers.c.version_at).where(customers.c.id.in_(ids))
+            ).tuples().all())
+            deleted = dict(session.execute(
+                select(tombstones.c.customer_id, tombstones.c.deleted_at)
+                .where(tombstones.c.customer_id.in_(ids))
+            ).tuples().all())
+        for rows_ in rows:
+            if rows_.id in stored:
+                version = stored[rows_.id]
+                if version is None or (
+                    rows_.version_at is not None and rows_.version_at > version
+                ):
+                    self.report.newer += 1
+            elif rows_.id not in deleted or (
+                rows_.version_at is not None and rows_.version_at > deleted[rows_.id]
+            ):
+                self.report.new += 1
+
+    def _sweep(self, started: datetime) -> int:
+        """Delete what the completed listing did not see (dry run: count it)."""
+        if self.report.dry_run:
+            with self.sessions() as session:
+                fetch = partial(_older_than, session, started)
+                for page in keyset_pages(fetch, str, size=_SWEEP_PAGE):
+                    self.report.missing += sum(cid not in self.listed_ids for cid in page)
+            return 0
+        deleted, after = 0, None
+        while True:
+            ids, removed = self._commit(
+                partial(_delete_unlisted, api_url=self.state.api_url, started=started, after=after)
+            )
+            deleted += removed
+            if len(ids) < _SWEEP_PAGE:
+                return deleted
+            after = ids[-1]
+
+    def _finish(self, *, clear_listed: bool) -> None:
+        if self.report.dry_run:
+            return
+        state = self.state
+        state.last_success_at = datetime.now(UTC)
+        state.last_repaired = self.report.repaired
+
+        def finish(session: Session) -> None:
+            if clear_listed:
+                forget_listed(session, state.api_url)
+            save_sync_state(session, state)
+
+        self._commit(finish)
+
+    def _reject(self, rejection: Rejection) -> None:
+        self.report.rejected += 1
+        if self.on_reject is not None:
+            self.on_reject(rejection)
+        else:
+            self.report.rejections.append(rejection)
+
+    def _commit(self, work: Callable[[Session], T]) -> T:
+        return run_in_transaction(self.sessions, work)
+
+
+def _older_than(session: Session, started: datetime, after: str | None) -> list[str]:
+    query = (
+        select(customers.c.id)
+        .where((customers.c.version_at < started) | customers.c.version_at.is_(None))
+        .order_by(customers.c.id)
+        .limit(_SWEEP_PAGE)
+    )
+    if after is not None:
+        query = query.where(customers.c.id > after)
+    return list(session.scalars(query))
+
+
+def _delete_unlisted(
+    session: Session, *, api_url: str, started: datetime, after: str | None
+) -> tuple[list[str], int]:
+    ids = unlisted_customers(session, api_url, started, after=after, limit=_SWEEP_PAGE)
+    repo = CustomerRepository(session)
+    # The tombstone is dated at the listing's start: a webhook newer than that still wins.
+    removed = sum(repo.delete(cid, deleted_at=started) is DeleteOutcome.REMOVED for cid in ids)
+    return ids, removed
+
+
+def _id(customer: Any) -> str:
+    value = customer.get("id") if isinstance(customer, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _stamp(customer: Any, order: str) -> datetime | None:
+    value = customer.get(order) if isinstance(customer, dict) else None
+    try:
+        return parse_datetime(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _checkpoint(stamps: list[datetime | None]) -> datetime | None:
+    known = [s for s in stamps if s is not None]
+    return max(known) if known else None

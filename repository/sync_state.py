@@ -1,0 +1,97 @@
+"""Where a sync from Voucherify stands, kept in the database so an interrupted run resumes.
+
+Every change here is written in the transaction that stores the page it describes: the
+checkpoint never runs ahead of the customers, nor behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, exists, or_, select
+from sqlalchemy.orm import Session
+
+from repository.engine import native_insert
+from repository.tables import customers, sync_listed, sync_state
+
+__all__ = [
+    "SyncState",
+    "forget_listed",
+    "load_sync_state",
+    "remember_listed",
+    "save_sync_state",
+    "sync_states",
+    "unlisted_customers",
+]
+
+
+@dataclass
+class SyncState:
+    """A row of ``sync_state`` (see :class:`models.sync.SyncStateRow` for each field)."""
+
+    api_url: str
+    created_cursor: datetime | None = None
+    updated_cursor: datetime | None = None
+    listing_started_at: datetime | None = None
+    listing_cursor: datetime | None = None
+    listing_sweeps: bool | None = None
+    last_success_at: datetime | None = None
+    last_repaired: int | None = None
+
+
+def load_sync_state(session: Session, api_url: str) -> SyncState | None:
+    row = session.execute(select(sync_state).where(sync_state.c.api_url == api_url)).first()
+    return SyncState(**row._mapping) if row is not None else None
+
+
+def sync_states(session: Session) -> list[SyncState]:
+    """Every API the store syncs from, for ``stats``."""
+    rows = session.execute(select(sync_state).order_by(sync_state.c.api_url))
+    return [SyncState(**row._mapping) for row in rows]
+
+
+def save_sync_state(session: Session, state: SyncState) -> None:
+    values = asdict(state)
+    ins = native_insert(session, sync_state).values(values)
+    session.execute(ins.on_conflict_do_update(
+        index_elements=[sync_state.c.api_url],
+        set_={name: ins.excluded[name] for name in values if name != "api_url"},
+    ))
+
+
+def remember_listed(session: Session, api_url: str, customer_ids: Sequence[str]) -> None:
+    """Note customers the full listing under way has seen (rejected ones too: they exist)."""
+    if customer_ids:
+        ins = native_insert(session, sync_listed).values(
+            [{"api_url": api_url, "customer_id": cid} for cid in dict.fromkeys(customer_ids)]
+        )
+        session.execute(ins.on_conflict_do_nothing())
+
+
+def forget_listed(session: Session, api_url: str) -> None:
+    session.execute(delete(sync_listed).where(sync_listed.c.api_url == api_url))
+
+
+def unlisted_customers(
+    session: Session, api_url: str, started_at: datetime, *, after: str | None, limit: int
+) -> list[str]:
+    """Stored customers the listing did not see, older than its start: deleted upstream.
+
+    A customer created or updated since the listing started may not have been listed, so it
+    is kept whatever the listing saw.
+    """
+    listed = exists().where(
+        sync_listed.c.api_url == api_url, sync_listed.c.customer_id == customers.c.id
+    )
+    query = (
+        select(customers.c.id)
+        .where(or_(customers.c.version_at < started_at, customers.c.version_at.is_(None)))
+        .where(~listed)
+        .order_by(customers.c.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(customers.c.id > after)
+    return list(session.scalars(query))
