@@ -13,7 +13,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError
-from customer_store.progress import Progress
+from customer_store.progress import progress_bar
 from repository import (
     ErasureReport,
     GrantReport,
@@ -109,15 +109,18 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
 
 def _forget(engine: Engine, args: argparse.Namespace) -> int:
     forgotten_at = datetime.now(UTC)
-    progress = Progress(sys.stderr, noun="event bodies searched")
+    with progress_bar(total=None, unit="event bodies", desc="searched") as bar:
 
-    def work(session: Any) -> ErasureReport:
-        return forget_customer(
-            session, args.id, forgotten_at=forgotten_at, on_progress=progress.update
-        )
+        def on_progress(scanned: int) -> None:
+            bar.update(scanned - bar.n)
 
-    report = run_in_transaction(make_session_factory(engine), work)
-    progress.finish()
+        def work(session: Any) -> ErasureReport:
+            bar.reset()  # each try of the transaction searches from the start
+            return forget_customer(
+                session, args.id, forgotten_at=forgotten_at, on_progress=on_progress
+            )
+
+        report = run_in_transaction(make_session_factory(engine), work)
     print(
         f"forgot {args.id}: customer {'removed' if report.customer_removed else 'not stored'}, "
         f"{report.events_removed} webhook events removed, tombstone kept",

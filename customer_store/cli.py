@@ -21,7 +21,7 @@ from typing import NoReturn
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from customer_store import admin_cli, search_cli, webhooks_cli
+from customer_store import admin_cli, search_cli, sync_cli, webhooks_cli
 from customer_store.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -37,7 +37,7 @@ from customer_store.common import (
     require_text_arguments,
     safe_url,
 )
-from customer_store.progress import Progress
+from customer_store.progress import print_message, progress_bar
 from repository import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATABASE_URL,
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cli.add_commands(commands)
     admin_cli.add_commands(commands)
     webhooks_cli.add_commands(commands)
+    sync_cli.add_commands(commands)
     return parser
 
 
@@ -158,28 +159,32 @@ def _migrate(url: str) -> int:
 
 
 def _import(engine: Engine, args: argparse.Namespace) -> int:
-    progress = Progress(sys.stderr, noun="records")
-
-    def on_reject(rejection: Rejection) -> None:
-        progress.clear()
-        print(f"rejected {rejection.location}: {rejection.reason}", file=sys.stderr)
-
-    def on_progress(report: ImportReport) -> None:
-        progress.update(
-            report.total,
-            f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
-        )
-
     started = time.monotonic()
-    with open_input(args.path) as stream:
-        report = import_records(
-            make_session_factory(engine),
-            read_records(stream),
-            batch_size=args.batch_size,
-            on_reject=on_reject,
-            on_progress=on_progress,
-        )
-    progress.finish()
+    with open_input(args.path) as source:
+        # The bar counts bytes of the input read: a percentage and time left for a file.
+        bar = progress_bar(total=source.size, unit="B", unit_scale=True)
+
+        def on_reject(rejection: Rejection) -> None:
+            print_message(f"rejected {rejection.location}: {rejection.reason}")
+
+        def on_progress(report: ImportReport) -> None:
+            bar.set_postfix_str(
+                f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
+                refresh=False,
+            )
+            bar.update(source.bytes_read - bar.n)
+
+        try:
+            report = import_records(
+                make_session_factory(engine),
+                read_records(source.text),
+                batch_size=args.batch_size,
+                on_reject=on_reject,
+                on_progress=on_progress,
+            )
+            on_progress(report)
+        finally:
+            bar.close()
     print(
         f"imported {report.total} records in {time.monotonic() - started:.1f}s: "
         f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
@@ -210,16 +215,22 @@ def _get(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _export(engine: Engine, args: argparse.Namespace) -> int:
-    progress = Progress(sys.stderr, noun="customers")
+    bar = progress_bar(total=None, unit="customers")
     count = 0
-    with make_session_factory(engine)() as session, open_output(args.path) as out:
-        for customer in CustomerRepository(session).iter_all():
-            out.write(json.dumps(customer.to_json(), ensure_ascii=False, separators=(",", ":")))
-            out.write("\n")
-            count += 1
-            if count % 1000 == 0:
-                progress.update(count)
-    progress.finish()
+    try:
+        with make_session_factory(engine)() as session, open_output(args.path) as out:
+            repo = CustomerRepository(session)
+            if not bar.disable:  # a count(*), only for a bar that is drawn
+                bar.reset(total=repo.count())
+            for customer in repo.iter_all():
+                out.write(
+                    json.dumps(customer.to_json(), ensure_ascii=False, separators=(",", ":"))
+                )
+                out.write("\n")
+                count += 1
+                bar.update()
+    finally:
+        bar.close()
     print(f"exported {count} customers", file=sys.stderr)
     return EXIT_OK
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
@@ -15,11 +19,16 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import current_revision, head_revision, make_engine
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
     "CommandError",
+    "CountingReader",
+    "InputFile",
     "db_message",
     "int_between",
     "mask_passwords",
@@ -97,21 +106,86 @@ def require_schema(engine: Engine) -> None:
         )
 
 
+#: Bytes read from the input at a time.
+_INPUT_BUFFER = 64 * 1024
+
+
+class CountingReader(io.RawIOBase):
+    """A binary file read through this counts its bytes: how far the reading has got."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        super().__init__()
+        self._raw = raw
+        #: Bytes read so far.
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None:
+        read = self._raw.readinto(buffer)
+        if read:
+            self.count += read
+        return read
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """Text to read, and how much of the input has been read."""
+
+    text: TextIO
+    #: Bytes from where reading starts to the end, when the input is a regular file (not a
+    #: pipe or a terminal).
+    size: int | None
+    counter: CountingReader
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes taken from the input so far: ahead of what ``text`` has handed out by what
+        is buffered (some 64 KiB), and all of them once ``text`` has been read to the end."""
+        return self.counter.count
+
+
 @contextmanager
-def open_input(path: str) -> Iterator[TextIO]:
-    """Text input; undecodable bytes become lone surrogates, which validation rejects
-    per record instead of the whole file failing at the first bad byte."""
+def open_input(path: str) -> Iterator[InputFile]:
+    """Text input (a file, or standard input for ``-``), with its size and the bytes read
+    so far, for a progress bar. Undecodable bytes become lone surrogates, which validation
+    rejects per record instead of the whole file failing at the first bad byte."""
     try:
         if path == "-":
-            stream = open(  # noqa: SIM115
-                sys.stdin.fileno(), encoding="utf-8-sig", errors="surrogateescape", closefd=False
-            )
+            raw = io.FileIO(sys.stdin.fileno(), "rb", closefd=False)
         else:
-            stream = open(path, encoding="utf-8-sig", errors="surrogateescape")  # noqa: SIM115
+            raw = io.FileIO(path, "rb")
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
-    with stream:
-        yield stream
+    counter = CountingReader(raw)
+    text = io.TextIOWrapper(
+        io.BufferedReader(counter, buffer_size=_INPUT_BUFFER),
+        encoding="utf-8-sig",
+        errors="surrogateescape",
+    )
+    with text:
+        yield InputFile(text, _size_left(raw), counter)
+
+
+def _size_left(raw: io.FileIO) -> int | None:
+    """Bytes from the current position to the end of a regular file; None for others."""
+    try:
+        status = os.fstat(raw.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        return max(status.st_size - raw.tell(), 0)
+    except OSError:
+        return None
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from customer_store.common import (
     int_between,
     open_binary_input,
 )
-from customer_store.progress import Progress
+from customer_store.progress import print_message, progress_bar
 from models import EventOutcome, MalformedDelivery, parse_secrets
 from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
@@ -87,8 +87,7 @@ def add_commands(commands: Any) -> None:
 def _ingest(engine: Engine, args: argparse.Namespace) -> int:
     sessions = make_session_factory(engine)
     counts: Counter[str] = Counter()
-    progress = Progress(sys.stderr, noun="events")
-    with open_binary_input(args.path) as stream:
+    with open_binary_input(args.path) as stream, progress_bar(total=None, unit="events") as bar:
         for number, line in enumerate(stream, start=1):
             body = line.rstrip(b"\r\n")
             if not body.strip():
@@ -97,16 +96,15 @@ def _ingest(engine: Engine, args: argparse.Namespace) -> int:
                 result = ingest_delivery(sessions, body)
             except MalformedDelivery as exc:
                 counts["malformed"] += 1
-                progress.clear()
-                print(f"malformed line {number}: {exc}", file=sys.stderr)
-                continue
-            counts[result.outcome.value] += 1
-            if result.outcome is EventOutcome.REJECTED:
-                progress.clear()
-                print(f"rejected line {number} (event {result.event_id}): {result.error}",
-                      file=sys.stderr)
-            progress.update(sum(counts.values()), _summary(counts))
-    progress.finish()
+                print_message(f"malformed line {number}: {exc}")
+            else:
+                counts[result.outcome.value] += 1
+                if result.outcome is EventOutcome.REJECTED:
+                    print_message(
+                        f"rejected line {number} (event {result.event_id}): {result.error}"
+                    )
+            bar.set_postfix_str(_summary(counts), refresh=False)
+            bar.update()
     print(f"ingested {sum(counts.values())} events: {_summary(counts)}", file=sys.stderr)
     return EXIT_FAILED if counts["rejected"] or counts["malformed"] else EXIT_OK
 

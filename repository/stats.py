@@ -1,17 +1,20 @@
-"""Figures about the store for ops: rows, deletions, events by outcome, table sizes."""
+"""Figures about the store for ops: rows, deletions, events by outcome, table sizes, syncs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.base import Base
+from models.wire import format_datetime
 from repository import queries
 from repository.engine import dialect_of
 from repository.event_log import count_events
+from repository.sync_state import sync_states
 from repository.tables import tombstones
 
 __all__ = ["StoreStats", "store_stats"]
@@ -24,6 +27,9 @@ class StoreStats:
     events: dict[str, int]
     #: Bytes on disk per table, indexes included; ``None`` where the database cannot say.
     table_bytes: dict[str, int | None]
+    #: Per API synced from: the last completed sync (ISO time), the customers it repaired,
+    #: and whether a full listing is under way. A mirror that stopped syncing shows here.
+    syncs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def store_stats(session: Session) -> StoreStats:
@@ -32,6 +38,17 @@ def store_stats(session: Session) -> StoreStats:
         deleted=int(session.scalar(select(func.count()).select_from(tombstones)) or 0),
         events=count_events(session),
         table_bytes={table: _table_bytes(session, table) for table in Base.metadata.tables},
+        syncs=[
+            {
+                "api_url": state.api_url,
+                "last_success_at": (
+                    format_datetime(state.last_success_at) if state.last_success_at else None
+                ),
+                "last_repaired": state.last_repaired,
+                "listing_under_way": state.listing_started_at is not None,
+            }
+            for state in sync_states(session)
+        ],
     )
 
 

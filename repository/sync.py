@@ -48,6 +48,7 @@ from repository.voucherify_client import (
     CustomerPage,
     RequestLimitReached,
     VoucherifyClient,
+    VoucherifyError,
 )
 
 __all__ = ["DEFAULT_OVERLAP", "PAGE_SIZE", "SyncReport", "TieOverflow", "sync_customers"]
@@ -63,7 +64,7 @@ _TICK = timedelta(milliseconds=1)
 _SWEEP_PAGE = 500
 
 
-class TieOverflow(RuntimeError):
+class TieOverflow(VoucherifyError):
     """More customers share one timestamp than the API can list (99 pages of 100)."""
 
 
@@ -307,13 +308,13 @@ class _Run:
     def _compare(self, rows: list[CustomerRows]) -> None:
         ids = [r.id for r in rows]
         with self.sessions() as session:
-            stored = dict(session.execute(
+            stored = {cid: version for cid, version in session.execute(
                 select(customers.c.id, customers.c.version_at).where(customers.c.id.in_(ids))
-            ).tuples().all())
-            deleted = dict(session.execute(
+            )}
+            deleted = {cid: at for cid, at in session.execute(
                 select(tombstones.c.customer_id, tombstones.c.deleted_at)
                 .where(tombstones.c.customer_id.in_(ids))
-            ).tuples().all())
+            )}
         for rows_ in rows:
             if rows_.id in stored:
                 version = stored[rows_.id]

@@ -27,7 +27,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from models.json_decoding import loads_json
@@ -131,7 +132,7 @@ class VoucherifyClient:
         self._retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
             stop=stop_after_attempt(attempts),
-            wait=_wait_for(wait_exponential_jitter(initial=0.5, max=30.0)),
+            wait=_wait_for(wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)),
             sleep=sleep,
             reraise=True,
         )
@@ -208,8 +209,14 @@ class VoucherifyClient:
             self._probe_wait = 1.0
             return
         now = time.time()
+        if self._retry_at is not None and self._retry_at - now > _MAX_WAIT:
+            renews = datetime.fromtimestamp(self._retry_at, UTC).isoformat(timespec="seconds")
+            raise BudgetExhausted(
+                f"the request budget is spent until {renews} (X-Rate-Limit-Retry), beyond any "
+                "rate-limit window: the billing cycle's budget; sync again when it renews"
+            )
         if self._retry_at is not None and self._retry_at > now:
-            self._sleep(min(self._retry_at - now + 0.5, _MAX_WAIT))
+            self._sleep(self._retry_at - now + 0.5)
         else:
             # The header says "now" although the budget is low: the window's end is unknown,
             # so wait longer each time before spending one more request to find out.

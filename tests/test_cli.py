@@ -725,20 +725,51 @@ def test_a_password_in_a_postgresql_url_never_appears_in_the_output(tmp_path: Pa
 # -- progress ----------------------------------------------------------------------------
 
 
-def run_with_terminal_stderr(args: Sequence[str], url: str, cwd: Path) -> tuple[int, str]:
-    """Run the CLI with stderr on a pseudo-terminal; (exit status, what the terminal got)."""
+def run_with_terminal_stderr(
+    args: Sequence[str],
+    url: str,
+    cwd: Path,
+    *,
+    columns: int | None = 120,
+    stdin: bytes | None = None,
+) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal of ``columns`` (one that tells no size
+    when None) and ``stdin`` through a pipe; (exit status, what the terminal got)."""
+    import fcntl
+    import struct
+    import termios
+
     master, slave = os.openpty()
+    if columns is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "customer_store", *args],
             cwd=cwd,
             env=cli_env(url),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=slave,
         )
     finally:
         os.close(slave)
+    if process.stdin is not None:
+        with ThreadPoolExecutor(max_workers=1) as feeder:
+            # Fed while the terminal is read: a full terminal must not stop the writer.
+            fed = feeder.submit(_feed, process.stdin, stdin or b"")
+            output = _read_terminal(master, process)
+            fed.result()
+    else:
+        output = _read_terminal(master, process)
+    return process.wait(timeout=60), output.decode("utf-8", errors="replace")
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    with pipe:
+        pipe.write(data)
+
+
+def _read_terminal(master: int, process: subprocess.Popen[bytes]) -> bytes:
     output = bytearray()
     deadline = time.monotonic() + 120
     try:
@@ -757,24 +788,94 @@ def run_with_terminal_stderr(args: Sequence[str], url: str, cwd: Path) -> tuple[
             output += chunk
     finally:
         os.close(master)
-    return process.wait(timeout=60), output.decode("utf-8", errors="replace")
+    return bytes(output)
+
+
+def redraws(terminal: str) -> list[str]:
+    """What the terminal showed, one redraw of the bar or one line at a time."""
+    return [part for part in re.split(r"[\r\n]+", terminal) if part.strip()]
+
+
+#: A bar over the bytes of a file at its end: ``100%|████| 3.02M/3.02M [00:03<00:00,
+#: 1.01MB/s, 2999 applied, 0 stale, 1 rejected]``.
+FULL_BYTES_BAR_RE = re.compile(
+    r"100%\|█+\| ([\d.]+[kMG]?)/\1 \[\d\d:\d\d<00:00, +[\d.?]+[kMG]?B/s, "
+    r"(\d+) applied, (\d+) stale, (\d+) rejected\] *"
+)
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
-def test_import_draws_a_progress_line_only_on_a_terminal(
-    make_database: Any, tmp_path: Path
+def test_import_draws_a_bar_of_the_bytes_read_only_on_a_terminal(
+    migrated_url: str, tmp_path: Path
 ) -> None:
-    url: str = make_database("sqlite")
-    migrate(url, tmp_path)
-    path = tmp_path / "few.jsonl"
-    path.write_bytes(to_jsonl(make_customer(f"cust_tty_{i}") for i in range(30)))
+    customers = generated_customers(3_000)
+    lines = to_jsonl(customers).splitlines(keepends=True)
+    lines.insert(1_500, b'{"id": "cust_broken",\n')
+    path = tmp_path / "customers.jsonl"
+    path.write_bytes(b"".join(lines))
+    broken = "rejected line 1501: invalid JSON: "
+
+    # Without a terminal (stderr a pipe): the rejection and the summary, nothing else.
+    run = cli("import", path, url=migrated_url, cwd=tmp_path)
+    assert run.returncode == 1, describe(run)
+    assert summary(run) == (3_001, 3_000, 0, 1)
+    assert run.stderr.startswith(broken), describe(run)
+    assert len(run.stderr.splitlines()) == 2, describe(run)
+    assert "\r" not in run.stderr and "%" not in run.stderr, describe(run)
+
+    status, terminal = run_with_terminal_stderr(["import", str(path)], migrated_url, tmp_path)
+    assert status == 1, terminal
+    drawn = redraws(terminal)
+    # The bar counted bytes up to the whole file, with the counts after it...
+    finals = [m for m in map(FULL_BYTES_BAR_RE.fullmatch, drawn) if m is not None]
+    assert finals, terminal
+    assert finals[-1].groups()[1:] == ("3000", "0", "1"), terminal
+    assert any(re.match(r" +\d%\|", part) for part in drawn[:3]), terminal  # from 0%
+    # ... the rejection was printed whole on a line of its own above it, and the summary,
+    # unchanged, is the last line.
+    assert any(part.startswith(broken) and "%|" not in part for part in drawn), terminal
+    assert SUMMARY_RE.fullmatch(drawn[-1]), terminal
+    assert "imported 3001 records" in drawn[-1]
+    assert "Traceback" not in terminal
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_import_from_a_pipe_draws_the_bytes_read_without_a_percentage(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    data = to_jsonl(make_customer(f"cust_tty_{i}") for i in range(30))
+    # On a terminal that tells no size, as a pseudo-terminal nobody sized: drawn all the same.
     status, terminal = run_with_terminal_stderr(
-        ["import", "--batch-size", "5", str(path)], url, tmp_path
+        ["import", "--batch-size", "5"], migrated_url, tmp_path, columns=None, stdin=data
     )
     assert status == 0, terminal
-    assert re.search(r"\r\d[\d,]* records\b", terminal), terminal
-    assert "imported 30 records" in terminal
-    assert "Traceback" not in terminal
+    drawn = redraws(terminal)
+    size = f"{len(data) / 1000:.2f}kB"
+    assert any(part.startswith(f"{size} [") for part in drawn), terminal
+    assert "%" not in terminal
+    assert drawn[-1].startswith("imported 30 records in "), terminal
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_export_draws_a_bar_of_the_stored_customers_only_on_a_terminal(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "customers.jsonl"
+    path.write_bytes(to_jsonl(generated_customers(1_200)))
+    assert cli("import", path, url=migrated_url, cwd=tmp_path).returncode == 0
+
+    run = cli("export", url=migrated_url, cwd=tmp_path)
+    assert run.returncode == 0, describe(run)
+    assert run.stderr == "exported 1200 customers\n"
+
+    status, terminal = run_with_terminal_stderr(["export"], migrated_url, tmp_path)
+    assert status == 0, terminal
+    drawn = redraws(terminal)
+    assert any(
+        re.fullmatch(r"100%\|█+\| 1200/1200 \[.*, +[\d.?]+ customers/s\] *", part)
+        for part in drawn
+    ), terminal
+    assert drawn[-1] == "exported 1200 customers", terminal
 
 
 # -- a large import ----------------------------------------------------------------------

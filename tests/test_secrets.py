@@ -53,6 +53,7 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("serve", "--port", "1"),
     ("events",),
     ("replay",),
+    ("sync", "--dry-run"),
 )
 
 

@@ -1,0 +1,271 @@
+"""Sync from Voucherify's list API, against a local server that follows the documented API
+(tests/voucherify_api.py), on both databases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from repository import (
+    AuthenticationFailed,
+    BudgetExhausted,
+    CustomerRepository,
+    SyncReport,
+    VoucherifyClient,
+    make_session_factory,
+    sync_customers,
+)
+from tests.voucherify_api import FakeVoucherify, make_customers
+
+APP_ID, APP_TOKEN = "app-id", "app-token"
+
+
+@pytest.fixture
+def sessions(engine: Engine, session: Session) -> sessionmaker[Session]:
+    """Sessions on the test database (the ``session`` fixture empties it afterwards)."""
+    del session
+    return make_session_factory(engine)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeVoucherify]:
+    with FakeVoucherify(app_id=APP_ID, app_token=APP_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def many_customers() -> list[dict[str, Any]]:
+    """More than the 9,900 customers page numbers reach, with 150 sharing one created_at."""
+    return make_customers(10_050, tie_block=150, seed=11)
+
+
+def sync(
+    sessions: sessionmaker[Session], fake: FakeVoucherify, **options: Any
+) -> SyncReport:
+    client_options = {k: options.pop(k) for k in ("max_requests", "reserve") if k in options}
+    with VoucherifyClient(
+        app_id=APP_ID, app_token=APP_TOKEN, api_url=fake.url, **client_options
+    ) as client:
+        return sync_customers(sessions, client, **options)
+
+
+def stored(sessions: sessionmaker[Session]) -> dict[str, Any]:
+    with sessions() as session:
+        return {c.id: c.to_json() for c in CustomerRepository(session).iter_all()}
+
+
+def listed(fake: FakeVoucherify) -> dict[str, Any]:
+    return {c["id"]: c for c in fake.customers()}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def later(stamp: str, **delta: float) -> str:
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")) + timedelta(**delta)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_a_first_sync_stores_every_listed_customer_without_skipping_ties_or_tripping_limits(
+    sessions: sessionmaker[Session], many_customers: list[dict[str, Any]]
+) -> None:
+    with FakeVoucherify(
+        app_id=APP_ID, app_token=APP_TOKEN, requests_per_window=40, window_seconds=1.0
+    ) as fake:
+        fake.put_many(many_customers)
+        started = time.monotonic()
+        report = sync(sessions, fake)
+        seconds = time.monotonic() - started
+        assert report.complete and report.mode == "backfill"
+        assert (report.listed, report.applied, report.rejected) == (10_050, 10_050, 0)
+        assert stored(sessions) == listed(fake)
+        assert fake.violations == 0
+        per_thousand = report.requests * 1000 / report.listed
+        # 100 per page, plus a page or two for the block of ties.
+        assert per_thousand < 10.6
+        print(f"sync: {report.listed / seconds:.0f} customers/s, "
+              f"{per_thousand:.2f} requests per 1,000 customers")
+
+
+def test_an_incremental_sync_finds_new_and_updated_customers_and_same_millisecond_updates(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(300, seed=3)
+    fake.put_many(customers)
+    assert sync(sessions, fake).applied == 300
+    # Three customers updated in one millisecond, after the first run (as real changes are).
+    moment = later(now(), seconds=1)
+    for customer in customers[10:13]:
+        fake.update(customer["id"], at=moment, name=f"Renamed {customer['id']}")
+    arrival = {**make_customers(1, seed=99)[0], "id": "cust_NewArrivalAfterTheSync01"}
+    fake.put({**arrival, "created_at": later(now(), seconds=2), "updated_at": None})
+    report = sync(sessions, fake)
+    assert report.mode == "incremental"
+    assert report.applied == 4
+    assert report.requests <= 4
+    assert stored(sessions) == listed(fake)
+    # A later update in the same millisecond as the checkpoint is still found.
+    fake.update(customers[20]["id"], at=moment, name="Same millisecond")
+    assert sync(sessions, fake).applied >= 1
+    assert stored(sessions) == listed(fake)
+
+
+def test_a_full_sync_deletes_customers_voucherify_no_longer_lists_but_keeps_newer_ones(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(250, seed=5)
+    fake.put_many(customers)
+    sync(sessions, fake)
+    gone = [c["id"] for c in customers[:7]]
+    for customer_id in gone:
+        fake.delete(customer_id)
+    # Stored by a webhook for a customer created after the listing starts (it is not listed).
+    fresh = {**make_customers(1, seed=77)[0], "id": "cust_CreatedDuringTheListing01"}
+    fresh["created_at"] = fresh["updated_at"] = later(now(), seconds=30)
+    with sessions.begin() as session:
+        CustomerRepository(session).upsert(fresh)
+
+    check = sync(sessions, fake, full=True, dry_run=True)
+    assert (check.missing, check.new, check.newer) == (7, 0, 0) and check.drifted
+    assert len(stored(sessions)) == 251  # a dry run writes nothing
+
+    report = sync(sessions, fake, full=True)
+    assert report.mode == "full" and report.deleted == 7
+    assert stored(sessions) == {**listed(fake), fresh["id"]: fresh}
+    with sessions() as session:
+        repo = CustomerRepository(session)
+        assert all(repo.is_deleted(customer_id) is not None for customer_id in gone)
+    assert not sync(sessions, fake, full=True, dry_run=True).drifted
+
+
+def test_an_interrupted_sync_resumes_from_the_last_committed_page(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(1_050, tie_block=120, tie_at=300, seed=8)
+    fake.put_many(customers)
+    first = sync(sessions, fake, max_requests=3)
+    assert not first.complete and "max-requests" in (first.stopped or "")
+    assert 0 < len(stored(sessions)) < 1_050
+    rest = sync(sessions, fake)
+    assert rest.complete and rest.mode == "backfill"
+    assert stored(sessions) == listed(fake)
+    # Resuming re-reads at most the page it stopped on.
+    assert first.requests + rest.requests <= 14
+
+
+def test_server_errors_dropped_connections_and_stray_429s_are_retried(
+    sessions: sessionmaker[Session],
+) -> None:
+    with FakeVoucherify(
+        app_id=APP_ID, app_token=APP_TOKEN, random_429_rate=0.2, seed=4
+    ) as fake:
+        fake.put_many(make_customers(600, seed=9))
+        fake.fail_next(2, status=503)
+        fake.drop_next(1)
+        report = sync(sessions, fake)
+        assert report.complete
+        assert stored(sessions) == listed(fake)
+
+
+def test_refused_keys_stop_at_once_and_store_nothing(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    fake.put_many(make_customers(20, seed=1))
+    with VoucherifyClient(app_id=APP_ID, app_token="wrong", api_url=fake.url) as client:
+        with pytest.raises(AuthenticationFailed, match="VOUCHERIFY_APP_TOKEN"):
+            sync_customers(sessions, client)
+        assert client.requests == 1
+    assert stored(sessions) == {}
+
+
+def test_a_spent_billing_cycle_stops_the_run_and_keeps_its_checkpoint(
+    sessions: sessionmaker[Session],
+) -> None:
+    customers = make_customers(450, seed=12)
+    with FakeVoucherify(app_id=APP_ID, app_token=APP_TOKEN, cycle_limit=2) as fake:
+        fake.put_many(customers)
+        with pytest.raises(BudgetExhausted, match="billing cycle"):
+            sync(sessions, fake)
+        kept = len(stored(sessions))
+        assert 190 <= kept <= 200  # two pages, the second overlapping the first by a tie
+        fake.cycle_limit = None  # the cycle renews
+        report = sync(sessions, fake)
+        assert report.complete and report.listed <= 450 - kept + 1
+        assert stored(sessions) == listed(fake)
+
+
+def test_a_newer_webhook_wins_over_the_sync_and_the_sync_repairs_an_older_one(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(30, seed=21)
+    fake.put_many(customers)
+    ahead = {**customers[0], "name": "From a newer webhook",
+             "updated_at": later(customers[0]["created_at"], days=3650)}
+    behind = {**customers[1], "name": "From an old webhook",
+              "updated_at": later(customers[1]["created_at"], milliseconds=-1)}
+    with sessions.begin() as session:
+        repo = CustomerRepository(session)
+        repo.upsert(ahead)
+        repo.upsert(behind)
+    report = sync(sessions, fake)
+    assert (report.applied, report.stale) == (29, 1)
+    result = stored(sessions)
+    assert result[ahead["id"]] == ahead
+    assert result[behind["id"]] == listed(fake)[behind["id"]]
+
+
+def test_a_page_with_an_invalid_customer_stores_the_rest_and_names_the_bad_one(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(40, seed=31)
+    customers[7] = {**customers[7], "birthdate": "YYYY-MM-DD"}
+    fake.put_many(customers)
+    report = sync(sessions, fake)
+    assert (report.applied, report.rejected) == (39, 1)
+    (rejection,) = report.rejections
+    assert rejection.location.startswith("customers[7] on page 1")
+    assert "$.birthdate" in rejection.reason
+    assert customers[7]["id"] not in stored(sessions)
+
+
+def test_the_cli_syncs_with_keys_from_the_environment_and_stats_show_the_last_sync(
+    sessions: sessionmaker[Session], fake: FakeVoucherify, database_url: str, tmp_path: Path
+) -> None:
+    fake.put_many(make_customers(120, seed=41))
+    env = {"DATABASE_URL": database_url, "VOUCHERIFY_API_URL": fake.url,
+           "VOUCHERIFY_APP_ID": APP_ID, "VOUCHERIFY_APP_TOKEN": APP_TOKEN, "PATH": ""}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "customer_store", *args], env={**env, **extra},
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        )
+
+    missing = run("sync", VOUCHERIFY_APP_TOKEN="")
+    assert missing.returncode == 2 and "VOUCHERIFY_APP_TOKEN" in missing.stderr
+    drifted = run("sync", "--dry-run")
+    assert drifted.returncode == 1 and "120 new" in drifted.stdout
+    done = run("sync")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("synced 120 customers in ")
+    assert "120 applied, 0 stale, 0 rejected, 0 deleted" in done.stdout
+    assert APP_TOKEN not in done.stdout + done.stderr
+    assert run("sync", "--dry-run").returncode == 0
+    stats = json.loads(run("stats").stdout)
+    (state,) = stats["syncs"]
+    assert state["api_url"] == fake.url and state["last_repaired"] == 120
+    assert state["last_success_at"] is not None
+    refused = run("sync", VOUCHERIFY_APP_TOKEN="wrong")
+    assert refused.returncode == 1 and "refused the application keys" in refused.stderr
+    assert "wrong" not in refused.stderr
