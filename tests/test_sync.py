@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -269,3 +270,36 @@ def test_the_cli_syncs_with_keys_from_the_environment_and_stats_show_the_last_sy
     refused = run("sync", VOUCHERIFY_APP_TOKEN="wrong")
     assert refused.returncode == 1 and "refused the application keys" in refused.stderr
     assert "wrong" not in refused.stderr
+
+
+def test_webhooks_racing_a_sync_end_in_the_newest_version_of_each_customer(
+    sessions: sessionmaker[Session],
+) -> None:
+    customers = make_customers(2_000, seed=51)
+    with FakeVoucherify(
+        app_id=APP_ID, app_token=APP_TOKEN, requests_per_window=10, window_seconds=0.5
+    ) as fake:
+        fake.put_many(customers)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            running = pool.submit(sync, sessions, fake)
+            newer, older = {}, {}
+            for index, customer in enumerate(customers[::7]):
+                stamp = customer["updated_at"] or customer["created_at"]
+                if index % 2:
+                    version = {**customer, "name": "webhook, newer",
+                               "updated_at": later(stamp, days=1)}
+                    newer[customer["id"]] = version
+                else:
+                    version = {**customer, "name": "webhook, older",
+                               "updated_at": later(stamp, milliseconds=-1)}
+                    older[customer["id"]] = version
+                with sessions.begin() as session:
+                    CustomerRepository(session).upsert(version)
+            report = running.result()
+        assert report.complete and not running.exception()
+        result = stored(sessions)
+        assert {cid: result[cid] for cid in newer} == newer
+        api = listed(fake)
+        assert {cid: result[cid] for cid in older} == {cid: api[cid] for cid in older}
+        untouched = set(api) - set(newer) - set(older)
+        assert {cid: result[cid] for cid in untouched} == {cid: api[cid] for cid in untouched}
