@@ -9,7 +9,7 @@ never commits: the caller owns the transaction (``async with sessions.begin(): .
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from models.customer import Customer
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome, UpsertSummary
+from repository.mapping import CustomerRows
 from repository.queries import CustomerFilter, Page
 
 __all__ = ["AsyncCustomerRepository"]
@@ -42,6 +43,10 @@ class AsyncCustomerRepository:
     ) -> UpsertSummary:
         """See :meth:`CustomerRepository.upsert_many` (``COPY`` on PostgreSQL here too)."""
         return await self._run(CustomerRepository.upsert_many, list(customers))
+
+    async def upsert_rows(self, batch: Sequence[CustomerRows]) -> list[bool]:
+        """See :meth:`CustomerRepository.upsert_rows`."""
+        return await self._run(CustomerRepository.upsert_rows, batch)
 
     async def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
         """See :meth:`CustomerRepository.delete`."""

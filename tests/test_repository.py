@@ -16,9 +16,11 @@ from models import (
     CustomerValidationError,
     LoyaltyCampaignRow,
     ReferralEntryRow,
+    parse_customer,
 )
 from repository import CustomerRepository, UpsertOutcome, make_engine
 from repository.customers import DeleteOutcome
+from repository.mapping import customer_to_rows
 from tests.conftest import load_example_customers
 
 VALID_EXAMPLE_REJECTIONS = {
@@ -264,6 +266,17 @@ def test_upsert_many_counts_applied_and_stale(repo: CustomerRepository) -> None:
     older = _customer("cust_a", updated_at="2024-01-01T00:00:00.000Z", name="Older")
     summary = repo.upsert_many([newer, older, _customer("cust_b")])
     assert (summary.applied, summary.stale) == (2, 1)
+    assert _stored(repo, "cust_a") == newer
+
+
+def test_upsert_rows_writes_validated_rows_with_the_rule_of_upsert_many(
+    repo: CustomerRepository,
+) -> None:
+    newer = _customer("cust_a", updated_at="2024-06-01T00:00:00.000Z")
+    older = _customer("cust_a", updated_at="2024-01-01T00:00:00.000Z", name="Older")
+    batch = [customer_to_rows(parse_customer(c)) for c in (older, newer, _customer("cust_b"))]
+    assert repo.upsert_rows(batch) == [False, True, True]
+    assert repo.upsert_rows([customer_to_rows(parse_customer(older))]) == [False]
     assert _stored(repo, "cust_a") == newer
 
 
