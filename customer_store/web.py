@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from models import (
     SIGNATURE_HEADER,
@@ -63,11 +63,12 @@ def create_app(
     secrets: Sequence[bytes] | None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The receiver, on async sessions. A delivery is accepted when signed with any of
     ``secrets`` (several while a secret is rotated); ``secrets=None`` turns signature checks
     off (the caller must mean it). Each delivery is answered within about
-    ``delivery_timeout`` seconds."""
+    ``delivery_timeout`` seconds. ``extra_routes`` are served beside it (the read API)."""
     if secrets is not None and not secrets:
         raise ValueError("no webhook secret given; pass secrets=None to accept unsigned bodies")
 
@@ -124,6 +125,7 @@ def create_app(
         routes=[
             Route("/webhooks/voucherify", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *extra_routes,
         ]
     )
 

@@ -112,6 +112,9 @@ def _ingest(engine: Engine, args: argparse.Namespace) -> int:
 def _serve(engine: Engine, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from customer_store.read_api import APP_ID_VARIABLE as READ_APP_ID_VARIABLE
+    from customer_store.read_api import APP_TOKEN_VARIABLE as READ_APP_TOKEN_VARIABLE
+    from customer_store.read_api import read_routes
     from customer_store.web import create_app
 
     secrets = parse_secrets(os.environ.get(SECRET_ENV, ""))
@@ -123,15 +126,29 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
         )
     # The receiver runs on the async API; the sync engine only checked the schema.
     async_engine = make_async_engine(engine.url.render_as_string(hide_password=False))
+    app_id = os.environ.get(READ_APP_ID_VARIABLE, "")
+    app_token = os.environ.get(READ_APP_TOKEN_VARIABLE, "")
+    if bool(app_id) != bool(app_token):
+        raise CommandError(
+            f"set both {READ_APP_ID_VARIABLE} and {READ_APP_TOKEN_VARIABLE} to serve the "
+            "read API, or neither", EXIT_USAGE,
+        )
+    reads = make_async_session_factory(async_engine, read_only=True)
     app = create_app(
         make_async_session_factory(async_engine),
         secrets=secrets or None,
         max_body_bytes=args.max_body_bytes,
         delivery_timeout=args.delivery_timeout,
+        extra_routes=(
+            read_routes(reads, app_id=app_id, app_token=app_token) if app_id else ()
+        ),
     )
     checked = f"checked with {len(secrets)} secret(s)" if secrets else "NOT checked"
     print(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
           f"(signatures {checked})", file=sys.stderr)
+    if app_id:
+        print(f"serving the read API on http://{args.host}:{args.port}/v1/customers",
+              file=sys.stderr)
     try:
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
     finally:

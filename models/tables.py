@@ -127,6 +127,9 @@ class CustomerAddressRow(Base):
     absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
 
+    #: The read API's ``city`` filter (revision 0007).
+    __table_args__ = (Index(None, "city"),)
+
 
 class LoyaltyCampaignRow(Base):
     """One entry of ``loyalty.campaigns``, keyed by the map key (the campaign name)."""

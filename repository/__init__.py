@@ -69,6 +69,14 @@ from repository.voucherify_client import (
     VoucherifyClient,
     VoucherifyError,
 )
+from repository.voucherify_list import (
+    InvalidListParameter,
+    ListQuery,
+    TotalCache,
+    count_listed,
+    list_customers,
+    parse_list_query,
+)
 
 __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     # engines and sessions
@@ -127,6 +135,13 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "VoucherifyError",
     "sync_customers",
     "sync_states",
+    # the Voucherify-compatible read API
+    "InvalidListParameter",
+    "ListQuery",
+    "TotalCache",
+    "count_listed",
+    "list_customers",
+    "parse_list_query",
     # transactions
     "DeadlineExceeded",
     "is_retryable",

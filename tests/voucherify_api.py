@@ -136,7 +136,8 @@ _ORDERS: dict[str | None, tuple[str, bool]] = {
     "-source_id": ("source_id", True),
 }
 _INSTANT_RE = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})"
+    # The official SDKs send ``+0000`` (strftime's %z): an offset with or without a colon.
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

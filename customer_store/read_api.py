@@ -1,0 +1,128 @@
+"""A Voucherify-compatible read API: ``GET /v1/customers`` and ``GET /v1/customers/{id}``.
+
+Any official Voucherify SDK pointed at the store (its base URL changed) reads customers
+from here instead of over the internet: the same paths, parameters, authentication headers
+(``X-App-Id``, ``X-App-Token``) and error shape. Read-only: other methods answer 405.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from functools import partial
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from repository import (
+    CustomerRepository,
+    InvalidListParameter,
+    ListQuery,
+    TotalCache,
+    count_listed,
+    list_customers,
+    parse_list_query,
+)
+
+__all__ = ["APP_ID_VARIABLE", "APP_TOKEN_VARIABLE", "read_routes"]
+
+APP_ID_VARIABLE = "CUSTOMER_STORE_APP_ID"
+APP_TOKEN_VARIABLE = "CUSTOMER_STORE_APP_TOKEN"  # noqa: S105 - the variable's name
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def read_routes(
+    sessions: async_sessionmaker[AsyncSession], *, app_id: str, app_token: str
+) -> list[BaseRoute]:
+    """The routes, for an app whose ``sessions`` should be read-only ones."""
+    if not app_id or not app_token:
+        raise ValueError("the read API needs both an application id and a token")
+    expected = (app_id.encode(), app_token.encode())
+    totals = TotalCache()
+
+    def refused(request: Request) -> Response | None:
+        if request.method not in ("GET", "HEAD"):
+            return _error(405, "method_not_allowed", "Method not allowed",
+                          f"{request.method} is not served: this API is read-only")
+        given = (request.headers.get("X-App-Id", "").encode(),
+                 request.headers.get("X-App-Token", "").encode())
+        # Both compared, always, in constant time: a timing difference tells nothing.
+        same_id = hmac.compare_digest(given[0], expected[0])
+        same_token = hmac.compare_digest(given[1], expected[1])
+        if not (same_id and same_token):
+            return _error(401, "unauthorized", "Unauthorized",
+                          "Missing or invalid X-App-Id / X-App-Token")
+        return None
+
+    async def one(request: Request) -> Response:
+        problem = refused(request)
+        if problem is not None:
+            return problem
+        key = request.path_params["customer_id"]
+        async with sessions() as session:
+            customer = await session.run_sync(partial(_get, key=key))
+        if customer is None:
+            return _error(404, "not_found", "Resource not found",
+                          f"Cannot find customer with id {key}")
+        return _json(customer)
+
+    async def many(request: Request) -> Response:
+        problem = refused(request)
+        if problem is not None:
+            return problem
+        try:
+            query = parse_list_query(request.query_params)
+        except InvalidListParameter as exc:
+            return _error(400, "invalid_query_params", "Invalid query params", str(exc))
+        async with sessions() as session:
+            page = await session.run_sync(partial(_page, query=query, totals=totals))
+        return _json({
+            "object": "list",
+            "data_ref": "customers",
+            "customers": [customer.to_json() for customer in page.customers],
+            "total": page.total,
+            "has_more": page.has_more,
+        })
+
+    async def other(request: Request) -> Response:
+        problem = refused(request)
+        return problem if problem is not None else _error(
+            404, "not_found", "Resource not found", f"{request.url.path} is not served here"
+        )
+
+    return [
+        Route("/v1/customers", many, methods=_ALL_METHODS),
+        Route("/v1/customers/{customer_id:path}", one, methods=_ALL_METHODS),
+        Route("/v1/{rest:path}", other, methods=_ALL_METHODS),
+    ]
+
+
+def _get(session: Session, *, key: str) -> Any:
+    # Voucherify takes an id or a source_id in the same place.
+    repo = CustomerRepository(session)
+    return repo.get(key) or repo.get_by_source_id(key)
+
+
+def _page(session: Session, *, query: ListQuery, totals: TotalCache) -> Any:
+    return list_customers(
+        session, query,
+        total=lambda: totals.get(query.filter_key(), lambda: count_listed(session, query)),
+    )
+
+
+def _json(value: Any) -> Response:
+    if not isinstance(value, dict):
+        value = value.to_json()
+    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return Response(body, media_type="application/json")
+
+
+def _error(status: int, key: str, message: str, details: str) -> Response:
+    body = {"code": status, "key": key, "message": message, "details": details}
+    response = _json(body)
+    response.status_code = status
+    return response
