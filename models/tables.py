@@ -94,11 +94,13 @@ class CustomerRow(Base):
     )
 
     __table_args__ = (
-        Index(None, "source_id"),
+        # Orders of the read API's list, ties broken by id, and their filters and cursors
+        # (revision 0007; before it, one-column indexes).
+        Index("ix_customers_source_id_id", "source_id", "id"),
+        Index("ix_customers_created_at_id", "created_at", "id"),
+        Index("ix_customers_updated_at_id", "updated_at", "id"),
         # The indexes behind repository.queries' filters (revisions 0004 and 0005), with
         # the GIN index below the class.
-        Index(None, "created_at"),
-        Index(None, "updated_at"),
         Index(None, "orders_last_order_date"),
         Index(None, "email_folded"),
         # Prefixes: LIKE on PostgreSQL (whatever the database's collation), GLOB on SQLite.

@@ -8,7 +8,7 @@ and ``-source_id``. Without an ``order`` (or with a descending one) ``starting_a
 the customers before it; with ``order=created_at`` or ``updated_at``, those after it. Where
 Voucherify's documentation is silent, the choices are: comparisons are strict; ties are
 ordered by id in the order's direction; a customer without ``updated_at`` never matches an
-``updated_at`` filter or cursor and sorts first in ``updated_at`` (last in ``-updated_at``);
+``updated_at`` filter or cursor and sorts last in ``updated_at`` (first in ``-updated_at``);
 the ``source_id`` orders keep the default meaning of ``starting_after`` (created before it).
 
 A page is two statements: the ids (an index range scan plus at most 9,800 skipped entries
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
@@ -45,6 +45,8 @@ __all__ = [
     "ListQuery",
     "TotalCache",
     "count_listed",
+    "count_statement",
+    "ids_statement",
     "list_customers",
     "parse_list_query",
 ]
@@ -116,22 +118,7 @@ def list_customers(
 ) -> CustomerList:
     """One page of the list; ``total`` (e.g. a :class:`TotalCache` lookup) replaces the
     count statement."""
-    condition = _filters(query)
-    column = _order_column(query.order)
-    descending = query.order.startswith("-")
-    ids_query = select(customers.c.id).where(condition)
-    cursor = _cursor(query, column)
-    if cursor is not None:
-        ids_query = ids_query.where(cursor)
-    if descending:
-        ordering = [column.desc().nulls_last(), customers.c.id.desc()]
-    else:
-        ordering = [column.asc().nulls_first(), customers.c.id.asc()]
-    ids = list(session.scalars(
-        ids_query.order_by(*ordering)
-        .offset((query.page - 1) * query.limit)
-        .limit(query.limit + 1)
-    ))
+    ids = list(session.scalars(ids_statement(query)))
     has_more = len(ids) > query.limit
     ids = ids[: query.limit]
     found: dict[str, Customer] = {}
@@ -146,9 +133,30 @@ def list_customers(
 
 def count_listed(session: Session, query: ListQuery) -> int:
     """How many stored customers match the query's filters."""
-    return int(session.scalar(
-        select(func.count()).select_from(customers).where(_filters(query))
-    ) or 0)
+    return int(session.scalar(count_statement(query)) or 0)
+
+
+def ids_statement(query: ListQuery) -> Select[Any]:
+    """The ids of one page, and one more to tell whether more follow."""
+    column = _order_column(query.order)
+    statement = select(customers.c.id).where(_filters(query))
+    cursor = _cursor(query, column)
+    if cursor is not None:
+        statement = statement.where(cursor)
+    # Nulls as PostgreSQL's indexes order them (after every value), said explicitly for SQLite.
+    if query.order.startswith("-"):
+        ordering = [column.desc().nulls_first(), customers.c.id.desc()]
+    else:
+        ordering = [column.asc().nulls_last(), customers.c.id.asc()]
+    return (
+        statement.order_by(*ordering)
+        .offset((query.page - 1) * query.limit)
+        .limit(query.limit + 1)
+    )
+
+
+def count_statement(query: ListQuery) -> Select[Any]:
+    return select(func.count()).select_from(customers).where(_filters(query))
 
 
 class TotalCache:

@@ -55,7 +55,7 @@ from tests.webhook_streams import envelope, iso
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "0002"
 #: An index of 0004 on both backends, to see which revision the schema really has.
-PROBE_INDEX = "ix_customers_updated_at"
+PROBE_INDEX = "ix_customers_orders_last_order_date"
 #: How long an older transaction keeps a write open on ``customers`` during the upgrade.
 HOLD_SECONDS = 4.0
 #: The longest a single write may take while the indexes are built.

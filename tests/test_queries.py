@@ -607,10 +607,10 @@ def _compile_explain(element: Explain, compiler: Any, **kw: Any) -> str:
 
 PLAN_INDEXES = {
     "email ignoring case": "ix_customers_email_folded",
-    "source_id": "ix_customers_source_id",
+    "source_id": "ix_customers_source_id_id",
     "name prefix ignoring case": "ix_customers_name_folded",
-    "created range": "ix_customers_created_at",
-    "updated from": "ix_customers_updated_at",
+    "created range": "ix_customers_created_at_id",
+    "updated from": "ix_customers_updated_at_id",
     "metadata scalar": "ix_customers_metadata_gin",
     "points in a campaign": "ix_customer_loyalty_campaigns_campaign_points",
     "tier in a campaign": "ix_customer_loyalty_campaigns_campaign_tier",

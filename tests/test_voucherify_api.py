@@ -303,7 +303,7 @@ def test_ascending_created_at_with_starting_after_is_strictly_after(
     assert body["customers"] == [] and body["has_more"] is False and body["total"] == 60
 
 
-def test_order_by_updated_at_puts_nulls_first_and_cursor_skips_them(
+def test_order_by_updated_at_puts_nulls_last_and_cursor_skips_them(
     loaded: FakeVoucherify, sample: list[dict[str, Any]]
 ) -> None:
     nulls = sorted(c["id"] for c in sample if c["updated_at"] is None)
@@ -311,7 +311,7 @@ def test_order_by_updated_at_puts_nulls_first_and_cursor_skips_them(
         (c for c in sample if c["updated_at"] is not None), key=lambda c: (c["updated_at"], c["id"])
     )
     assert nulls and dated
-    ascending = nulls + [c["id"] for c in dated]
+    ascending = [c["id"] for c in dated] + nulls
     assert call(loaded, {"limit": 100, "order": "updated_at"}).ids() == ascending
     assert call(loaded, {"limit": 100, "order": "-updated_at"}).ids() == ascending[::-1]
     cursor = dated[10]["updated_at"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from repository import CustomerRepository
@@ -17,6 +18,8 @@ from repository.voucherify_list import (
     InvalidListParameter,
     TotalCache,
     count_listed,
+    count_statement,
+    ids_statement,
     list_customers,
     parse_list_query,
 )
@@ -135,3 +138,26 @@ def test_a_total_is_counted_once_per_filter_set_while_it_is_fresh() -> None:
     cache.get(("b",), count)
     assert len(counted) == 2
     assert TotalCache(seconds=0).get(("a",), count) == 42 and len(counted) == 3
+
+
+@pytest.mark.parametrize("params", [
+    {"order": "created_at"}, {"order": "-created_at"}, {"order": "updated_at"},
+    {"order": "-updated_at"}, {"order": "source_id"}, {"order": "-source_id"},
+    {"email": "shared@example.com"}, {"name": "Shared Name"}, {"city": "Kraków"},
+    {"created_at[after]": "2022-01-01T00:00:00Z"}, {"created_at[before]": "2022-01-01T00:00:00Z"},
+    {"updated_at[after]": "2022-01-01T00:00:00Z"}, {"updated_at[before]": "2022-01-01T00:00:00Z"},
+    {"starting_after": "2022-01-01T00:00:00Z"},
+])
+def test_every_filter_and_order_is_served_by_an_index_on_postgresql(
+    stored: Session, backend: str, params: dict[str, str]
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("the plans are PostgreSQL's")
+    query = parse_list_query(params)
+    stored.execute(text("SET LOCAL enable_seqscan = off"))
+    # The statements list_customers runs, as the database would plan them.
+    for statement in (ids_statement(query), count_statement(query)):
+        compiled = statement.compile(stored.get_bind(), compile_kwargs={"literal_binds": True})
+        plan = "\n".join(stored.execute(text(f"EXPLAIN {compiled}")).scalars())
+        assert "Seq Scan" not in plan, plan
+    stored.rollback()

@@ -31,7 +31,8 @@ parameter, a value out of range or not parsable is a 400 whose ``details`` names
 
 Nulls (a choice, Voucherify does not document it): a customer whose ``updated_at`` is null
 or absent never matches an ``updated_at`` filter nor an ``updated_at`` cursor; in
-``order=updated_at`` without either it sorts first (ascending), in ``-updated_at`` last.
+``order=updated_at`` without either it sorts last (ascending), in ``-updated_at`` first, as
+nulls do in PostgreSQL's indexes.
 The same holds for a missing ``created_at`` (only hand-made customers lack one) and for a
 null ``source_id`` in the ``source_id`` orders.
 
@@ -208,9 +209,9 @@ def _stored(customer: Mapping[str, Any]) -> _Stored:
 
 def _sort_key(entry: _Stored, field_name: str) -> tuple[bool, Any, str]:
     value: Any = getattr(entry, field_name)
-    if value is None:
-        return (False, "" if field_name == "source_id" else _EPOCH, entry.id)
-    return (True, value, entry.id)
+    if value is None:  # after every value, as PostgreSQL's indexes order nulls
+        return (True, "" if field_name == "source_id" else _EPOCH, entry.id)
+    return (False, value, entry.id)
 
 
 # --- answers --------------------------------------------------------------------------------
