@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from models import Base, CustomerRow, WebhookEventRow
@@ -121,7 +121,7 @@ def _database(args: argparse.Namespace) -> Iterator[str]:
                              "would be emptied; pass --force to allow it")
         yield url
         return
-    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
+    admin = make_engine(args.admin_url, isolation_level="AUTOCOMMIT")  # ?pgbouncer= understood
     name = f"bench_ingest_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))

@@ -39,12 +39,13 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bench.customers import write_jsonl
 from repository import CustomerFilter, make_engine, make_session_factory
 from repository.customers import CustomerRepository
+from repository.engine import without_pooler_flag
 from repository.queries import cursor_after, find
 from repository.schema import upgrade_to_head
 
@@ -62,9 +63,7 @@ class Figure:
 
 @contextmanager
 def throwaway_database(admin_url: str) -> Iterator[str]:
-    admin = create_engine(
-        make_url(admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
-    )
+    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")  # ?pgbouncer= understood
     name = f"csbench_{uuid.uuid4().hex[:8]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -77,6 +76,8 @@ def throwaway_database(admin_url: str) -> Iterator[str]:
 
 
 def libpq_url(url: str) -> str:
+    """``url`` for psycopg itself: libpq's scheme, and no ``?pgbouncer=`` (libpq refuses it)."""
+    url, _ = without_pooler_flag(url)
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 

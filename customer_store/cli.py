@@ -120,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    # As given, ?pgbouncer= included (an engine's URL has it taken off): for commands that
+    # make engines of their own.
+    args.database_url = url
     try:
         require_text_arguments(args)
         if args.run is None:

@@ -17,7 +17,13 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from repository import current_revision, head_revision, make_engine
+from repository import (
+    POOLER_HINT,
+    current_revision,
+    head_revision,
+    is_pooler_clash,
+    make_engine,
+)
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -248,7 +254,9 @@ def _is_secret_parameter(name: str) -> bool:
 
 
 def db_message(exc: SQLAlchemyError) -> str:
-    """The first line of the driver's message (never the statement or its parameters)."""
+    """The first line of the driver's message (never the statement or its parameters), and
+    what to do when it is a clash of prepared statements behind a transaction pooler."""
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return f"{line} ({POOLER_HINT})" if is_pooler_clash(exc) else line

@@ -5,6 +5,12 @@ over the limit, 400 for a body that is not an envelope, 2xx once the delivery is
 (applied, stale, duplicate or ignored), 422 for a recorded rejection, and 503 with
 ``Retry-After`` when the database cannot be reached or the delivery cannot be recorded
 within its time bound, so that Voucherify delivers it again later.
+
+``GET /healthz`` answers 200 when the database answers and its schema is at head, else 503
+saying which (for readiness probes); ``GET /metrics`` answers Prometheus' text format (see
+:mod:`customer_store.metrics`). Each delivery is logged once, as a text line or, with
+``--log-format json``, as a JSON object of fields that hold no secret, body or personal
+value.
 """
 
 from __future__ import annotations
@@ -12,17 +18,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from customer_store.common import db_message, mask_passwords
+from customer_store.logs import FIELDS
+from customer_store.metrics import ReceiverMetrics
 from models import (
     SIGNATURE_HEADER,
     EventOutcome,
@@ -33,9 +43,13 @@ from models import (
 from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
+    POOLER_HINT,
     DeadlineExceeded,
     IngestResult,
+    current_revision,
+    head_revision,
     ingest_delivery_async,
+    is_pooler_clash,
 )
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -46,6 +60,8 @@ RETRY_AFTER_SECONDS = "30"
 _HARD_STOP_GRACE = 1.0
 # Bodies up to this size are verified on the event loop (about 3 ms at worst).
 _VERIFY_INLINE_BYTES = 256 * 1024
+#: Seconds /healthz waits for the database before answering 503.
+HEALTH_TIMEOUT = 2.5
 
 log = logging.getLogger("customer_store.web")
 
@@ -64,13 +80,22 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
     extra_routes: Sequence[BaseRoute] = (),
+    metrics: ReceiverMetrics | None = None,
 ) -> Starlette:
     """The receiver, on async sessions. A delivery is accepted when signed with any of
     ``secrets`` (several while a secret is rotated); ``secrets=None`` turns signature checks
     off (the caller must mean it). Each delivery is answered within about
-    ``delivery_timeout`` seconds. ``extra_routes`` are served beside it (the read API)."""
+    ``delivery_timeout`` seconds. ``extra_routes`` are served beside it (the read API).
+    ``metrics`` (a registry of its own per app by default) is served on ``/metrics``."""
     if secrets is not None and not secrets:
         raise ValueError("no webhook secret given; pass secrets=None to accept unsigned bodies")
+    metrics = metrics or ReceiverMetrics(sessions)
+    head = head_revision()
+
+    def answered(status: int, outcome: str, started: float, **details: Any) -> None:
+        seconds = time.monotonic() - started
+        metrics.delivery(outcome, status, seconds)
+        _log_delivery(status, outcome, seconds, **details)
 
     async def receive(request: Request) -> JSONResponse:
         started = time.monotonic()
@@ -87,47 +112,75 @@ def create_app(
             # The database bounds its own waits; this stops what it cannot bound (a
             # connection that never opens). Cancelled work rolls back whole.
             with anyio.fail_after(remaining + _HARD_STOP_GRACE):
-                result = await ingest_delivery_async(sessions, body, timeout=remaining)
+                result = await ingest_delivery_async(
+                    sessions, body, timeout=remaining, on_retry=metrics.retry
+                )
         except ClientDisconnect:
             # Nobody is left to answer; 499 as nginx logs it ("client closed request").
-            _log_delivery(499, started, reason="the client disconnected before the body ended")
+            answered(499, "disconnected", started,
+                     reason="the client disconnected before the body ended")
             return JSONResponse({"error": "client disconnected"}, status_code=400)
         except _Refused as refused:
-            _log_delivery(refused.status, started, reason=refused.reason)
+            answered(refused.status, "refused", started, reason=refused.reason)
             return JSONResponse({"error": refused.reason}, status_code=refused.status)
         except MalformedDelivery as exc:
-            _log_delivery(400, started, reason=str(exc))
+            answered(400, "malformed", started, reason=str(exc))
             return JSONResponse({"error": str(exc)}, status_code=400)
         except (DeadlineExceeded, TimeoutError):
-            _log_delivery(503, started, reason=f"not recorded within {delivery_timeout:g} s")
+            answered(503, "timeout", started,
+                     reason=f"not recorded within {delivery_timeout:g} s")
             return _retry_later("the delivery could not be recorded in time; deliver it again")
         except SQLAlchemyError as exc:
-            _log_delivery(503, started, reason=f"database unavailable: {type(exc).__name__}")
+            metrics.database_error()
+            hint = f" ({POOLER_HINT})" if is_pooler_clash(exc) else ""
+            answered(503, "unavailable", started,
+                     reason=f"database unavailable: {type(exc).__name__}{hint}")
             return _retry_later("the database is unavailable; deliver again later")
         status = 422 if result.outcome is EventOutcome.REJECTED else 200
-        _log_delivery(status, started, result=result, reason=result.error, match=match)
+        answered(status, result.outcome.value, started,
+                 result=result, reason=result.error, match=match)
         payload = {"event_id": result.event_id, "outcome": result.outcome.value}
         if result.error:
             payload["error"] = result.error
         return JSONResponse(payload, status_code=status)
 
     async def healthz(_request: Request) -> JSONResponse:
+        """Ready when the database answers and its schema is at head."""
         try:
-            async with sessions() as session:
-                await session.execute(text("SELECT 1"))
+            with anyio.fail_after(HEALTH_TIMEOUT):
+                async with sessions() as session:
+                    current = await session.run_sync(_schema_revision)
+        except TimeoutError:
+            metrics.database_error()
+            return _unavailable(f"database unreachable: no answer within {HEALTH_TIMEOUT:g} s")
         except SQLAlchemyError as exc:
-            return JSONResponse(
-                {"status": "unavailable", "database": type(exc).__name__}, status_code=503
-            )
+            metrics.database_error()
+            # The driver's first line (never a statement), any URL in it without password.
+            return _unavailable(f"database unreachable: {mask_passwords(db_message(exc))}")
+        if current != head:
+            return _unavailable(f"schema at revision {current or 'none'}, not head {head}")
         return JSONResponse({"status": "ok"})
+
+    async def scrape(request: Request) -> Response:
+        content, content_type = await metrics.exposition(request.headers.get("accept"))
+        return Response(content, media_type=content_type)
 
     return Starlette(
         routes=[
             Route("/webhooks/voucherify", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", scrape, methods=["GET"]),
             *extra_routes,
         ]
     )
+
+
+def _schema_revision(session: Session) -> str | None:
+    return current_revision(session.connection())
+
+
+def _unavailable(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -167,20 +220,40 @@ def _retry_later(message: str) -> JSONResponse:
 
 def _log_delivery(
     status: int,
-    started: float,
+    outcome: str,
+    seconds: float,
     *,
     result: IngestResult | None = None,
     reason: str | None = None,
     match: SignatureMatch | None = None,
 ) -> None:
-    elapsed_ms = (time.monotonic() - started) * 1000
+    """One line per delivery. Its fields (what a JSON line holds) are ids, the outcome,
+    the status, the time and, for a delivery not recorded, why: never the error of a
+    rejected one, which may quote a value of the payload (``events --outcome rejected``
+    has it)."""
+    elapsed_ms = seconds * 1000
+    fields: dict[str, Any] = {
+        "message": "delivery",
+        "event": result.event_id if result else None,
+        "type": result.event_type if result else None,
+        "customer": result.customer_id if result else None,
+        "outcome": outcome,
+        "status": status,
+        "ms": round(elapsed_ms, 1),
+    }
     if result is None:
-        log.info("delivery status=%d refused=%r ms=%.1f", status, reason, elapsed_ms)
+        fields["reason"] = reason
+        log.info("delivery status=%d refused=%r ms=%.1f", status, reason, elapsed_ms,
+                 extra={FIELDS: fields})
         return
     # The secret by its position in the configured list (from 1), never the secret itself.
     signed = f" secret=#{match.secret_index + 1} signed={match.signed}" if match else ""
+    if match:
+        fields["secret"] = f"#{match.secret_index + 1}"
+        fields["signed"] = str(match.signed)
     log.info(
         "delivery status=%d event=%s type=%s customer=%s outcome=%s ms=%.1f%s%s",
         status, result.event_id, result.event_type, result.customer_id,
         result.outcome.value, elapsed_ms, signed, f" error={reason!r}" if reason else "",
+        extra={FIELDS: fields},
     )

@@ -1,14 +1,22 @@
-"""Webhook commands: ``ingest``, ``serve``, ``events`` and ``replay``."""
+"""Webhook commands: ``ingest``, ``serve``, ``events`` (and ``events prune``) and
+``replay``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
+import math
 import os
+import re
+import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from itertools import islice
+from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
@@ -27,11 +35,13 @@ from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     IngestResult,
+    count_events,
     ingest_delivery,
     iter_events,
     make_async_engine,
     make_async_session_factory,
     make_session_factory,
+    prune_events,
     replay_rejected,
 )
 
@@ -40,6 +50,14 @@ __all__ = ["SECRET_ENV", "add_commands"]
 SECRET_ENV = "VOUCHERIFY_WEBHOOK_SECRET"  # noqa: S105 (the variable name, not a secret)
 #: The largest --max-body-bytes: bodies are held in memory whole.
 MAX_BODY_LIMIT = 64 * 1024 * 1024
+#: Events per transaction of ``events prune``, at most.
+MAX_PRUNE_BATCH = 100_000
+#: The longest --older-than: a century.
+_MAX_AGE = timedelta(days=36_500)
+_DURATION = re.compile(r"([0-9]{1,12})([dhms])")
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+#: Seconds a stopping receiver gives the deliveries in flight beyond their own time bound.
+_SHUTDOWN_GRACE = 5
 
 
 def add_commands(commands: Any) -> None:
@@ -71,14 +89,51 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help=f"accept unsigned deliveries (only for tests; without it {SECRET_ENV} is required)",
     )
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], default="text",
+        help="text lines, or one JSON object per line (default %(default)s)",
+    )
     serve.set_defaults(run=_serve)
 
-    events = commands.add_parser("events", help="list recorded webhook events as JSON Lines")
+    events = commands.add_parser(
+        "events",
+        help="list recorded webhook events as JSON Lines; `events prune` deletes old ones",
+        usage="%(prog)s [-h] [--outcome OUTCOME] [--limit LIMIT]\n"
+        "       %(prog)s prune --older-than AGE [--include-rejected] [--batch-size N]",
+        description="List recorded webhook events as JSON Lines, or, with `prune`, delete "
+        "old ones (`customer-store events prune --help`).",
+    )
     events.add_argument("--outcome", choices=[o.value for o in EventOutcome])
     events.add_argument(
         "--limit", type=int_between(1, sys.maxsize), default=None, help="at most this many events"
     )
     events.set_defaults(run=_events)
+    # A sub-action that may be left out: `events --limit 5` lists as it always did.
+    actions = events.add_subparsers(dest="events_action", metavar="ACTION")
+    prune = actions.add_parser(
+        "prune",
+        prog=f"{events.prog} prune",
+        help="delete events last received longer ago than --older-than",
+        description="Delete the recorded events last received before now minus "
+        "--older-than, in batches (one transaction each), keeping rejected ones unless "
+        "--include-rejected. An event delivered again after it was pruned is processed "
+        "again (harmless: newest wins); Voucherify retries for about 24 hours, so keep "
+        "a few days at least.",
+    )
+    prune.add_argument(
+        "--older-than", type=_duration, required=True, metavar="AGE",
+        help="how old an event must be: a whole number of days, hours, minutes or seconds "
+        "(30d, 12h, 90m, 3600s)",
+    )
+    prune.add_argument(
+        "--include-rejected", action="store_true",
+        help="delete old rejected events too (replay can no longer process them)",
+    )
+    prune.add_argument(
+        "--batch-size", type=int_between(1, MAX_PRUNE_BATCH), default=1000, metavar="N",
+        help=f"events per transaction, 1 to {MAX_PRUNE_BATCH:,} (default %(default)s)",
+    )
+    prune.set_defaults(run=_prune)
 
     replay = commands.add_parser("replay", help="process recorded rejected events again")
     replay.set_defaults(run=_replay)
@@ -112,11 +167,13 @@ def _ingest(engine: Engine, args: argparse.Namespace) -> int:
 def _serve(engine: Engine, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from customer_store.logs import use_log_format
     from customer_store.read_api import APP_ID_VARIABLE as READ_APP_ID_VARIABLE
     from customer_store.read_api import APP_TOKEN_VARIABLE as READ_APP_TOKEN_VARIABLE
     from customer_store.read_api import read_routes
     from customer_store.web import create_app
 
+    use_log_format(args.log_format)
     secrets = parse_secrets(os.environ.get(SECRET_ENV, ""))
     if not secrets and not args.no_signature_check:
         raise CommandError(
@@ -124,8 +181,9 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
             "rotating, the new and the previous one, comma separated), or pass "
             "--no-signature-check to accept unsigned deliveries", EXIT_USAGE,
         )
-    # The receiver runs on the async API; the sync engine only checked the schema.
-    async_engine = make_async_engine(engine.url.render_as_string(hide_password=False))
+    # The receiver runs on the async API; the sync engine only checked the schema. The URL
+    # as given: the engine's lacks ?pgbouncer=.
+    async_engine = make_async_engine(args.database_url)
     app_id = os.environ.get(READ_APP_ID_VARIABLE, "")
     app_token = os.environ.get(READ_APP_TOKEN_VARIABLE, "")
     if bool(app_id) != bool(app_token):
@@ -144,16 +202,42 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
         ),
     )
     checked = f"checked with {len(secrets)} secret(s)" if secrets else "NOT checked"
-    print(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
-          f"(signatures {checked})", file=sys.stderr)
+    announce = _announcer(args.log_format)
+    announce(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
+             f"(signatures {checked})")
     if app_id:
-        print(f"serving the read API on http://{args.host}:{args.port}/v1/customers",
-              file=sys.stderr)
+        announce(f"serving the read API on http://{args.host}:{args.port}/v1/customers")
+    # On SIGTERM uvicorn stops accepting, lets the deliveries in flight finish (their own
+    # time bound, plus a margin), then raises the signal again once its handler is gone:
+    # this handler makes that the normal end (exit 0), not a death by signal.
+    previous = signal.signal(signal.SIGTERM, _stop_requested)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_config=None)
+        uvicorn.run(
+            app, host=args.host, port=args.port, access_log=False, log_config=None,
+            timeout_graceful_shutdown=math.ceil(args.delivery_timeout) + _SHUTDOWN_GRACE,
+        )
+    except _StopRequested:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         asyncio.run(async_engine.dispose())
     return EXIT_OK
+
+
+class _StopRequested(Exception):
+    """SIGTERM: the receiver has been asked to stop."""
+
+
+def _stop_requested(_signum: int, _frame: FrameType | None) -> None:
+    raise _StopRequested
+
+
+def _announcer(log_format: str) -> Callable[[str], None]:
+    """How ``serve`` says where it listens: a plain line, or a JSON log line."""
+    if log_format == "json":
+        logger = logging.getLogger("customer_store.serve")
+        return lambda message: logger.info("%s", message)
+    return lambda message: print(message, file=sys.stderr)
 
 
 def _events(engine: Engine, args: argparse.Namespace) -> int:
@@ -172,6 +256,57 @@ def _events(engine: Engine, args: argparse.Namespace) -> int:
                 "error": row.error,
             }, ensure_ascii=False))
     return EXIT_OK
+
+
+def _prune(engine: Engine, args: argparse.Namespace) -> int:
+    sessions = make_session_factory(engine)
+    cutoff = datetime.now(UTC) - args.older_than
+    with sessions() as session:
+        old = count_events(session, received_before=cutoff)
+    to_prune = sum(
+        n for outcome, n in old.items()
+        if outcome != EventOutcome.DUPLICATE.value
+        and (args.include_rejected or outcome != EventOutcome.REJECTED.value)
+    )
+    with progress_bar(total=to_prune, unit="events") as bar:
+
+        def on_progress(done: int) -> None:
+            bar.update(done - bar.n)
+
+        pruned = prune_events(
+            sessions,
+            older_than=cutoff,
+            include_rejected=args.include_rejected,
+            batch_size=args.batch_size,
+            on_progress=on_progress,
+        )
+    kept = ""
+    if not args.include_rejected:
+        with sessions() as session:
+            rejected = count_events(session, received_before=cutoff).get(
+                EventOutcome.REJECTED.value, 0
+            )
+        kept = f" (rejected kept: {rejected})"
+    print(
+        f"pruned {pruned} events last received before "
+        f"{cutoff.isoformat(timespec='seconds')}{kept}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _duration(value: str) -> timedelta:
+    """An argparse type: ``30d``, ``12h``, ``90m`` or ``3600s``, positive, at most a century."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of days, hours, minutes or seconds such as 30d, 12h, "
+            f"90m or 3600s, got {value[:40]!r}"
+        )
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+    if not 0 < seconds <= _MAX_AGE.total_seconds():
+        raise argparse.ArgumentTypeError(f"must be from 1s to {_MAX_AGE.days}d, got {value!r}")
+    return timedelta(seconds=seconds)
 
 
 def _replay(engine: Engine, args: argparse.Namespace) -> int:

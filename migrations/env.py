@@ -3,8 +3,9 @@
 The URL comes from, in order: a connection handed over by the caller
 (``config.attributes["connection"]``), ``config.attributes["database_url"]``, the
 ``DATABASE_URL`` environment variable, and the SQLite default. Migrations run on the
-project's own engine (``repository.make_engine``): the same driver, SQLite pragmas and UTC
-sessions as the store itself.
+project's own engine (``repository.make_engine``): the same driver, SQLite pragmas and
+connection settings as the store itself (``?pgbouncer=true`` taken off the URL and turned into
+no prepared statements, behind a transaction pooler).
 """
 
 from __future__ import annotations

@@ -5,11 +5,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, MetaData, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Dialect,
+    MetaData,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
-__all__ = ["NAMING_CONVENTION", "Base", "JSONDocument", "SortedText", "UTCDateTime"]
+__all__ = ["NAMING_CONVENTION", "Base", "JSONDocument", "SortedText", "UTCDateTime", "in_utc"]
 
 #: Alembic's recommended convention, so every constraint has a predictable name.
 NAMING_CONVENTION = {
@@ -31,6 +43,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     PostgreSQL keeps it as ``timestamptz``; SQLite as text in a fixed-width form, which
     sorts in time order, so comparisons in SQL work on both.
+
+    PostgreSQL renders a ``timestamptz`` in the session's time zone, which is the server's
+    (or the role's, or the database's) unless a connection sets its own, and a pooler lets
+    no connection do that. In that zone the last instants of year 9999 fall in year 10000
+    and those of year 1 in a local mean time with an offset in seconds, which the driver
+    cannot read. So every ``SELECT`` reads these columns as UTC wall-clock time
+    (:func:`in_utc`), the same in any zone.
     """
 
     impl = DateTime(timezone=True)
@@ -51,6 +70,34 @@ class UTCDateTime(TypeDecorator[datetime]):
         if moment.tzinfo is None:
             return moment.replace(tzinfo=UTC)
         return moment.astimezone(UTC)
+
+    def column_expression(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        """What a ``SELECT`` reads of such a column: the instant in UTC (:func:`in_utc`)."""
+        return in_utc(column)
+
+
+class in_utc(FunctionElement[datetime]):
+    """A ``timestamptz`` as UTC wall-clock time, whatever the session's time zone:
+    ``timezone('UTC', column)`` on PostgreSQL (a ``timestamp``, no offset); the column
+    itself on SQLite, which keeps UTC text. Of the column's type, so it is read back as
+    the column is."""
+
+    name = "in_utc"
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(in_utc)
+def _in_utc(element: in_utc, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(in_utc, "postgresql")
+def _in_utc_postgresql(element: in_utc, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"timezone('UTC', {compiler.process(element.clauses, **kw)})"
 
 
 #: Arbitrary JSON: JSONB on PostgreSQL, JSON text on SQLite. SQL NULL stands for "none";

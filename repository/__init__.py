@@ -13,8 +13,11 @@ from repository.customers import (
     UpsertOutcome,
     UpsertSummary,
 )
+from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
     DEFAULT_DATABASE_URL,
+    POOLER_PARAMETER,
+    behind_pooler,
     make_async_engine,
     make_async_session_factory,
     make_engine,
@@ -26,7 +29,13 @@ from repository.erasure import (
     forget_customer,
     require_customer_id,
 )
-from repository.event_log import count_events, iter_events, list_events, replay_rejected
+from repository.event_log import (
+    count_events,
+    iter_events,
+    list_events,
+    prune_events,
+    replay_rejected,
+)
 from repository.importer import DEFAULT_BATCH_SIZE, ImportReport, Rejection, import_records
 from repository.ingest import (
     DEFAULT_DELIVERY_TIMEOUT,
@@ -50,12 +59,13 @@ from repository.queries import (
 from repository.records import Record, read_records
 from repository.retry import (
     DeadlineExceeded,
+    RetryListener,
     is_retryable,
     run_in_transaction,
     run_in_transaction_async,
 )
 from repository.schema import alembic_config, current_revision, head_revision, upgrade_to_head
-from repository.stats import StoreStats, store_stats
+from repository.stats import StoreStats, estimate_customer_count, last_applied_at, store_stats
 from repository.sync import DEFAULT_OVERLAP, SyncReport, TieOverflow, sync_customers
 from repository.sync_state import SyncState, sync_states
 from repository.voucherify_client import (
@@ -85,6 +95,11 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
+    # behind a transaction pooler (?pgbouncer=true)
+    "POOLER_HINT",
+    "POOLER_PARAMETER",
+    "behind_pooler",
+    "is_pooler_clash",
     # customers
     "AsyncCustomerRepository",
     "CustomerRepository",
@@ -118,6 +133,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "ingest_delivery_async",
     "iter_events",
     "list_events",
+    "prune_events",
     "replay_rejected",
     # sync from Voucherify's API
     "DEFAULT_API_URL",
@@ -144,6 +160,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "parse_list_query",
     # transactions
     "DeadlineExceeded",
+    "RetryListener",
     "is_retryable",
     "run_in_transaction",
     "run_in_transaction_async",
@@ -153,8 +170,10 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "InvalidCustomerId",
     "InvalidRoleName",
     "StoreStats",
+    "estimate_customer_count",
     "forget_customer",
     "grant_app_role",
+    "last_applied_at",
     "require_customer_id",
     "require_role_name",
     "store_stats",

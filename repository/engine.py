@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -16,10 +17,13 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from repository.driver import explain_pooler_clash
 from repository.jsonb import dumps_for_jsonb
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "POOLER_PARAMETER",
+    "behind_pooler",
     "dialect_of",
     "make_async_engine",
     "make_async_session_factory",
@@ -28,9 +32,20 @@ __all__ = [
     "native_insert",
     "normalize_url",
     "set_sqlite_busy_timeout",
+    "without_pooler_flag",
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///customers.db"
+
+#: The query parameter of a PostgreSQL URL saying that a transaction pooler (PgBouncer in
+#: ``pool_mode = transaction``, and the like) sits between the store and the server:
+#: ``postgresql://user@pgbouncer:6432/db?pgbouncer=true``. Connections then prepare no
+#: statements on the server (psycopg's ``prepare_threshold=None``), since the pooler hands
+#: each transaction whichever server connection is free.
+POOLER_PARAMETER = "pgbouncer"
+_POOLER_VALUES = {"true": True, "1": True, "false": False, "0": False}
+# The parameter with no value, which URL parsing drops as if it were not there.
+_BLANK_POOLER_FLAG = re.compile(rf"[?&]{POOLER_PARAMETER}(?:=)?(?:&|$)")
 
 #: Milliseconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -41,7 +56,12 @@ _BUSY_TIMEOUT_CHANGED = "customer_store.busy_timeout_changed"
 def normalize_url(url: str, *, asynchronous: bool = False) -> str:
     """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver (which serves sync
     and async engines alike) and ``sqlite://`` to pysqlite or, for async engines,
-    aiosqlite; refuse other databases and drivers."""
+    aiosqlite; refuse other databases and drivers.
+
+    A ``?pgbouncer=`` flag is checked and kept: :func:`make_engine` takes it off (see
+    :func:`without_pooler_flag`) before the URL reaches the driver.
+    """
+    behind_pooler(url)  # a bad value is refused here, before anything connects
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend in ("postgres", "postgresql"):
@@ -59,6 +79,38 @@ def normalize_url(url: str, *, asynchronous: bool = False) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def behind_pooler(url: str | URL) -> bool:
+    """Whether ``url`` says a transaction pooler sits in between (``?pgbouncer=true`` or
+    ``=1``; ``false``, ``0`` or no parameter: a direct connection). Raises ``ValueError``
+    for another value, or for the parameter on a SQLite URL."""
+    parsed = make_url(url)
+    if POOLER_PARAMETER not in parsed.query:
+        if isinstance(url, str) and _BLANK_POOLER_FLAG.search(url):
+            raise ValueError(f"?{POOLER_PARAMETER}= must be true, false, 1 or 0, not empty")
+        return False
+    value = parsed.query[POOLER_PARAMETER]
+    if parsed.get_backend_name() == "sqlite":
+        raise ValueError(f"?{POOLER_PARAMETER}= is for PostgreSQL URLs, not SQLite ones")
+    flag = _POOLER_VALUES.get(value.lower()) if isinstance(value, str) else None
+    if flag is None:
+        raise ValueError(
+            f"?{POOLER_PARAMETER}= must be true, false, 1 or 0 (once), not {value!r}"
+        )
+    return flag
+
+
+def without_pooler_flag(url: str) -> tuple[str, bool]:
+    """``url`` without its ``?pgbouncer=`` parameter, which no driver knows, and whether
+    the parameter said a transaction pooler sits in between (:func:`behind_pooler`)."""
+    pooled = behind_pooler(url)
+    parsed = make_url(url)
+    if POOLER_PARAMETER in parsed.query:
+        url = parsed.difference_update_query([POOLER_PARAMETER]).render_as_string(
+            hide_password=False
+        )
+    return url, pooled
+
+
 def make_engine(
     url: str = DEFAULT_DATABASE_URL, *, read_only: bool = False, **kwargs: Any
 ) -> Engine:
@@ -70,6 +122,11 @@ def make_engine(
     ``read_only=True`` makes an engine for request handlers that only read: its connections
     run each statement in a transaction of its own (driver-level autocommit), so a ``get``
     is one round trip, with no BEGIN before it and no ROLLBACK after. Don't write with it.
+
+    ``?pgbouncer=true`` in a PostgreSQL URL says a transaction pooler sits in between: the
+    parameter is taken off the URL and the connections prepare no statements on the server
+    (``prepare_threshold=None``). Without it, psycopg prepares a statement run five times
+    on a connection, which saves the server planning it again.
     """
     url, options = _engine_arguments(url, read_only, kwargs, asynchronous=False)
     engine = create_engine(url, **options)
@@ -123,7 +180,7 @@ def _engine_arguments(
     url: str, read_only: bool, kwargs: dict[str, Any], *, asynchronous: bool
 ) -> tuple[str, dict[str, Any]]:
     """The URL and options both kinds of engine are created with."""
-    url = normalize_url(url, asynchronous=asynchronous)
+    url, pooled = without_pooler_flag(normalize_url(url, asynchronous=asynchronous))
     options = dict(kwargs)
     if read_only:
         options.setdefault("isolation_level", "AUTOCOMMIT")
@@ -133,11 +190,16 @@ def _engine_arguments(
     # No pre-ping on checkout (a round trip per request): a connection found dead is
     # invalidated with the rest of the pool, and writes are retried (repository.retry).
     options.setdefault("json_serializer", dumps_for_jsonb)
-    # Sessions in UTC: the server's own zone could turn the last instants of year 9999
-    # into year 10000 when timestamps are rendered as text (as in JSON aggregates).
-    connect_args = dict(options.pop("connect_args", {}))
-    connect_args["options"] = f"{connect_args.get('options', '')} -c timezone=UTC".strip()
-    options["connect_args"] = connect_args
+    # No startup parameters but the connection's own (poolers refuse others, such as
+    # ``options``), and no session settings: the server's time zone is whatever it is, and
+    # statements read timestamps in UTC themselves (models.base.UTCDateTime,
+    # repository.reads).
+    if pooled:
+        # A statement prepared on one server connection is unknown on the next, or clashes
+        # with another client's of the same name: prepare none.
+        connect_args = dict(options.pop("connect_args", {}))
+        connect_args["prepare_threshold"] = None
+        options["connect_args"] = connect_args
     return url, options
 
 
@@ -145,6 +207,13 @@ def _configure(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "checkin", _restore_busy_timeout)
+    else:
+        event.listen(engine, "handle_error", _explain_pooler_clash)
+
+
+def _explain_pooler_clash(context: Any) -> None:
+    """Say what to do when prepared statements clash behind a transaction pooler."""
+    explain_pooler_clash(context.sqlalchemy_exception)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

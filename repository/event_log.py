@@ -1,5 +1,5 @@
-"""The webhook event log: recorded deliveries, listed and counted, and rejected ones
-processed again.
+"""The webhook event log: recorded deliveries, listed and counted, rejected ones
+processed again, and old ones pruned.
 
 Recording a delivery is :mod:`repository.ingest`'s work; this module reads what it left.
 """
@@ -7,19 +7,21 @@ Recording a delivery is :mod:`repository.ingest`'s work; this module reads what 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from functools import partial
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventOutcome, WebhookEventRow
 from repository.ingest import IngestResult, MalformedDelivery, ingest_delivery, is_forgotten
 from repository.keyset import keyset_pages
+from repository.retry import run_in_transaction
 from repository.tables import events
 
-__all__ = ["count_events", "iter_events", "list_events", "replay_rejected"]
+__all__ = ["count_events", "iter_events", "list_events", "prune_events", "replay_rejected"]
 
 _PAGE = 100
 
@@ -55,15 +57,91 @@ def list_events(
     return session.scalars(query).all()
 
 
-def count_events(session: Session) -> dict[str, int]:
-    """How many recorded events have each outcome, and how many redeliveries were duplicates."""
-    rows = session.execute(
-        select(events.c.outcome, func.count(), func.sum(events.c.deliveries - 1))
-        .group_by(events.c.outcome)
-    ).all()
+def count_events(
+    session: Session, *, received_before: datetime | None = None
+) -> dict[str, int]:
+    """How many recorded events have each outcome, and how many redeliveries were duplicates;
+    with ``received_before``, only events last received before that time (what
+    :func:`prune_events` would take)."""
+    query = select(events.c.outcome, func.count(), func.sum(events.c.deliveries - 1))
+    if received_before is not None:
+        query = query.where(events.c.last_received_at < _aware(received_before))
+    rows = session.execute(query.group_by(events.c.outcome)).all()
     counts = {outcome: int(n) for outcome, n, _ in rows}
     counts[EventOutcome.DUPLICATE.value] = sum(int(d or 0) for _, _, d in rows)
     return counts
+
+
+def prune_events(
+    sessions: sessionmaker[Session],
+    *,
+    older_than: datetime,
+    include_rejected: bool = False,
+    batch_size: int = 1000,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete the recorded events last received before ``older_than`` (keeping ``rejected``
+    ones, which ``replay`` may still need, unless ``include_rejected``); the number deleted.
+
+    The log is walked once in event id order, ``batch_size`` events per transaction, so
+    no lock is held for long and deliveries go on meanwhile. A batch is a range of event
+    ids: the ids are read first (without locking), then the range is deleted with the
+    conditions checked again, so an event delivered again in between is kept.
+    ``on_progress`` is called with the running total after each batch.
+
+    An event delivered again after it was pruned is processed again, as if new: the
+    newest-wins rule makes that harmless for customer changes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    cutoff = _aware(older_than)
+    condition = events.c.last_received_at < cutoff
+    if not include_rejected:
+        condition = and_(condition, events.c.outcome != EventOutcome.REJECTED.value)
+    pruned = 0
+    after: str | None = None
+    while True:
+        batch = partial(
+            _prune_batch, condition=condition, after=after, batch_size=batch_size
+        )
+        seen, last, deleted = run_in_transaction(sessions, batch)
+        pruned += deleted
+        if on_progress is not None and seen:
+            on_progress(pruned)
+        if seen < batch_size or last is None:
+            return pruned
+        after = last
+
+
+def _prune_batch(
+    session: Session,
+    *,
+    condition: ColumnElement[bool],
+    after: str | None,
+    batch_size: int,
+) -> tuple[int, str | None, int]:
+    """Delete the next ``batch_size`` events meeting ``condition`` after the id ``after``:
+    how many were found, the last id of the range, how many were deleted."""
+    window = select(events.c.event_id).where(condition)
+    if after is not None:
+        window = window.where(events.c.event_id > after)
+    window_sq = window.order_by(events.c.event_id).limit(batch_size).subquery()
+    seen, last = session.execute(
+        select(func.count(), func.max(window_sq.c.event_id))
+    ).one()
+    if not seen:
+        return 0, None, 0
+    in_range = events.c.event_id <= last
+    if after is not None:
+        in_range = and_(events.c.event_id > after, in_range)
+    result = session.execute(delete(events).where(in_range, condition))
+    return int(seen), str(last), int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: give a time zone")
+    return moment
 
 
 def replay_rejected(

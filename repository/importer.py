@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.errors import CustomerValidationError
 from models.validation import parse_customer
 from repository.customers import CustomerRepository, UpsertOutcome
+from repository.driver import is_pooler_clash
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.records import Record
 from repository.retry import is_retryable, run_in_transaction
@@ -134,7 +135,8 @@ def _write_batch(
             applied=run_in_transaction(sessions, partial(_upsert_rows, batch=rows))
         )
     except DBAPIError as exc:
-        if is_retryable(exc):
+        # Prepared statements clashing behind a pooler are no record's fault: stop, saying so.
+        if is_retryable(exc) or is_pooler_clash(exc):
             raise
     # The database refused something in the batch: find which record, one at a time.
     result = _BatchResult()
@@ -142,7 +144,7 @@ def _write_batch(
         try:
             result.applied.append(run_in_transaction(sessions, partial(_upsert_one, rows=one)))
         except DBAPIError as single:
-            if is_retryable(single):
+            if is_retryable(single) or is_pooler_clash(single):
                 raise
             reason = f"the database refused it: {_first_line(single.orig)}"
             result.refused.append(Rejection(location, reason))

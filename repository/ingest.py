@@ -27,7 +27,7 @@ from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
 from repository.engine import native_insert
 from repository.locks import lock_customers
-from repository.retry import run_in_transaction, run_in_transaction_async
+from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
 from repository.tables import events, tombstones
 
 __all__ = [
@@ -132,14 +132,16 @@ def ingest_delivery(
     received_at: datetime | None = None,
     count_delivery: bool = True,
     timeout: float | None = None,
+    on_retry: RetryListener | None = None,
 ) -> IngestResult:
     """:func:`ingest` in a transaction of its own, retried when the database asks for it.
 
     With ``timeout`` (seconds), lock waits and retries included, it commits within that
     time or raises :class:`~repository.retry.DeadlineExceeded` having recorded nothing.
+    ``on_retry`` is called with the error before each retry.
     """
     work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
-    return run_in_transaction(sessions, work, timeout=timeout)
+    return run_in_transaction(sessions, work, timeout=timeout, on_retry=on_retry)
 
 
 async def ingest_delivery_async(
@@ -149,11 +151,12 @@ async def ingest_delivery_async(
     received_at: datetime | None = None,
     count_delivery: bool = True,
     timeout: float | None = None,
+    on_retry: RetryListener | None = None,
 ) -> IngestResult:
-    """:func:`ingest_delivery` for asyncio: the same transaction, retries and time bound,
-    awaited on an async session factory."""
+    """:func:`ingest_delivery` for asyncio: the same transaction, retries, time bound and
+    ``on_retry``, awaited on an async session factory."""
     work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
-    return await run_in_transaction_async(sessions, work, timeout=timeout)
+    return await run_in_transaction_async(sessions, work, timeout=timeout, on_retry=on_retry)
 
 
 def _plan(envelope: Envelope) -> _Action:

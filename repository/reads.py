@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
+from models.base import UTCDateTime, in_utc
 from models.customer import Customer
 from repository.mapping import (
     ADDRESS_COLUMNS,
@@ -86,6 +87,10 @@ def _aggregate(table: Table, fields: list[str], dialect: str) -> ColumnElement[A
     """A JSON array of ``[field, ...]`` arrays, one per child row of the outer customer."""
     columns: list[Any] = [table.c[name] for name in fields]
     if dialect == "postgresql":
+        # JSON renders a timestamptz in the session's time zone, where the last instants of
+        # year 9999 fall in year 10000: render times as UTC wall-clock time instead (ISO
+        # 8601, no offset), which reads the same in any zone.
+        columns = [in_utc(c) if isinstance(c.type, UTCDateTime) else c for c in columns]
         aggregate = func.json_agg(func.json_build_array(*columns))
     else:
         # SQLite keeps JSON as text: json() embeds it as JSON rather than as a string.
@@ -103,8 +108,9 @@ def _fields(names: list[str], values: list[Any]) -> dict[str, Any]:
 
 
 def _timestamp(value: str | None) -> datetime | None:
-    """A timestamp as JSON renders it: ISO 8601 with an offset (PostgreSQL) or naive UTC text
-    (SQLite's storage form)."""
+    """A timestamp as JSON renders it: ISO 8601 UTC wall-clock time without an offset (from
+    PostgreSQL's ``timezone('UTC', ...)``, or SQLite's storage form); one with an offset
+    is taken as the instant it names."""
     if value is None:
         return None
     moment = datetime.fromisoformat(value)

@@ -10,6 +10,9 @@ takes more than 10 seconds as failed) passes ``timeout``: the attempts, the paus
 them and every lock wait inside them then end by that time, and
 :class:`DeadlineExceeded` says that nothing was committed.
 
+``on_retry`` is called with the error before each retry (the receiver counts them for its
+metrics), so that what watches retries need not be known here.
+
 One policy (tenacity) drives both faces: :func:`run_in_transaction` with a sync session
 factory, :func:`run_in_transaction_async` with an async one, whose unit of work is the same
 sync function, run on the async connection through ``AsyncSession.run_sync``.
@@ -35,12 +38,15 @@ from repository.engine import set_sqlite_busy_timeout
 __all__ = [
     "DEFAULT_ATTEMPTS",
     "DeadlineExceeded",
+    "RetryListener",
     "is_retryable",
     "run_in_transaction",
     "run_in_transaction_async",
 ]
 
 T = TypeVar("T")
+#: Called with the error that made a transaction run again, before it does.
+RetryListener = Callable[[BaseException | None], None]
 DEFAULT_ATTEMPTS = 6
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock
 # lock_not_available (lock_timeout), query_canceled (statement_timeout)
@@ -82,15 +88,17 @@ def run_in_transaction(
     base_delay: float = 0.05,
     max_delay: float = 2.0,
     timeout: float | None = None,
+    on_retry: RetryListener | None = None,
 ) -> T:
     """Run ``work`` in a fresh transaction, committing on success; retry what is retryable.
 
     With ``timeout`` (seconds), everything ends within it: a lock wait or statement that
     would outlast it is cut short, no retry starts that could not finish in time, and
-    :class:`DeadlineExceeded` is raised instead.
+    :class:`DeadlineExceeded` is raised instead. ``on_retry`` is called with the error
+    before each retry.
     """
     bound = _Bound(timeout)
-    for attempt in Retrying(**_policy(attempts, base_delay, max_delay, bound)):
+    for attempt in Retrying(**_policy(attempts, base_delay, max_delay, bound, on_retry)):
         with attempt, bound.translated(), sessions.begin() as session:
             return _attempt(session, work, bound)
     raise AssertionError("unreachable: the policy re-raises the last error")
@@ -104,11 +112,13 @@ async def run_in_transaction_async(
     base_delay: float = 0.05,
     max_delay: float = 2.0,
     timeout: float | None = None,
+    on_retry: RetryListener | None = None,
 ) -> T:
     """:func:`run_in_transaction` for async sessions: the same ``work`` (a sync function of
     a session), the same retries and time bound, without blocking the event loop on I/O."""
     bound = _Bound(timeout)
-    async for attempt in AsyncRetrying(**_policy(attempts, base_delay, max_delay, bound)):
+    policy = _policy(attempts, base_delay, max_delay, bound, on_retry)
+    async for attempt in AsyncRetrying(**policy):
         with attempt, bound.translated():
             async with sessions.begin() as session:
                 return await session.run_sync(_attempt, work, bound)
@@ -156,7 +166,11 @@ def _attempt(session: Session, work: Callable[[Session], T], bound: _Bound) -> T
 
 
 def _policy(
-    attempts: int, base_delay: float, max_delay: float, bound: _Bound
+    attempts: int,
+    base_delay: float,
+    max_delay: float,
+    bound: _Bound,
+    on_retry: RetryListener | None = None,
 ) -> dict[str, Any]:
     """What both faces retry, how long they pause, and when they stop."""
 
@@ -179,6 +193,8 @@ def _policy(
             "retrying transaction (attempt %d of %d) after %s",
             state.attempt_number + 1, attempts, type(_cause(state)).__name__,
         )
+        if on_retry is not None:
+            on_retry(_failure(state))
 
     return {
         "retry": retry_if_exception(is_retryable),

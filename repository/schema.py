@@ -6,7 +6,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from migrations import SCRIPT_LOCATION
 
@@ -31,6 +31,10 @@ def head_revision() -> str | None:
     return ScriptDirectory(SCRIPT_LOCATION).get_current_head()
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+def current_revision(bind: Engine | Connection) -> str | None:
+    """The revision the database's schema is at (None: not migrated); ``bind`` is an engine
+    or an open connection (``AsyncConnection.run_sync(current_revision)`` for asyncio)."""
+    if isinstance(bind, Connection):
+        return MigrationContext.configure(bind).get_current_revision()
+    with bind.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()

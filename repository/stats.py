@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -10,14 +11,15 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from models.base import Base
+from models.events import EventOutcome
 from models.wire import format_datetime
 from repository import queries
 from repository.engine import dialect_of
 from repository.event_log import count_events
 from repository.sync_state import sync_states
-from repository.tables import tombstones
+from repository.tables import customers, events, tombstones
 
-__all__ = ["StoreStats", "store_stats"]
+__all__ = ["StoreStats", "estimate_customer_count", "last_applied_at", "store_stats"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,31 @@ def _table_bytes(session: Session, table: str) -> int | None:
     except OperationalError:
         return None
     return int(size or 0)
+
+
+def estimate_customer_count(session: Session) -> int:
+    """About how many customers are stored, cheaply (for a metric read at every scrape).
+
+    On PostgreSQL the planner's estimate, ``pg_class.reltuples``, which autovacuum and
+    ``ANALYZE`` keep near the truth (and which costs nothing whatever the table's size); an
+    exact count while the table has never been analyzed. On SQLite an exact count.
+    """
+    if dialect_of(session) == "postgresql":
+        estimate = session.scalar(
+            text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"),
+            {"table": customers.name},
+        )
+        if estimate is not None and estimate >= 0:
+            return int(estimate)
+    return queries.count(session)
+
+
+def last_applied_at(session: Session) -> datetime | None:
+    """When the latest delivery of an event that was applied arrived (None: never)."""
+    # max() keeps the column's type: read back as an aware UTC datetime.
+    moment: datetime | None = session.scalar(
+        select(func.max(events.c.last_received_at)).where(
+            events.c.outcome == EventOutcome.APPLIED.value
+        )
+    )
+    return moment

@@ -26,6 +26,7 @@ from models import Base
 from repository import AsyncCustomerRepository, CustomerRepository, make_async_engine, make_engine
 from repository.schema import upgrade_to_head
 from tests.aio import APIS, Blocking
+from tests.pgbouncer import PgBouncer, find_pgbouncer, running_pgbouncer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = FIXTURES / "voucherify"
@@ -85,6 +86,21 @@ def make_postgres_database(postgres_admin_url: str) -> Iterator[Any]:
         for name in created:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_admin_url: str) -> Iterator[PgBouncer]:
+    """A PgBouncer in transaction pooling mode in front of the test server (see
+    tests/pgbouncer.py), for the whole run. Without the ``pgbouncer`` program, its tests
+    are skipped locally and fail when ``CUSTOMER_STORE_REQUIRE_POSTGRES=1`` (as in CI)."""
+    binary = find_pgbouncer()
+    if binary is None:
+        message = "pgbouncer is not installed (Debian: apt-get install pgbouncer)"
+        if os.environ.get("CUSTOMER_STORE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with running_pgbouncer(binary, postgres_admin_url) as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(scope="session")

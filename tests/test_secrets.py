@@ -52,6 +52,7 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("ingest", "events.jsonl"),
     ("serve", "--port", "1"),
     ("events",),
+    ("events", "prune", "--older-than", "30d"),
     ("replay",),
     ("sync", "--dry-run"),
 )

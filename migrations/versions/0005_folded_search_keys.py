@@ -238,19 +238,20 @@ def _run_retrying_conflicts(connection: Connection, statement: sa.Update, parame
 def _alter_without_queueing_writers(connection: Connection, ddl: str) -> None:
     """Run an ALTER TABLE on customers (it needs the table to itself) so that writers never
     wait long behind it: waiting for its lock, it makes every later writer wait too, so it
-    gives up after ``LOCK_TIMEOUT`` and tries again a little later."""
-    connection.exec_driver_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-    try:
-        for attempt in range(LOCK_ATTEMPTS):
-            try:
-                connection.exec_driver_sql(ddl)
-                return
-            except sa.exc.OperationalError as exc:
-                if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
-                    raise
-            time.sleep(min(0.05 * 2**attempt, 2.0))
-    finally:
-        connection.exec_driver_sql("RESET lock_timeout")
+    gives up after ``LOCK_TIMEOUT`` and tries again a little later.
+
+    The timeout is ``SET LOCAL`` in the same query as the ALTER (one implicit transaction):
+    behind a transaction pooler (``?pgbouncer=true``) a session ``SET`` would stay on
+    whichever server connection ran it, for other clients, and the ALTER could run on
+    another one without it."""
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; {ddl}")
+            return
+        except sa.exc.OperationalError as exc:
+            if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+                raise
+        time.sleep(min(0.05 * 2**attempt, 2.0))
     raise RuntimeError(
         f"customers stayed locked by other transactions through {LOCK_ATTEMPTS} attempts "
         "to alter it: run the upgrade again when long transactions have ended"
