@@ -8,7 +8,6 @@ from here instead of over the internet: the same paths, parameters, authenticati
 from __future__ import annotations
 
 import hmac
-import json
 from functools import partial
 from typing import Any
 
@@ -18,12 +17,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from models import json_text
 from repository import (
+    CustomerList,
     CustomerRepository,
     InvalidListParameter,
     ListQuery,
     TotalCache,
     count_listed,
+    decode_customer_value,
     list_customers,
     parse_list_query,
 )
@@ -64,11 +66,11 @@ def read_routes(
             return problem
         key = request.path_params["customer_id"]
         async with sessions() as session:
-            customer = await session.run_sync(partial(_get, key=key))
-        if customer is None:
+            text = await session.run_sync(partial(_get_json, key=key))
+        if text is None:
             return _error(404, "not_found", "Resource not found",
                           f"Cannot find customer with id {key}")
-        return _json(customer)
+        return Response(text.encode(), media_type="application/json")
 
     async def many(request: Request) -> Response:
         problem = refused(request)
@@ -83,7 +85,7 @@ def read_routes(
         return _json({
             "object": "list",
             "data_ref": "customers",
-            "customers": [customer.to_json() for customer in page.customers],
+            "customers": page.customers,
             "total": page.total,
             "has_more": page.has_more,
         })
@@ -101,24 +103,25 @@ def read_routes(
     ]
 
 
-def _get(session: Session, *, key: str) -> Any:
+def _get_json(session: Session, *, key: str) -> str | None:
     # Voucherify takes an id or a source_id in the same place.
     repo = CustomerRepository(session)
-    return repo.get(key) or repo.get_by_source_id(key)
+    return repo.get_json(key) or repo.get_json_by_source_id(key)
 
 
-def _page(session: Session, *, query: ListQuery, totals: TotalCache) -> Any:
+def _page(
+    session: Session, *, query: ListQuery, totals: TotalCache
+) -> CustomerList[dict[str, Any]]:
+    # JSON values rather than models: they are only serialised (``json_text``).
     return list_customers(
         session, query,
         total=lambda: totals.get(query.filter_key(), lambda: count_listed(session, query)),
+        decode=decode_customer_value,
     )
 
 
-def _json(value: Any) -> Response:
-    if not isinstance(value, dict):
-        value = value.to_json()
-    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(body, media_type="application/json")
+def _json(value: dict[str, Any]) -> Response:
+    return Response(json_text(value).encode(), media_type="application/json")
 
 
 def _error(status: int, key: str, message: str, details: str) -> Response:

@@ -26,7 +26,7 @@ from models.tables import (
 )
 from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
-from models.wire import INT64_MAX, INT64_MIN, format_datetime, parse_datetime
+from models.wire import INT64_MAX, INT64_MIN, format_datetime, json_text, parse_datetime
 
 __all__ = [
     "CUSTOMER_CHANGE_EVENTS",
@@ -51,6 +51,7 @@ __all__ = [
     "WebhookEventRow",
     "compact_json",
     "format_datetime",
+    "json_text",
     "loads_json",
     "parse_customer",
     "parse_datetime",

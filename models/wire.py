@@ -22,6 +22,7 @@ __all__ = [
     "WireDate",
     "WireDateTime",
     "format_datetime",
+    "json_text",
     "parse_date",
     "parse_datetime",
 ]
@@ -141,3 +142,18 @@ def MaxBytes(limit: int) -> AfterValidator:
         return value
 
     return AfterValidator(check)
+
+
+def _wire_value(value: Any) -> str:
+    """``json.dumps``'s ``default``: date-times and dates in their wire forms."""
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text of JSON-shaped ``value`` whose date-times and dates may still be
+    Python objects: written in the wire forms the models' ``to_json`` uses."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_wire_value)

@@ -56,6 +56,7 @@ from repository.queries import (
     InvalidCursor,
     Page,
 )
+from repository.reads import decode_customer_value
 from repository.records import Record, read_records
 from repository.retry import (
     DeadlineExceeded,
@@ -80,6 +81,7 @@ from repository.voucherify_client import (
     VoucherifyError,
 )
 from repository.voucherify_list import (
+    CustomerList,
     InvalidListParameter,
     ListQuery,
     TotalCache,
@@ -152,6 +154,8 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "sync_customers",
     "sync_states",
     # the Voucherify-compatible read API
+    "CustomerList",
+    "decode_customer_value",
     "InvalidListParameter",
     "ListQuery",
     "TotalCache",

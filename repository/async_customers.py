@@ -56,6 +56,14 @@ class AsyncCustomerRepository:
         """See :meth:`CustomerRepository.get`."""
         return await self._run(CustomerRepository.get, customer_id)
 
+    async def get_json(self, customer_id: str) -> str | None:
+        """See :meth:`CustomerRepository.get_json`."""
+        return await self._run(CustomerRepository.get_json, customer_id)
+
+    async def get_json_by_source_id(self, source_id: str) -> str | None:
+        """See :meth:`CustomerRepository.get_json_by_source_id`."""
+        return await self._run(CustomerRepository.get_json_by_source_id, source_id)
+
     async def get_one_or_none(self, customer_id: str) -> Customer | None:
         """Alias of :meth:`get`, under the name SQLAlchemy users know."""
         return await self.get(customer_id)

@@ -20,10 +20,12 @@ from sqlalchemy import (
     delete,
     select,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
 from models.validation import parse_customer
+from models.wire import json_text
 from repository import queries
 from repository.bulk import bulk_upsert
 from repository.children import replace_children
@@ -33,7 +35,12 @@ from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import clear_older_tombstones, upsert_one_statement
 from repository.queries import CustomerFilter, Page
-from repository.reads import customer_select, decode_customer, get_by_id_statement
+from repository.reads import (
+    customer_select,
+    decode_customer,
+    decode_customer_value,
+    get_by_id_statement,
+)
 from repository.tables import customers, tombstones
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
@@ -127,10 +134,15 @@ class CustomerRepository:
 
     def get(self, customer_id: str) -> Customer | None:
         """The stored customer, or ``None``: one statement, however large it is."""
-        # Core execution on the session's connection: no ORM machinery for a plain row.
-        statement = get_by_id_statement(self._dialect)
-        row = self.session.connection().execute(statement, {"id": customer_id}).first()
+        row = self._row_by_id(customer_id)
         return decode_customer(row) if row is not None else None
+
+    def get_json(self, customer_id: str) -> str | None:
+        """The stored customer as compact JSON text, equal to ``get(...).to_json()``
+        serialised, or ``None``; for callers that only pass the JSON on (an HTTP answer,
+        an export), without building the models."""
+        row = self._row_by_id(customer_id)
+        return json_text(decode_customer_value(row)) if row is not None else None
 
     def get_one_or_none(self, customer_id: str) -> Customer | None:
         """Alias of :meth:`get`, under the name SQLAlchemy users know."""
@@ -142,15 +154,14 @@ class CustomerRepository:
         Out-of-order deliveries can leave two customers with one ``source_id`` for a
         while (the old holder's rename not yet received): the newer one is the answer.
         """
-        newest = (
-            select(customers.c.id)
-            .where(customers.c.source_id == source_id)
-            .order_by(customers.c.version_at.desc().nulls_last(), customers.c.id.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        found = self._load(customers.c.id == newest, limit=1)
+        found = self._load(_newest_with_source_id(source_id), limit=1)
         return found[0] if found else None
+
+    def get_json_by_source_id(self, source_id: str) -> str | None:
+        """:meth:`get_by_source_id` as :meth:`get_json` gives it."""
+        statement = customer_select(self._dialect).where(_newest_with_source_id(source_id))
+        row = self.session.connection().execute(statement.limit(1)).first()
+        return json_text(decode_customer_value(row)) if row is not None else None
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
@@ -217,8 +228,26 @@ class CustomerRepository:
     def _lock(self, customer_id: str) -> None:
         lock_customers(self.session, [customer_id])
 
+    def _row_by_id(self, customer_id: str) -> Row[Any] | None:
+        # Core execution on the session's connection: no ORM machinery for a plain row.
+        statement = get_by_id_statement(self._dialect)
+        return self.session.connection().execute(statement, {"id": customer_id}).first()
+
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
         query = customer_select(self._dialect).limit(limit)
         if condition is not None:
             query = query.where(condition)
         return [decode_customer(row) for row in self.session.connection().execute(query)]
+
+
+def _newest_with_source_id(source_id: str) -> ColumnElement[bool]:
+    """The condition that picks the customer :meth:`CustomerRepository.get_by_source_id`
+    answers with."""
+    newest = (
+        select(customers.c.id)
+        .where(customers.c.source_id == source_id)
+        .order_by(customers.c.version_at.desc().nulls_last(), customers.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return customers.c.id == newest

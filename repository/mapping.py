@@ -49,6 +49,7 @@ __all__ = [
     "CustomerRows",
     "customer_from_rows",
     "customer_to_rows",
+    "customer_value_from_rows",
     "email_key",
     "fold",
     "name_key",
@@ -278,6 +279,20 @@ def customer_from_rows(
     referrals: Sequence[Mapping[Any, Any]],
 ) -> Customer:
     """Reassemble the documented shape from a customer's rows."""
+    value = customer_value_from_rows(customer, address, campaigns, referrals)
+    # What was stored was validated on the way in: build the models without checking again.
+    return cast(Customer, _construct(Customer, value))
+
+
+def customer_value_from_rows(
+    customer: Mapping[Any, Any],
+    address: Mapping[Any, Any] | None,
+    campaigns: Sequence[Mapping[Any, Any]],
+    referrals: Sequence[Mapping[Any, Any]],
+) -> dict[str, Any]:
+    """The documented shape as JSON values (date-times and dates as Python objects, for
+    :func:`models.wire.json_text`), keys in the models' order: what ``to_json`` of
+    :func:`customer_from_rows` gives, without building the models."""
     children = {
         "address": _flat_value(ADDRESS_LAYOUT, address) if address is not None else None,
         "loyalty.campaigns": {
@@ -288,12 +303,10 @@ def customer_from_rows(
             for row in sorted(referrals, key=lambda r: r["position"])
         ],
     }
-    value = _decode(
+    return _decode(
         CUSTOMER_LAYOUT, customer, "", customer["absent_mask"], customer["null_mask"],
         customer["extra"] or {}, children,
     )
-    # What was stored was validated on the way in: build the models without checking again.
-    return cast(Customer, _construct(Customer, value))
 
 
 def _construct(model: type[BaseModel], value: dict[str, Any]) -> BaseModel:

@@ -8,6 +8,7 @@ one round trip for ``get``, one per page for ``iter_all`` and ``find``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,10 +32,11 @@ from repository.mapping import (
     REFERRAL_COLUMNS,
     SEARCH_KEY_COLUMNS,
     customer_from_rows,
+    customer_value_from_rows,
 )
 from repository.tables import addresses, campaigns, customers, referrals
 
-__all__ = ["customer_select", "decode_customer", "get_by_id_statement"]
+__all__ = ["customer_select", "decode_customer", "decode_customer_value", "get_by_id_statement"]
 
 _ADDRESS_FIELDS = [name for name in ADDRESS_COLUMNS if name != "customer_id"]
 _CAMPAIGN_FIELDS = [name for name in CAMPAIGN_COLUMNS if name != "customer_id"]
@@ -68,6 +70,19 @@ def get_by_id_statement(dialect: str) -> Select[Any]:
 
 def decode_customer(row: Row[Any]) -> Customer:
     """Reassemble the documented shape from one row of :func:`customer_select`."""
+    return customer_from_rows(*_customer_rows(row))
+
+
+def decode_customer_value(row: Row[Any]) -> dict[str, Any]:
+    """:func:`decode_customer` as JSON values, without building the models (for callers
+    that only serialise it: ``models.wire.json_text`` of it is the ``to_json`` text)."""
+    return customer_value_from_rows(*_customer_rows(row))
+
+
+def _customer_rows(
+    row: Row[Any],
+) -> tuple[Mapping[Any, Any], dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The customer's own row and its child rows, from one row of :func:`customer_select`."""
     head = row._mapping
     address = None
     if head["address_json"]:
@@ -80,7 +95,7 @@ def decode_customer(row: Row[Any]) -> Customer:
     ]
     for entry in referral_rows:
         entry["date"] = _timestamp(entry["date"])
-    return customer_from_rows(head, address, campaign_rows, referral_rows)
+    return head, address, campaign_rows, referral_rows
 
 
 def _aggregate(table: Table, fields: list[str], dialect: str) -> ColumnElement[Any]:

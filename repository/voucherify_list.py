@@ -24,9 +24,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
@@ -58,6 +59,7 @@ LIST_ORDERS = ("created_at", "-created_at", "updated_at", "-updated_at", "source
 _DATE_FILTERS = ("created_at[before]", "created_at[after]", "updated_at[before]",
                  "updated_at[after]")
 _TEXT_FILTERS = ("email", "city", "name")
+T = TypeVar("T")
 
 
 class InvalidListParameter(ValueError):
@@ -87,8 +89,9 @@ class ListQuery:
 
 
 @dataclass(frozen=True)
-class CustomerList:
-    customers: list[Customer]
+class CustomerList(Generic[T]):
+    #: The page, as models (the default) or as the ``decode`` of :func:`list_customers` gives.
+    customers: list[T]
     total: int
     has_more: bool
 
@@ -113,20 +116,40 @@ def parse_list_query(params: Mapping[str, str]) -> ListQuery:
     )
 
 
+@overload
 def list_customers(
     session: Session, query: ListQuery, *, total: Callable[[], int] | None = None
-) -> CustomerList:
+) -> CustomerList[Customer]: ...
+
+
+@overload
+def list_customers(
+    session: Session,
+    query: ListQuery,
+    *,
+    total: Callable[[], int] | None = None,
+    decode: Callable[[Row[Any]], T],
+) -> CustomerList[T]: ...
+
+
+def list_customers(
+    session: Session,
+    query: ListQuery,
+    *,
+    total: Callable[[], int] | None = None,
+    decode: Callable[[Row[Any]], Any] = decode_customer,
+) -> CustomerList[Any]:
     """One page of the list; ``total`` (e.g. a :class:`TotalCache` lookup) replaces the
-    count statement."""
+    count statement. ``decode`` turns each row into what the page holds: models by default,
+    ``reads.decode_customer_value`` for JSON values without them."""
     ids = list(session.scalars(ids_statement(query)))
     has_more = len(ids) > query.limit
     ids = ids[: query.limit]
-    found: dict[str, Customer] = {}
+    found: dict[str, Any] = {}
     if ids:
         statement = customer_select(dialect_of(session)).where(customers.c.id.in_(ids))
         for row in session.connection().execute(statement):
-            customer = decode_customer(row)
-            found[customer.id] = customer
+            found[row.id] = decode(row)
     count = total() if total is not None else count_listed(session, query)
     return CustomerList([found[i] for i in ids if i in found], count, has_more)
 

@@ -77,6 +77,11 @@ def test_every_valid_voucherify_example_reads_back_identical(
     assert repo.upsert(payload) is UpsertOutcome.APPLIED
     repo.session.commit()
     assert _stored(repo, payload["id"]) == payload
+    # The text path, without models, gives the same JSON in the same key order.
+    text = json.dumps(_stored(repo, payload["id"]), ensure_ascii=False, separators=(",", ":"))
+    assert repo.get_json(payload["id"]) == text
+    if payload.get("source_id") is not None:
+        assert repo.get_json_by_source_id(payload["source_id"]) == text
 
 
 @pytest.mark.parametrize(("name", "path"), sorted(VALID_EXAMPLE_REJECTIONS.items()))
@@ -259,6 +264,23 @@ def test_source_id_lookup_returns_the_newest_live_holder(repo: CustomerRepositor
     repo.delete("cust_new", deleted_at=_at("2024-07-01T00:00:00Z"))
     assert repo.get_by_source_id("shared@example.com").id == "cust_old"  # type: ignore[union-attr]
     assert repo.get_by_source_id("nobody@example.com") is None
+
+
+def test_get_json_of_an_unknown_customer_is_none(repo: CustomerRepository) -> None:
+    repo.upsert(_customer())
+    assert repo.get_json("cust_unknown") is None
+    assert repo.get_json_by_source_id("nobody@example.com") is None
+
+
+def test_get_json_by_source_id_answers_the_newest_live_holder_like_get_by_source_id(
+    repo: CustomerRepository,
+) -> None:
+    repo.upsert(_customer("cust_old", updated_at="2024-02-01T00:00:00.000Z"))
+    repo.upsert(_customer("cust_new", updated_at="2024-03-01T00:00:00.000Z"))
+    newest = repo.get_by_source_id("jane@example.com")
+    assert newest is not None and newest.id == "cust_new"
+    text = repo.get_json_by_source_id("jane@example.com")
+    assert text is not None and json.loads(text) == newest.to_json()
 
 
 def test_upsert_many_counts_applied_and_stale(repo: CustomerRepository) -> None:

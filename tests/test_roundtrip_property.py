@@ -42,6 +42,10 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def assert_same_json(got: Any, expected: Any) -> None:
     assert got == expected
     assert _canonical(got) == _canonical(expected)
@@ -59,6 +63,8 @@ def test_every_stored_customer_reads_back_as_the_same_json(
         assert stored is not None
         assert_same_json(stored.to_json(), sent)
         assert raw == sent, "upsert changed the caller's dict"
+        # The text path, without models: the same JSON, key for key and in the same order.
+        assert repo.get_json(raw["id"]) == compact_json(stored.to_json())
     finally:
         session.rollback()
 
