@@ -331,7 +331,8 @@ class _Run:
         """Delete what the completed listing did not see (dry run: count it)."""
         if self.report.dry_run:
             with self.sessions() as session:
-                fetch = partial(_older_than, session, started)
+                # Not recorded in a dry run: what was listed is held in memory.
+                fetch = partial(unlisted_customers, session, None, started, limit=_SWEEP_PAGE)
                 for page in keyset_pages(fetch, str, size=_SWEEP_PAGE):
                     self.report.missing += sum(cid not in self.listed_ids for cid in page)
             return 0
@@ -368,18 +369,6 @@ class _Run:
 
     def _commit(self, work: Callable[[Session], T]) -> T:
         return run_in_transaction(self.sessions, work)
-
-
-def _older_than(session: Session, started: datetime, after: str | None) -> list[str]:
-    query = (
-        select(customers.c.id)
-        .where((customers.c.version_at < started) | customers.c.version_at.is_(None))
-        .order_by(customers.c.id)
-        .limit(_SWEEP_PAGE)
-    )
-    if after is not None:
-        query = query.where(customers.c.id > after)
-    return list(session.scalars(query))
 
 
 def _delete_unlisted(

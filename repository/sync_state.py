@@ -75,23 +75,31 @@ def forget_listed(session: Session, api_url: str) -> None:
 
 
 def unlisted_customers(
-    session: Session, api_url: str, started_at: datetime, *, after: str | None, limit: int
+    session: Session,
+    api_url: str | None,
+    started_at: datetime,
+    after: str | None = None,
+    *,
+    limit: int,
 ) -> list[str]:
-    """Stored customers the listing did not see, older than its start: deleted upstream.
+    """Stored customers the listing did not see, older than its start: deleted upstream;
+    ``limit`` ids after ``after``, in id order.
 
     A customer created or updated since the listing started may not have been listed, so it
-    is kept whatever the listing saw.
+    is kept whatever the listing saw. ``api_url=None`` leaves out the recorded listing (a
+    dry run keeps what it listed in memory): every customer older than the start.
     """
-    listed = exists().where(
-        sync_listed.c.api_url == api_url, sync_listed.c.customer_id == customers.c.id
-    )
     query = (
         select(customers.c.id)
         .where(or_(customers.c.version_at < started_at, customers.c.version_at.is_(None)))
-        .where(~listed)
         .order_by(customers.c.id)
         .limit(limit)
     )
+    if api_url is not None:
+        listed = exists().where(
+            sync_listed.c.api_url == api_url, sync_listed.c.customer_id == customers.c.id
+        )
+        query = query.where(~listed)
     if after is not None:
         query = query.where(customers.c.id > after)
     return list(session.scalars(query))

@@ -24,7 +24,7 @@ from voucherify.models.parameter_order_list_customers import ParameterOrderListC
 from repository import CustomerRepository, make_session_factory
 from repository.tables import customers as customers_table
 from tests.servers import Server, child_env, cli_command, request, running_server
-from tests.voucherify_api import FakeVoucherify, make_customers
+from tests.voucherify_api import FakeVoucherify, make_customers, share_filter_values
 
 APP_ID, APP_TOKEN = "store-reader", "store-reader-token-0123456789"
 READ_ENV = {"CUSTOMER_STORE_APP_ID": APP_ID, "CUSTOMER_STORE_APP_TOKEN": APP_TOKEN}
@@ -34,14 +34,10 @@ ORDERS = ["created_at", "-created_at", "updated_at", "-updated_at", "source_id",
 
 @pytest.fixture(scope="module")
 def customers() -> list[dict[str, Any]]:
-    made = make_customers(230, seed=23)
-    for index, customer in enumerate(made):
-        if index % 7 == 0:
-            customer["email"] = "team@example.com"
-            customer["name"] = "Team Account"
-        if index % 4 == 0 and isinstance(customer.get("address"), dict):
-            customer["address"]["city"] = "Gdańsk"
-    return made
+    return share_filter_values(
+        make_customers(230, seed=23), email="team@example.com", name="Team Account",
+        every=7, city="Gdańsk", city_every=4,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -23,22 +23,17 @@ from repository.voucherify_list import (
     list_customers,
     parse_list_query,
 )
-from tests.voucherify_api import FakeVoucherify, make_customers
+from tests.voucherify_api import FakeVoucherify, make_customers, share_filter_values
 
 APP_ID, APP_TOKEN = "list-id", "list-token"
 
 
 @pytest.fixture(scope="module")
 def customers() -> list[dict[str, Any]]:
-    made = make_customers(260, tie_block=30, tie_at=100, seed=17)
-    # Shared filter values, so that the text filters match more than one customer.
-    for index, customer in enumerate(made):
-        if index % 9 == 0:
-            customer["email"] = "shared@example.com"
-            customer["name"] = "Shared Name"
-        if index % 5 == 0 and isinstance(customer.get("address"), dict):
-            customer["address"]["city"] = "Kraków"
-    return made
+    return share_filter_values(
+        make_customers(260, tie_block=30, tie_at=100, seed=17), email="shared@example.com",
+        name="Shared Name", every=9, city="Kraków", city_every=5,
+    )
 
 
 @pytest.fixture(scope="module")

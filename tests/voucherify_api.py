@@ -966,3 +966,24 @@ def _customer(
     if i % 7 == 3:
         customer["x_extra"] = {"note": f"undocumented #{i}: ünïcödé ✓", "flags": [True, None, 1]}
     return customer
+
+
+def share_filter_values(
+    customers: list[dict[str, Any]],
+    *,
+    email: str,
+    name: str,
+    every: int,
+    city: str,
+    city_every: int,
+) -> list[dict[str, Any]]:
+    """Give every ``every``-th customer the same ``email`` and ``name`` and every
+    ``city_every``-th one with an address the same ``city``, so that each text filter of the
+    list matches more than one customer; ``customers``, changed in place."""
+    for index, customer in enumerate(customers):
+        if index % every == 0:
+            customer["email"] = email
+            customer["name"] = name
+        if index % city_every == 0 and isinstance(customer.get("address"), dict):
+            customer["address"]["city"] = city
+    return customers
