@@ -20,7 +20,6 @@ from sqlalchemy import (
     delete,
     select,
 )
-from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
@@ -29,6 +28,7 @@ from models.wire import json_text
 from repository import queries
 from repository.bulk import bulk_upsert
 from repository.children import replace_children
+from repository.driver import fetch_first
 from repository.engine import dialect_of, native_insert
 from repository.keyset import keyset_pages
 from repository.locks import lock_customers
@@ -161,7 +161,7 @@ class CustomerRepository:
         """:meth:`get_by_source_id` as :meth:`get_json` gives it."""
         statement = customer_select(self._dialect).where(_newest_with_source_id(source_id))
         row = self.session.connection().execute(statement.limit(1)).first()
-        return json_text(decode_customer_value(row)) if row is not None else None
+        return json_text(decode_customer_value(row._mapping)) if row is not None else None
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
@@ -228,16 +228,18 @@ class CustomerRepository:
     def _lock(self, customer_id: str) -> None:
         lock_customers(self.session, [customer_id])
 
-    def _row_by_id(self, customer_id: str) -> Row[Any] | None:
-        # Core execution on the session's connection: no ORM machinery for a plain row.
+    def _row_by_id(self, customer_id: str) -> dict[str, Any] | None:
+        # The hot path: the driver's cursor on the session's connection, with SQLAlchemy's
+        # compiled statement and type processing but not its per-execution machinery.
         statement = get_by_id_statement(self._dialect)
-        return self.session.connection().execute(statement, {"id": customer_id}).first()
+        return fetch_first(self.session.connection(), statement, {"id": customer_id})
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
         query = customer_select(self._dialect).limit(limit)
         if condition is not None:
             query = query.where(condition)
-        return [decode_customer(row) for row in self.session.connection().execute(query)]
+        rows = self.session.connection().execute(query)
+        return [decode_customer(row._mapping) for row in rows]
 
 
 def _newest_with_source_id(source_id: str) -> ColumnElement[bool]:

@@ -1,18 +1,25 @@
-"""Talking to psycopg directly where SQLAlchemy has no construct (COPY) or costs too much
-on a hot path (``get``), with errors surfacing as SQLAlchemy's all the same; and what the
-driver's errors mean when a transaction pooler mixes up prepared statements."""
+"""Talking to the driver directly where SQLAlchemy has no construct (COPY) or costs too
+much on a hot path (``get``), with errors surfacing as SQLAlchemy's all the same; and what
+the driver's errors mean when a transaction pooler mixes up prepared statements."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
-import psycopg
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect, Select
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["POOLER_HINT", "driver_errors", "explain_pooler_clash", "is_pooler_clash"]
+__all__ = [
+    "POOLER_HINT",
+    "driver_errors",
+    "explain_pooler_clash",
+    "fetch_first",
+    "is_pooler_clash",
+]
 
 #: Added to an error that comes from prepared statements shared through a transaction
 #: pooler (shown by ``customer-store`` after the server's message, and in tracebacks).
@@ -38,15 +45,17 @@ _CLASHES = {
 def driver_errors(connection: Connection) -> Iterator[None]:
     """Raise the driver's errors as SQLAlchemy's (as SQLAlchemy does for its own statements),
     with a lost connection invalidated, so callers and retries see one kind of error."""
+    driver_error = connection.dialect.loaded_dbapi.Error
     try:
         yield
-    except psycopg.Error as exc:
+    except driver_error as exc:
         dbapi_connection = connection.connection.dbapi_connection
         lost = connection.dialect.is_disconnect(cast(Any, exc), dbapi_connection, None)
         if lost:
             connection.invalidate(exc)
         error = DBAPIError.instance(
-            None, None, exc, psycopg.Error, connection_invalidated=lost, dialect=connection.dialect
+            None, None, exc, driver_error, connection_invalidated=lost,
+            dialect=connection.dialect,
         )
         explain_pooler_clash(error)
         raise error from exc
@@ -64,3 +73,90 @@ def explain_pooler_clash(exc: BaseException) -> None:
     """Add :data:`POOLER_HINT` to ``exc`` (once) when :func:`is_pooler_clash`."""
     if is_pooler_clash(exc) and POOLER_HINT not in getattr(exc, "__notes__", ()):
         exc.add_note(POOLER_HINT)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A statement compiled once for a dialect, with what running it by hand needs."""
+
+    sql: str
+    #: Parameter names in placeholder order for positional drivers (SQLite); None: by name.
+    positions: tuple[str, ...] | None
+    #: Values the statement binds itself (a literal ``LIMIT``), by parameter name.
+    bound: dict[str, Any]
+    bind_processors: dict[str, Callable[[Any], Any]]
+    names: tuple[str, ...]
+    result_processors: tuple[Callable[[Any], Any] | None, ...]
+
+
+_plans: dict[tuple[int, type[Dialect], str], tuple[Select[Any], _Plan]] = {}
+_plans_lock = threading.Lock()
+
+
+def fetch_first(
+    connection: Connection, statement: Select[Any], params: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The first row of ``statement`` with ``params`` bound, as its columns by name, or None.
+
+    SQLAlchemy's own compilation and type processing (bound values in, column values out),
+    run on the driver's cursor of ``connection``: what a Core ``execute`` costs beyond the
+    driver (per-execution context, result metadata, row objects) is left out, which is most
+    of the difference on a one-row read. ``statement`` must live as long as the process (a
+    module-level or cached one): it is compiled once per dialect.
+
+    When something watches the statements (``echo``, a ``before_cursor_execute`` or
+    ``after_cursor_execute`` listener, as tracing instrumentation adds), the statement goes
+    through SQLAlchemy's ``execute`` instead, so that they see it.
+    """
+    if _watched(connection):
+        found = connection.execute(statement, params).first()
+        return dict(found._mapping) if found is not None else None
+    plan = _plan(statement, connection.dialect)
+    values = {**plan.bound, **params}
+    for name, process in plan.bind_processors.items():
+        values[name] = process(values[name])
+    bound: Any = values if plan.positions is None else [values[n] for n in plan.positions]
+    cursor = connection.connection.cursor()
+    try:
+        with driver_errors(connection):
+            cursor.execute(plan.sql, bound)
+            row = cursor.fetchone()
+    finally:
+        cursor.close()
+    if row is None:
+        return None
+    return {
+        name: process(value) if process is not None else value
+        for name, process, value in zip(plan.names, plan.result_processors, row, strict=True)
+    }
+
+
+def _watched(connection: Connection) -> bool:
+    dispatch = connection.dispatch
+    return bool(
+        connection._echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute
+    )
+
+
+def _plan(statement: Select[Any], dialect: Dialect) -> _Plan:
+    key = (id(statement), type(dialect), dialect.paramstyle)
+    found = _plans.get(key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    compiled = statement.compile(dialect=dialect)
+    plan = _Plan(
+        sql=compiled.string,
+        positions=tuple(compiled.positiontup) if compiled.positional and compiled.positiontup
+        else None,
+        bound={k: v for k, v in compiled.params.items() if v is not None},
+        bind_processors=dict(compiled._bind_processors),  # type: ignore[arg-type]
+        names=tuple(column[0] for column in compiled._result_columns),
+        result_processors=tuple(
+            column[3]._cached_result_processor(dialect, None)
+            for column in compiled._result_columns
+        ),
+    )
+    with _plans_lock:
+        # Kept with its statement: an id is only unique while the object lives.
+        _plans[key] = (statement, plan)
+    return plan

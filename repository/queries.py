@@ -163,7 +163,7 @@ def find(
     # One row more than asked tells whether another page exists.
     statement = customer_select_for(dialect, filters, cursor=cursor, limit=limit + 1)
     rows = session.execute(statement).all()
-    found = [decode_customer(row) for row in rows[:limit]]
+    found = [decode_customer(row._mapping) for row in rows[:limit]]
     next_cursor = _encode_cursor(found[-1].id) if len(rows) > limit else None
     return Page(found, next_cursor)
 

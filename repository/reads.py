@@ -22,7 +22,6 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
-from sqlalchemy.engine import Row
 
 from models.base import UTCDateTime, in_utc
 from models.customer import Customer
@@ -68,22 +67,22 @@ def get_by_id_statement(dialect: str) -> Select[Any]:
     return customer_select(dialect).where(customers.c.id == bindparam("id")).limit(1)
 
 
-def decode_customer(row: Row[Any]) -> Customer:
-    """Reassemble the documented shape from one row of :func:`customer_select`."""
+def decode_customer(row: Mapping[Any, Any]) -> Customer:
+    """Reassemble the documented shape from one row of :func:`customer_select` (its columns
+    by name: ``Row._mapping``, or :func:`repository.driver.fetch_first`'s dict)."""
     return customer_from_rows(*_customer_rows(row))
 
 
-def decode_customer_value(row: Row[Any]) -> dict[str, Any]:
+def decode_customer_value(row: Mapping[Any, Any]) -> dict[str, Any]:
     """:func:`decode_customer` as JSON values, without building the models (for callers
     that only serialise it: ``models.wire.json_text`` of it is the ``to_json`` text)."""
     return customer_value_from_rows(*_customer_rows(row))
 
 
 def _customer_rows(
-    row: Row[Any],
+    head: Mapping[Any, Any],
 ) -> tuple[Mapping[Any, Any], dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
     """The customer's own row and its child rows, from one row of :func:`customer_select`."""
-    head = row._mapping
     address = None
     if head["address_json"]:
         (address,) = (_fields(_ADDRESS_FIELDS, values) for values in head["address_json"])

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select
-from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
@@ -128,7 +127,7 @@ def list_customers(
     query: ListQuery,
     *,
     total: Callable[[], int] | None = None,
-    decode: Callable[[Row[Any]], T],
+    decode: Callable[[Mapping[Any, Any]], T],
 ) -> CustomerList[T]: ...
 
 
@@ -137,7 +136,7 @@ def list_customers(
     query: ListQuery,
     *,
     total: Callable[[], int] | None = None,
-    decode: Callable[[Row[Any]], Any] = decode_customer,
+    decode: Callable[[Mapping[Any, Any]], Any] = decode_customer,
 ) -> CustomerList[Any]:
     """One page of the list; ``total`` (e.g. a :class:`TotalCache` lookup) replaces the
     count statement. ``decode`` turns each row into what the page holds: models by default,
@@ -149,7 +148,7 @@ def list_customers(
     if ids:
         statement = customer_select(dialect_of(session)).where(customers.c.id.in_(ids))
         for row in session.connection().execute(statement):
-            found[row.id] = decode(row)
+            found[row.id] = decode(row._mapping)
     count = total() if total is not None else count_listed(session, query)
     return CustomerList([found[i] for i in ids if i in found], count, has_more)
 

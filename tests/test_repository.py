@@ -77,6 +77,11 @@ def test_every_valid_voucherify_example_reads_back_identical(
     assert repo.upsert(payload) is UpsertOutcome.APPLIED
     repo.session.commit()
     assert _stored(repo, payload["id"]) == payload
+    # The models read back are those validation builds, value for value and key for key.
+    stored = repo.get(payload["id"])
+    validated = parse_customer(copy.deepcopy(payload))
+    assert stored == validated
+    assert stored is not None and stored.model_fields_set == validated.model_fields_set
     # The text path, without models, gives the same JSON in the same key order.
     text = json.dumps(_stored(repo, payload["id"]), ensure_ascii=False, separators=(",", ":"))
     assert repo.get_json(payload["id"]) == text

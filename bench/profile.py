@@ -1,0 +1,148 @@
+"""Where the time of ``import`` and of ``get`` goes: py-spy flame graphs and a per-stage table.
+
+    pip install -e '.[profile]'          # py-spy, a sampling profiler
+    python -m bench.profile [--customers 20000] [--gets 5000] [--out docs]
+
+On a throwaway PostgreSQL database (dropped at the end) it generates ``--customers``
+customers (bench/customers.py) and records, with py-spy, at 250 samples a second:
+
+- ``customer-store import`` of them (every thread: the reader/validator and the writer);
+- a loop of ``CustomerRepository.get`` by id, each in a read-only session of its own, as a
+  request handler runs it, and the same loop with ``get_json``.
+
+Each run leaves a flame graph, ``<out>/profile-<name>.svg``, and prints the share of the
+samples in each stage, judged by the innermost frame that belongs to one: the input read
+and split into values, JSON decoding, validation (pydantic and the storability checks),
+mapping between the shape and the rows, COPY formatting, the driver and the server (psycopg,
+and the server's answers waited for: idle samples count), SQLAlchemy, a thread waiting for
+the other one's turn, and the rest. py-spy needs permission to read another
+process's memory (root, or ``CAP_SYS_PTRACE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.customers import write_jsonl
+from bench.store_bench import DEFAULT_ADMIN_URL, sample_ids, throwaway_database
+from repository import CustomerRepository, make_engine, make_session_factory, upgrade_to_head
+
+RATE = 250
+# (stage, what a frame's text contains), the first match of the innermost matching frame.
+STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("driver and server", ("psycopg/", "psycopg_c", "psycopg_binary")),
+    ("SQLAlchemy", ("sqlalchemy/",)),
+    ("COPY formatting", ("repository/copy.py", "repository/bulk.py")),
+    ("validation", ("pydantic", "models/validation.py", "models/storability.py",
+                    "models/wire.py", "models/customer.py")),
+    ("JSON", ("json/decoder.py", "json/encoder.py", "json/__init__.py",
+              "models/json_decoding.py")),
+    ("mapping", ("repository/mapping.py", "repository/reads.py", "repository/children.py")),
+    ("read", ("repository/json_text.py", "repository/records.py", "codecs.py", "<frozen codecs>")),
+    ("other thread's turn", ("threading.py", "queue.py", "concurrent/futures")),
+]
+
+
+def stage_of(stack: str) -> str:
+    """The stage of one collapsed stack (outermost frame first, ``;`` between frames)."""
+    for frame in reversed(stack.split(";")):
+        for stage, marks in STAGES:
+            if any(mark in frame for mark in marks):
+                return stage
+    return "other"
+
+
+def stage_shares(raw: Path) -> dict[str, float]:
+    """Shares of the samples per stage, from py-spy's ``--format raw`` output."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text(encoding="utf-8").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[stage_of(stack)] += int(count)
+    total = sum(counts.values()) or 1
+    return {stage: counts[stage] / total for stage, _ in [*STAGES, ("other", ())]}
+
+
+def record(py_spy: str, command: list[str], out: Path, name: str) -> dict[str, float]:
+    """Run ``command`` under py-spy twice (a flame graph, then raw stacks for the table)."""
+    shares: dict[str, float] = {}
+    for fmt, path in (("flamegraph", out / f"profile-{name}.svg"),
+                      ("raw", out / f"profile-{name}.txt")):
+        subprocess.run(
+            [py_spy, "record", "--rate", str(RATE), "--idle", "--nonblocking",
+             "--format", fmt, "--output", str(path), "--", *command],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        if fmt == "raw":
+            shares = stage_shares(path)
+            path.unlink()
+    return shares
+
+
+def get_loop(url: str, ids_path: str, method: str, seconds: float) -> None:
+    """Call ``method`` (``get`` or ``get_json``) on the ids in ``ids_path`` for ``seconds``."""
+    ids = Path(ids_path).read_text(encoding="utf-8").split()
+    sessions = make_session_factory(make_engine(url, read_only=True))
+    call = getattr(CustomerRepository, method)
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            assert call(CustomerRepository(session), ids[i % len(ids)]) is not None
+        i += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--gets", type=int, default=5_000, help="ids the get loops cycle over")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each get loop")
+    parser.add_argument("--out", default="docs", help="folder for the flame graphs")
+    parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL",
+                                                               DEFAULT_ADMIN_URL))
+    parser.add_argument("--get-loop", nargs=3, metavar=("URL", "IDS", "METHOD"),
+                        help=argparse.SUPPRESS)  # the profiled child of a get run
+    args = parser.parse_args(argv)
+    if args.get_loop:
+        url, ids, method = args.get_loop
+        get_loop(url, ids, method, args.seconds)
+        return 0
+    # Installed beside this interpreter (a virtual environment's bin), or on PATH.
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+        "py-spy"
+    )
+    if py_spy is None:
+        raise SystemExit("py-spy is not installed: pip install -e '.[profile]'")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, dict[str, float]] = {}
+    with throwaway_database(args.admin_url) as url, tempfile.TemporaryDirectory() as tmp:
+        upgrade_to_head(url)
+        path = str(Path(tmp) / "customers.jsonl")
+        write_jsonl(path, args.customers)
+        cli = [sys.executable, "-m", "customer_store", "--database-url", url]
+        tables["import"] = record(py_spy, [*cli, "import", path], out, "import")
+        ids = Path(tmp) / "ids.txt"
+        ids.write_text("\n".join(sample_ids(url, args.gets)), encoding="utf-8")
+        for method in ("get", "get_json"):
+            loop = [sys.executable, "-m", "bench.profile", "--seconds", str(args.seconds),
+                    "--get-loop", url, str(ids), method]
+            tables[method] = record(py_spy, loop, out, method)
+    stages = [stage for stage, _ in STAGES] + ["other"]
+    print(f"{'stage':<22}" + "".join(f"{name:>10}" for name in tables))
+    for stage in stages:
+        print(f"{stage:<22}" + "".join(f"{shares[stage]:>10.0%}" for shares in tables.values()))
+    print(f"flame graphs: {', '.join(str(out / f'profile-{n}.svg') for n in tables)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
