@@ -105,8 +105,7 @@ def read_routes(
 
 def _get_json(session: Session, *, key: str) -> str | None:
     # Voucherify takes an id or a source_id in the same place.
-    repo = CustomerRepository(session)
-    return repo.get_json(key) or repo.get_json_by_source_id(key)
+    return CustomerRepository(session).get_json(key, or_source_id=True)
 
 
 def _page(

@@ -56,9 +56,9 @@ class AsyncCustomerRepository:
         """See :meth:`CustomerRepository.get`."""
         return await self._run(CustomerRepository.get, customer_id)
 
-    async def get_json(self, customer_id: str) -> str | None:
+    async def get_json(self, customer_id: str, *, or_source_id: bool = False) -> str | None:
         """See :meth:`CustomerRepository.get_json`."""
-        return await self._run(CustomerRepository.get_json, customer_id)
+        return await self._run(CustomerRepository.get_json, customer_id, or_source_id=or_source_id)
 
     async def get_json_by_source_id(self, source_id: str) -> str | None:
         """See :meth:`CustomerRepository.get_json_by_source_id`."""

@@ -8,7 +8,7 @@ of one customer end in the newest state rather than colliding.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     delete,
     select,
 )
@@ -40,6 +41,8 @@ from repository.reads import (
     decode_customer,
     decode_customer_value,
     get_by_id_statement,
+    get_by_key_statement,
+    get_by_source_id_statement,
 )
 from repository.tables import customers, tombstones
 
@@ -137,11 +140,19 @@ class CustomerRepository:
         row = self._row_by_id(customer_id)
         return decode_customer(row) if row is not None else None
 
-    def get_json(self, customer_id: str) -> str | None:
+    def get_json(self, customer_id: str, *, or_source_id: bool = False) -> str | None:
         """The stored customer as compact JSON text, equal to ``get(...).to_json()``
         serialised, or ``None``; for callers that only pass the JSON on (an HTTP answer,
-        an export), without building the models."""
-        row = self._row_by_id(customer_id)
+        an export), without building the models.
+
+        ``or_source_id=True`` answers, for a key that is no customer's id, what
+        :meth:`get_json_by_source_id` would (as Voucherify's ``GET /v1/customers/{id}``
+        does), in the same single statement.
+        """
+        if or_source_id:
+            row = self._fetch(get_by_key_statement, key=customer_id)
+        else:
+            row = self._row_by_id(customer_id)
         return json_text(decode_customer_value(row)) if row is not None else None
 
     def get_one_or_none(self, customer_id: str) -> Customer | None:
@@ -154,14 +165,13 @@ class CustomerRepository:
         Out-of-order deliveries can leave two customers with one ``source_id`` for a
         while (the old holder's rename not yet received): the newer one is the answer.
         """
-        found = self._load(_newest_with_source_id(source_id), limit=1)
-        return found[0] if found else None
+        row = self._fetch(get_by_source_id_statement, source_id=source_id)
+        return decode_customer(row) if row is not None else None
 
     def get_json_by_source_id(self, source_id: str) -> str | None:
         """:meth:`get_by_source_id` as :meth:`get_json` gives it."""
-        statement = customer_select(self._dialect).where(_newest_with_source_id(source_id))
-        row = self.session.connection().execute(statement.limit(1)).first()
-        return json_text(decode_customer_value(row._mapping)) if row is not None else None
+        row = self._fetch(get_by_source_id_statement, source_id=source_id)
+        return json_text(decode_customer_value(row)) if row is not None else None
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
@@ -229,10 +239,14 @@ class CustomerRepository:
         lock_customers(self.session, [customer_id])
 
     def _row_by_id(self, customer_id: str) -> dict[str, Any] | None:
+        return self._fetch(get_by_id_statement, id=customer_id)
+
+    def _fetch(
+        self, statement: Callable[[str], Select[Any]], **params: Any
+    ) -> dict[str, Any] | None:
         # The hot path: the driver's cursor on the session's connection, with SQLAlchemy's
         # compiled statement and type processing but not its per-execution machinery.
-        statement = get_by_id_statement(self._dialect)
-        return fetch_first(self.session.connection(), statement, {"id": customer_id})
+        return fetch_first(self.session.connection(), statement(self._dialect), params)
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
         query = customer_select(self._dialect).limit(limit)
@@ -241,15 +255,3 @@ class CustomerRepository:
         rows = self.session.connection().execute(query)
         return [decode_customer(row._mapping) for row in rows]
 
-
-def _newest_with_source_id(source_id: str) -> ColumnElement[bool]:
-    """The condition that picks the customer :meth:`CustomerRepository.get_by_source_id`
-    answers with."""
-    newest = (
-        select(customers.c.id)
-        .where(customers.c.source_id == source_id)
-        .order_by(customers.c.version_at.desc().nulls_last(), customers.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    return customers.c.id == newest

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     ColumnElement,
+    ScalarSelect,
     Select,
     Table,
     bindparam,
@@ -35,7 +36,14 @@ from repository.mapping import (
 )
 from repository.tables import addresses, campaigns, customers, referrals
 
-__all__ = ["customer_select", "decode_customer", "decode_customer_value", "get_by_id_statement"]
+__all__ = [
+    "customer_select",
+    "decode_customer",
+    "decode_customer_value",
+    "get_by_id_statement",
+    "get_by_key_statement",
+    "get_by_source_id_statement",
+]
 
 _ADDRESS_FIELDS = [name for name in ADDRESS_COLUMNS if name != "customer_id"]
 _CAMPAIGN_FIELDS = [name for name in CAMPAIGN_COLUMNS if name != "customer_id"]
@@ -65,6 +73,35 @@ def get_by_id_statement(dialect: str) -> Select[Any]:
     """:func:`customer_select` for one id (bound as ``id``), built once per dialect so that
     each call skips building and compiling it."""
     return customer_select(dialect).where(customers.c.id == bindparam("id")).limit(1)
+
+
+@functools.cache
+def get_by_source_id_statement(dialect: str) -> Select[Any]:
+    """:func:`customer_select` for the live customer with a ``source_id`` (bound as
+    ``source_id``) and the newest version: out-of-order deliveries can leave two customers
+    with one ``source_id`` for a while (the old holder's rename not yet received)."""
+    newest = _newest_with_source_id(bindparam("source_id"))
+    return customer_select(dialect).where(customers.c.id == newest).limit(1)
+
+
+@functools.cache
+def get_by_key_statement(dialect: str) -> Select[Any]:
+    """:func:`customer_select` for the customer whose id is ``key`` or else the one
+    :func:`get_by_source_id_statement` finds for ``key`` as a ``source_id``: one statement
+    (``coalesce`` looks for the second only when the first is not there)."""
+    by_id = select(customers.c.id).where(customers.c.id == bindparam("key")).scalar_subquery()
+    found = func.coalesce(by_id, _newest_with_source_id(bindparam("key")))
+    return customer_select(dialect).where(customers.c.id == found).limit(1)
+
+
+def _newest_with_source_id(source_id: ColumnElement[Any]) -> ScalarSelect[Any]:
+    return (
+        select(customers.c.id)
+        .where(customers.c.source_id == source_id)
+        .order_by(customers.c.version_at.desc().nulls_last(), customers.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def decode_customer(row: Mapping[Any, Any]) -> Customer:

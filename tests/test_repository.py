@@ -85,8 +85,10 @@ def test_every_valid_voucherify_example_reads_back_identical(
     # The text path, without models, gives the same JSON in the same key order.
     text = json.dumps(_stored(repo, payload["id"]), ensure_ascii=False, separators=(",", ":"))
     assert repo.get_json(payload["id"]) == text
+    assert repo.get_json(payload["id"], or_source_id=True) == text
     if payload.get("source_id") is not None:
         assert repo.get_json_by_source_id(payload["source_id"]) == text
+        assert repo.get_json(payload["source_id"], or_source_id=True) == text
 
 
 @pytest.mark.parametrize(("name", "path"), sorted(VALID_EXAMPLE_REJECTIONS.items()))
@@ -275,6 +277,22 @@ def test_get_json_of_an_unknown_customer_is_none(repo: CustomerRepository) -> No
     repo.upsert(_customer())
     assert repo.get_json("cust_unknown") is None
     assert repo.get_json_by_source_id("nobody@example.com") is None
+
+
+def test_get_json_or_source_id_prefers_the_id_then_the_newest_source_id_holder(
+    repo: CustomerRepository,
+) -> None:
+    repo.upsert(_customer("cust_old", updated_at="2024-02-01T00:00:00.000Z"))
+    repo.upsert(_customer("cust_new", updated_at="2024-03-01T00:00:00.000Z"))
+    # A customer whose id is another one's source_id: the id wins.
+    repo.upsert(_customer("jane@example.com", source_id="someone-else"))
+    by_key = repo.get_json("jane@example.com", or_source_id=True)
+    assert by_key is not None and json.loads(by_key)["id"] == "jane@example.com"
+    repo.delete("jane@example.com", deleted_at=_at("2025-01-01T00:00:00.000Z"))
+    by_key = repo.get_json("jane@example.com", or_source_id=True)
+    assert by_key is not None and json.loads(by_key)["id"] == "cust_new"
+    assert repo.get_json("jane@example.com") is None
+    assert repo.get_json("nobody", or_source_id=True) is None
 
 
 def test_get_json_by_source_id_answers_the_newest_live_holder_like_get_by_source_id(
