@@ -9,12 +9,14 @@ outcome commit together, so a crash leaves either all of them or none.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import ColumnElement, LargeBinary, case, literal, select, update
+from sqlalchemy import ColumnElement, LargeBinary, and_, bindparam, case, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +27,7 @@ from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
-from repository.engine import native_insert
+from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
 from repository.tables import events, tombstones
@@ -116,9 +118,7 @@ def ingest(
     outcome = _perform(session, action)
     if outcome is not provisional:
         session.execute(
-            update(events)
-            .where(events.c.event_id == envelope.event_id)
-            .values(outcome=outcome.value)
+            _SET_OUTCOME, {"p_event_id": envelope.event_id, "p_outcome": outcome.value}
         )
     return IngestResult(
         envelope.event_id, outcome, envelope.event_type, envelope.customer_id, claimed.error
@@ -234,43 +234,71 @@ def _claim(
     A delivery about a forgotten customer is recorded without its body and error text: both
     may carry the personal data that was erased.
     """
-    stored_body: Any = body
-    stored_error: Any = error
-    if envelope.customer_id is not None:
-        forgotten = is_forgotten(envelope.customer_id)
-        stored_body = case((forgotten, literal(b"", LargeBinary)), else_=literal(body, LargeBinary))
-        if error is not None:
-            stored_error = case((forgotten, literal(ERASED_ERROR)), else_=literal(error))
+    dialect = dialect_of(session)
+    row = session.execute(_claim_statement(dialect, count_delivery), {
+        "p_event_id": envelope.event_id,
+        "p_envelope_id": envelope.envelope_id,
+        "p_event_type": envelope.event_type,
+        "p_project_id": envelope.project_id,
+        "p_customer_id": envelope.customer_id,
+        "p_event_created_at": envelope.created_at,
+        "p_now": now,
+        "p_outcome": outcome.value,
+        "p_error": error,
+        "p_body": body,
+    }).first()
+    if row is not None:
+        return _Claimed(row.error)
+    if count_delivery:
+        session.execute(_REDELIVERED, {"p_event_id": envelope.event_id, "p_now": now})
+    return None
+
+
+@functools.cache
+def _claim_statement(dialect: str, count_delivery: bool) -> Any:
+    """The claim of :func:`_claim`, built once: a delivery binds its values to it (named
+    ``p_…``: SQLAlchemy keeps the columns' own names for itself)."""
+    forgotten = is_forgotten(bindparam("p_customer_id", type_=events.c.customer_id.type))
+    body = bindparam("p_body", type_=LargeBinary)
+    error = bindparam("p_error", type_=events.c.error.type)
     fields = {
-        "envelope_id": envelope.envelope_id,
-        "event_type": envelope.event_type,
-        "project_id": envelope.project_id,
-        "customer_id": envelope.customer_id,
-        "event_created_at": envelope.created_at,
-        "last_received_at": now,
-        "outcome": outcome.value,
-        "error": stored_error,
-        "body": stored_body,
+        "envelope_id": bindparam("p_envelope_id", type_=events.c.envelope_id.type),
+        "event_type": bindparam("p_event_type", type_=events.c.event_type.type),
+        "project_id": bindparam("p_project_id", type_=events.c.project_id.type),
+        "customer_id": bindparam("p_customer_id", type_=events.c.customer_id.type),
+        "event_created_at": bindparam("p_event_created_at", type_=events.c.event_created_at.type),
+        "last_received_at": bindparam("p_now", type_=events.c.last_received_at.type),
+        "outcome": bindparam("p_outcome", type_=events.c.outcome.type),
+        "error": case((and_(forgotten, error.is_not(None)), literal(ERASED_ERROR)), else_=error),
+        "body": case((forgotten, literal(b"", LargeBinary)), else_=body),
     }
-    ins = native_insert(session, events).values(
-        event_id=envelope.event_id, first_received_at=now, deliveries=1, **fields
+    ins = (postgresql if dialect == "postgresql" else sqlite).insert(events).values(
+        event_id=bindparam("p_event_id", type_=events.c.event_id.type),
+        first_received_at=bindparam("p_now", type_=events.c.first_received_at.type),
+        deliveries=1,
+        **fields,
     )
     deliveries = events.c.deliveries + 1 if count_delivery else events.c.deliveries
-    claim = ins.on_conflict_do_update(
+    return ins.on_conflict_do_update(
         index_elements=[events.c.event_id],
         set_={**{name: ins.excluded[name] for name in fields}, "deliveries": deliveries},
         where=events.c.outcome == EventOutcome.REJECTED.value,
     ).returning(events.c.error)
-    row = session.execute(claim).first()
-    if row is not None:
-        return _Claimed(row.error)
-    if count_delivery:
-        session.execute(
-            update(events)
-            .where(events.c.event_id == envelope.event_id)
-            .values(deliveries=events.c.deliveries + 1, last_received_at=now)
-        )
-    return None
+
+
+_REDELIVERED = (
+    update(events)
+    .where(events.c.event_id == bindparam("p_event_id"))
+    .values(
+        deliveries=events.c.deliveries + 1,
+        last_received_at=bindparam("p_now", type_=events.c.last_received_at.type),
+    )
+)
+_SET_OUTCOME = (
+    update(events)
+    .where(events.c.event_id == bindparam("p_event_id"))
+    .values(outcome=bindparam("p_outcome", type_=events.c.outcome.type))
+)
 
 
 def is_forgotten(customer_id: Any) -> ColumnElement[bool]:
