@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    bindparam,
     delete,
     select,
 )
@@ -69,6 +70,16 @@ class DeleteOutcome(enum.StrEnum):
 class UpsertSummary:
     applied: int = 0
     stale: int = 0
+
+
+# The statements of a single write's tombstone check, built once (a write runs both).
+_DELETED_AT = select(tombstones.c.deleted_at).where(
+    tombstones.c.customer_id == bindparam("p_id", type_=tombstones.c.customer_id.type)
+)
+_CLEAR_OLDER = clear_older_tombstones(
+    bindparam("p_id", type_=tombstones.c.customer_id.type),
+    bindparam("p_version_at", type_=tombstones.c.deleted_at.type),
+)
 
 
 class CustomerRepository:
@@ -175,9 +186,7 @@ class CustomerRepository:
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
-        value: datetime | None = self.session.scalar(
-            select(tombstones.c.deleted_at).where(tombstones.c.customer_id == customer_id)
-        )
+        value: datetime | None = self.session.scalar(_DELETED_AT, {"p_id": customer_id})
         return value
 
     def count(self, filters: CustomerFilter | None = None) -> int:
@@ -232,7 +241,7 @@ class CustomerRepository:
         write so that SQLite takes its write lock here, before the check is read.
         """
         if rows.version_at is not None:
-            self.session.execute(clear_older_tombstones(rows.id, rows.version_at))
+            self.session.execute(_CLEAR_OLDER, {"p_id": rows.id, "p_version_at": rows.version_at})
         return self.is_deleted(rows.id) is not None
 
     def _lock(self, customer_id: str) -> None:

@@ -21,6 +21,8 @@ __all__ = ["LOCK_NAMESPACE", "lock_customers"]
 #: First key of the two-key advisory locks, so they cannot clash with other users' locks.
 LOCK_NAMESPACE = 0x43535431
 
+# Where a session keeps (its transaction, the ids locked in it).
+_HELD = "customer_store.locked_customers"
 _LOCK_MANY = text(
     "SELECT count(pg_advisory_xact_lock(:namespace, key)) FROM ("
     " SELECT DISTINCT hashtext(id) AS key FROM unnest(CAST(:ids AS text[])) AS id"
@@ -29,7 +31,23 @@ _LOCK_MANY = text(
 
 
 def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
-    """Take the write locks of these customers until the end of the transaction."""
+    """Take the write locks of these customers until the end of the transaction.
+
+    Locks this transaction already took are not asked for again (a delivery locks its
+    customer before recording the event, then the write would lock it once more): the
+    session remembers them per transaction, savepoint included, since rolling a savepoint
+    back releases the locks taken within it.
+    """
     if not customer_ids or dialect_of(session) != "postgresql":
         return
-    session.execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": list(customer_ids)})
+    session.connection()  # begins the transaction if none has begun: its locks are kept by it
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    held: tuple[object, set[str]] | None = session.info.get(_HELD)
+    if held is None or held[0] is not transaction:
+        held = (transaction, set())
+        session.info[_HELD] = held
+    wanted = [customer_id for customer_id in customer_ids if customer_id not in held[1]]
+    if not wanted:
+        return
+    session.execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
+    held[1].update(wanted)

@@ -1,0 +1,69 @@
+"""Per-customer advisory locks on PostgreSQL: taken once per transaction, and really held
+by every transaction (and savepoint) that asked for them."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine, event, text
+from sqlalchemy.orm import Session
+
+from repository.locks import LOCK_NAMESPACE, lock_customers
+
+
+@pytest.fixture
+def pg_engine(engine: Engine) -> Engine:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("advisory locks are PostgreSQL's; SQLite has one writer")
+    return engine
+
+
+def held_by_others(engine: Engine) -> int:
+    """Advisory locks of the store's namespace held, seen from another connection."""
+    with engine.connect() as connection:
+        return int(connection.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = :ns"
+            " AND granted"
+        ), {"ns": LOCK_NAMESPACE}) or 0)
+
+
+def test_a_lock_asked_for_twice_in_a_transaction_costs_one_statement(pg_engine: Engine) -> None:
+    with Session(pg_engine) as session:
+        lock_customers(session, ["cust_a"])
+        statements: list[str] = []
+
+        def seen(*args: object) -> None:
+            statements.append(str(args[2]))
+
+        event.listen(pg_engine, "before_cursor_execute", seen)
+        try:
+            lock_customers(session, ["cust_a"])
+            lock_customers(session, ["cust_a", "cust_b"])
+        finally:
+            event.remove(pg_engine, "before_cursor_execute", seen)
+        assert len(statements) == 1  # cust_b only
+        assert held_by_others(pg_engine) == 2
+        session.rollback()
+    assert held_by_others(pg_engine) == 0
+
+
+def test_the_next_transaction_takes_the_lock_again(pg_engine: Engine) -> None:
+    with Session(pg_engine) as session:
+        lock_customers(session, ["cust_a"])
+        session.commit()
+        assert held_by_others(pg_engine) == 0
+        lock_customers(session, ["cust_a"])
+        assert held_by_others(pg_engine) == 1
+        session.rollback()
+
+
+def test_a_lock_released_with_its_savepoint_is_taken_again(pg_engine: Engine) -> None:
+    with Session(pg_engine) as session:
+        session.connection()
+        savepoint = session.begin_nested()
+        lock_customers(session, ["cust_a"])
+        assert held_by_others(pg_engine) == 1
+        savepoint.rollback()
+        assert held_by_others(pg_engine) == 0
+        lock_customers(session, ["cust_a"])
+        assert held_by_others(pg_engine) == 1
+        session.rollback()
