@@ -1,6 +1,6 @@
-"""Webhook ingest throughput: ``customer-store ingest`` run by 1 and by N processes at once.
+"""Webhook ingest throughput: against a raw psycopg baseline, and by 1 to N processes.
 
-    python -m bench.ingest_rate [--database-url URL] [--events N] [--processes 1 4]
+    python -m bench.ingest_rate [--database-url URL] [--events N] [--processes 1 2 4 8]
 
 Run from the repository root (the stream generator lives in ``tests/webhook_streams.py``).
 Without ``--database-url`` a throwaway PostgreSQL database is created on the server of
@@ -8,7 +8,12 @@ Without ``--database-url`` a throwaway PostgreSQL database is created on the ser
 ``--database-url`` is migrated and EMPTIED before each run; one that already holds rows is
 refused unless ``--force`` is given.
 
-The stream (about ``--events`` deliveries, every event delivered 1-3 times, shuffled) is
+First, in this process, one delivery after the other on one connection: the store's
+``ingest_delivery`` against bench/raw_ingest.py, which does the same work per delivery in
+plain psycopg (claim the event row, upsert the customer row and its children, commit), and
+their ratio (target >= 0.5).
+
+Then the stream (about ``--events`` deliveries, every event delivered 1-3 times, shuffled) is
 dealt round-robin to the processes; each runs the CLI's ``ingest`` on its shard. The time
 is wall-clock from starting the first process to the end of the last one, so it includes
 each process's start-up (printed separately for reference). Figures only: nothing asserted.
@@ -31,8 +36,9 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from bench.raw_ingest import raw_ingest
 from models import Base, CustomerRow, WebhookEventRow
-from repository import CustomerRepository, make_engine, make_session_factory
+from repository import CustomerRepository, ingest_delivery, make_engine, make_session_factory
 from repository.engine import normalize_url
 from repository.schema import upgrade_to_head
 from tests.webhook_streams import (
@@ -67,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             upgrade_to_head(url)
             startup = _startup_seconds(url, Path(tmp))
+            if engine.dialect.name != "postgresql":
+                raise SystemExit("the raw baseline is PostgreSQL's: give a PostgreSQL URL")
+            _reset(engine)
+            raw_seconds = raw_ingest(_libpq(url), deliveries)
+            _reset(engine)
+            ours_seconds = _in_process(engine, deliveries)
+            ours_ok = _state_ok(engine, stream)
             runs = []
             for count in args.processes:
                 _reset(engine)
@@ -82,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ningest rate on {backend}: {customers:,} customers, {len(stream.events):,} distinct "
           f"events, {len(deliveries):,} deliveries ({len(deliveries) - len(stream.events):,} "
           f"duplicates), {sum(e.legacy for e in stream.events):,} legacy envelopes")
+    raw_rate, ours_rate = len(deliveries) / raw_seconds, len(deliveries) / ours_seconds
+    print(f"one process, one connection: ingest_delivery {ours_rate:,.0f} events/s "
+          f"({'as expected' if ours_ok else 'WRONG'}), raw psycopg baseline {raw_rate:,.0f} "
+          f"events/s: ratio {ours_rate / raw_rate:.2f} (target >= 0.5)")
     print(f"{'processes':>9}  {'events':>8}  {'seconds':>8}  {'events/s':>9}  {'retries':>7}  "
           "final state")
     for run in runs:
@@ -104,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"PostgreSQL server for the throwaway database ({DEFAULT_ADMIN_URL})")
     parser.add_argument("--events", type=int, default=20_000,
                         help="about this many deliveries, duplicates included (20000)")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 4],
-                        help="process counts to measure (1 4)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="process counts to measure (1 2 4 8)")
     parser.add_argument("--seed", type=int, default=2024, help="stream seed (2024)")
     parser.add_argument("--force", action="store_true",
                         help="empty a --database-url database even if it holds rows")
@@ -164,6 +181,19 @@ def _reset(engine: Engine) -> None:
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(text("VACUUM ANALYZE"))
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _in_process(engine: Engine, deliveries: list[bytes]) -> float:
+    """Seconds for ``ingest_delivery`` of each delivery in turn, in this process."""
+    sessions = make_session_factory(engine)
+    started = time.perf_counter()
+    for body in deliveries:
+        ingest_delivery(sessions, body)
+    return time.perf_counter() - started
 
 
 def _command(url: str, path: Path) -> list[str]:

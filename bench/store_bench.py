@@ -9,13 +9,15 @@ customers (bench/customers.py) and prints one table:
   same customers into the project's own tables, flattened by a minimal hand-written loop
   without validation (the limit), and (b) a JSONB-document table upserted with psycopg in
   pipelined batches (what a user would build instead);
-- ``get`` by id latency (p50, p99), a new session per call, against the same single
-  statement run on a raw psycopg connection with a plain dict reassembly, and a JSONB
-  document fetch; at 10k customers and at ``--scale`` customers;
+- ``get`` and ``get_json`` by id latency (p50, p99), a new read-only session per call,
+  against the same statement (``get``'s own, compiled by SQLAlchemy) run by a raw psycopg
+  connection and fetched as a row, and a JSONB document fetch, taking turns per id; at 10k
+  customers and at ``--scale`` customers;
 - ``find`` page latency at page 1 and page 1,000 (pages of 100), without and with a filter;
 - peak memory (RSS) of the import process, for the full file and a quarter of it.
 
-Figures only; nothing is asserted. Targets are in docs/benchmarks.md.
+Figures only; nothing is asserted. Each ratio is printed beside its target (issue 14's
+table, kept in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bench.customers import write_jsonl
+from bench.raw_rows import CHILD_TABLES, CUSTOMER_COLUMNS, customer_row
 from repository import CustomerFilter, make_engine, make_session_factory
 from repository.customers import CustomerRepository
 from repository.engine import without_pooler_flag
 from repository.queries import cursor_after, find
+from repository.reads import get_by_id_statement
 from repository.schema import upgrade_to_head
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -127,56 +130,14 @@ def raw_copy(url: str, path: str) -> float:
 def _copy_batch(cur: Any, batch: list[dict[str, Any]]) -> None:
     if not batch:
         return
-    with cur.copy(
-        "COPY customers (id, source_id, name, description, email, phone, birthdate, metadata,"
-        " system_metadata, created_at, updated_at, object, redemptions_total_redeemed,"
-        " redemptions_total_failed, redemptions_total_succeeded, redemptions_total_rolled_back,"
-        " redemptions_total_rollback_failed, redemptions_total_rollback_succeeded,"
-        " gift_redeemed_amount, gift_amount_to_go, loyalty_card_redeemed_points,"
-        " loyalty_card_points_to_go, orders_total_amount, orders_total_count,"
-        " orders_average_amount, orders_last_order_amount, orders_last_order_date,"
-        " loyalty_points, loyalty_referred_customers, referrals_total, assets_cockpit_url,"
-        " version_at) FROM STDIN"
-    ) as copy:
-        for c in batch:
-            r, o = c["summary"]["redemptions"], c["summary"]["orders"]
-            copy.write_row((
-                c["id"], c["source_id"], c["name"], c["description"], c["email"], c["phone"],
-                c["birthdate"], Jsonb(c["metadata"]), Jsonb(c["system_metadata"]),
-                c["created_at"], c["updated_at"], c["object"], r["total_redeemed"],
-                r["total_failed"], r["total_succeeded"], r["total_rolled_back"],
-                r["total_rollback_failed"], r["total_rollback_succeeded"],
-                r["gift"]["redeemed_amount"], r["gift"]["amount_to_go"],
-                r["loyalty_card"]["redeemed_points"], r["loyalty_card"]["points_to_go"],
-                o["total_amount"], o["total_count"], o["average_amount"],
-                o["last_order_amount"], o.get("last_order_date"), c["loyalty"]["points"],
-                c["loyalty"]["referred_customers"], c["referrals"]["total"],
-                c["assets"]["cockpit_url"], c["updated_at"],
-            ))
-    with cur.copy(
-        "COPY customer_addresses (customer_id, city, state, line_1, line_2, country,"
-        " postal_code) FROM STDIN"
-    ) as copy:
-        for c in batch:
-            a = c["address"]
-            copy.write_row((c["id"], a["city"], a["state"], a["line_1"], a["line_2"],
-                            a["country"], a["postal_code"]))
-    with cur.copy(
-        "COPY customer_loyalty_campaigns (customer_id, campaign, points, loyalty_tier,"
-        " referred_customers) FROM STDIN"
-    ) as copy:
-        for c in batch:
-            for key, entry in c["loyalty"]["campaigns"].items():
-                copy.write_row((c["id"], key, entry["points"], entry["loyalty_tier"],
-                                entry["referred_customers"]))
-    with cur.copy(
-        "COPY customer_referral_entries (customer_id, position, campaign_id, referrer_id,"
-        " related_object_id, related_object_type, date) FROM STDIN"
-    ) as copy:
-        for c in batch:
-            for i, e in enumerate(c["referrals"]["campaigns"]):
-                copy.write_row((c["id"], i, e["campaign_id"], e["referrer_id"],
-                                e["related_object_id"], e["related_object_type"], e["date"]))
+    with cur.copy(f"COPY customers ({', '.join(CUSTOMER_COLUMNS)}) FROM STDIN") as copy:
+        for customer in batch:
+            copy.write_row(customer_row(customer))
+    for table, columns, rows in CHILD_TABLES:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for customer in batch:
+                for row in rows(customer):
+                    copy.write_row(row)
 
 
 def jsonb_documents(url: str, path: str) -> float:
@@ -211,37 +172,20 @@ def jsonb_documents(url: str, path: str) -> float:
 
 # -- reads ---------------------------------------------------------------------------------
 
-RAW_GET = """
-SELECT c.*, a.city, a.state, a.line_1, a.line_2, a.country, a.postal_code,
-  (SELECT json_agg(json_build_array(l.campaign, l.points, l.loyalty_tier, l.referred_customers))
-     FROM customer_loyalty_campaigns l WHERE l.customer_id = c.id) AS campaigns,
-  (SELECT json_agg(json_build_array(r.position, r.campaign_id, r.referrer_id,
-          r.related_object_id, r.related_object_type, r.date))
-     FROM customer_referral_entries r WHERE r.customer_id = c.id) AS referrals
-FROM customers c LEFT JOIN customer_addresses a ON a.customer_id = c.id
-WHERE c.id = %s
-"""
-
-
 def percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def time_calls(ids: list[str], call: Callable[[str], Any]) -> tuple[float, float]:
-    for customer_id in ids[:50]:  # warm up connections, caches and plans
-        call(customer_id)
-    samples = []
-    for customer_id in ids:
-        started = time.perf_counter()
-        call(customer_id)
-        samples.append((time.perf_counter() - started) * 1000)
-    return percentiles(samples)
-
-
 def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (ms) of ``get``, ``get_json`` and the baselines, called in turn for each
+    id so that every variant meets the same conditions (the machine's load drifts)."""
     engine = make_engine(url, read_only=True)  # as a service's request handlers would
     sessions = make_session_factory(engine)
+    # The baseline runs get's own statement, compiled by SQLAlchemy, on a raw psycopg
+    # connection (prepared after five runs, as psycopg does by default) and fetches the row.
+    compiled = get_by_id_statement("postgresql").compile(dialect=engine.dialect)
+    raw_sql, bound = compiled.string, {k: v for k, v in compiled.params.items() if k != "id"}
 
     def ours(customer_id: str) -> Any:
         with sessions() as session:
@@ -249,24 +193,42 @@ def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
             assert found is not None
             return found
 
-    out: dict[str, tuple[float, float]] = {"get": time_calls(ids, ours)}
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        def raw(customer_id: str) -> dict[str, Any]:
-            cur = conn.execute(RAW_GET, (customer_id,))
-            names = [d.name for d in cur.description or ()]
-            row = dict(zip(names, cur.fetchone() or (), strict=True))
-            row["address"] = {k: row.pop(k) for k in
-                              ("city", "state", "line_1", "line_2", "country", "postal_code")}
-            return row
+    def ours_json(customer_id: str) -> Any:
+        with sessions() as session:
+            found = CustomerRepository(session).get_json(customer_id)
+            assert found is not None
+            return found
 
-        out["raw single statement"] = time_calls(ids, raw)
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        def raw(customer_id: str) -> Any:
+            return conn.execute(raw_sql, {"id": customer_id, **bound}).fetchone()
+
+        calls: dict[str, Callable[[str], Any]] = {
+            "raw single statement": raw, "get": ours, "get_json": ours_json,
+        }
         has_documents = conn.execute("SELECT to_regclass('bench_documents')").fetchone()
         if has_documents and has_documents[0]:
-            out["JSONB document"] = time_calls(
-                ids, lambda i: conn.execute("SELECT doc FROM bench_documents WHERE id = %s",
-                                            (i,)).fetchone())
+            calls["JSONB document"] = lambda i: conn.execute(
+                "SELECT doc FROM bench_documents WHERE id = %s", (i,)).fetchone()
+        out = interleaved(ids, calls)
     engine.dispose()
     return out
+
+
+def interleaved(
+    ids: list[str], calls: dict[str, Callable[[str], Any]]
+) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (ms) of each call over ``ids``, the calls taking turns per id."""
+    for customer_id in ids[:50]:  # warm up connections, caches and prepared statements
+        for call in calls.values():
+            call(customer_id)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for customer_id in ids:
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call(customer_id)
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: percentiles(values) for name, values in samples.items()}
 
 
 def find_latencies(url: str, filters: CustomerFilter | None, label: str) -> dict[str, float]:
@@ -369,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             Figure("import: customer-store import", n / ours_seconds, "customers/s"),
             Figure("import: (a) raw COPY", n / raw_seconds, "customers/s"),
             Figure("import: (b) JSONB document upsert", n / doc_seconds, "customers/s"),
-            Figure("import / raw COPY", raw_seconds / ours_seconds, "ratio", "target >= 0.5"),
-            Figure("import / JSONB upsert", doc_seconds / ours_seconds, "ratio", "target >= 1.0"),
+            Figure("import / raw COPY", raw_seconds / ours_seconds, "ratio", "target >= 0.6"),
+            Figure("import / JSONB upsert", doc_seconds / ours_seconds, "ratio", "report"),
             Figure(f"import peak RSS, {n // 4} customers", quarter_rss, "MB"),
-            Figure(f"import peak RSS, {n} customers", full_rss, "MB", "target < 300"),
+            Figure(f"import peak RSS, {n} customers", full_rss, "MB",
+                   "target < 150 at 200k"),
         ]
         jsonb_documents(url, full)  # documents again, for the document fetch baseline
 
@@ -387,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(Figure("get p50 / raw single statement",
                               small["get"][0] / small["raw single statement"][0], "ratio",
                               "target <= 1.5"))
+        figures.append(Figure("get_json p50 / raw single statement",
+                              small["get_json"][0] / small["raw single statement"][0], "ratio",
+                              "report"))
 
         total = grow(url, args.scale)
         large = get_latencies(url, sample_ids(url, args.gets))
