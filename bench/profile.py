@@ -22,7 +22,9 @@ process's memory (root, or ``CAP_SYS_PTRACE``).
 from __future__ import annotations
 
 import argparse
+import html
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,31 +62,60 @@ def stage_of(stack: str) -> str:
     return "other"
 
 
-def stage_shares(raw: Path) -> dict[str, float]:
-    """Shares of the samples per stage, from py-spy's ``--format raw`` output."""
-    counts: Counter[str] = Counter()
+def stage_shares(raw: Path) -> dict[str, dict[str, float]]:
+    """Shares of each thread's samples per stage, from py-spy's ``--format raw --threads``
+    output, for the threads that did work (not those that only ever waited, such as the
+    progress bar's monitor)."""
+    counts: dict[str, Counter[str]] = {}
+    names: dict[str, str] = {}
     for line in raw.read_text(encoding="utf-8").splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            counts[stage_of(stack)] += int(count)
-    total = sum(counts.values()) or 1
-    return {stage: counts[stage] / total for stage, _ in [*STAGES, ("other", ())]}
+        if not stack or not count.isdigit():
+            continue
+        thread, _, frames = stack.partition(";")
+        ident, _, name = thread.partition(": ")
+        if name:
+            names[ident] = name
+        counts.setdefault(ident, Counter())[stage_of(frames)] += int(count)
+    shares = {}
+    for ident, stages in counts.items():
+        total = sum(stages.values())
+        if stages["other thread's turn"] + stages["other"] > 0.95 * total:
+            continue
+        shares[names.get(ident, ident)] = {
+            stage: stages[stage] / total for stage, _ in [*STAGES, ("other", ())]
+        }
+    return shares
 
 
-def record(py_spy: str, command: list[str], out: Path, name: str) -> dict[str, float]:
-    """Run ``command`` under py-spy twice (a flame graph, then raw stacks for the table)."""
-    shares: dict[str, float] = {}
+def record(
+    py_spy: str, command: list[str], out: Path, name: str
+) -> dict[str, dict[str, float]]:
+    """Run ``command`` under py-spy twice (a flame graph, then raw stacks for the table):
+    the stage shares of each working thread."""
+    shares: dict[str, dict[str, float]] = {}
     for fmt, path in (("flamegraph", out / f"profile-{name}.svg"),
                       ("raw", out / f"profile-{name}.txt")):
         subprocess.run(
-            [py_spy, "record", "--rate", str(RATE), "--idle", "--nonblocking",
+            [py_spy, "record", "--rate", str(RATE), "--idle", "--nonblocking", "--threads",
              "--format", fmt, "--output", str(path), "--", *command],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         if fmt == "raw":
             shares = stage_shares(path)
             path.unlink()
+        else:
+            retitle(path, f"customer-store: {name}")
     return shares
+
+
+def retitle(svg: Path, title: str) -> None:
+    """Put ``title`` where py-spy writes its command line (which holds the database URL and
+    temporary paths of this run)."""
+    text = svg.read_text(encoding="utf-8")
+    text = re.sub(r'(<text id="title"[^>]*>)[^<]*(</text>)',
+                  lambda m: m.group(1) + html.escape(title) + m.group(2), text, count=1)
+    svg.write_text(text, encoding="utf-8")
 
 
 def get_loop(url: str, ids_path: str, method: str, seconds: float) -> None:
@@ -124,23 +155,32 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, dict[str, float]] = {}
+
+    def add(run: str, threads: dict[str, dict[str, float]]) -> None:
+        for thread, shares in threads.items():
+            label = run if run != "import" else f"{run} ({thread.removesuffix('_0')})"
+            tables[label] = shares
+
     with throwaway_database(args.admin_url) as url, tempfile.TemporaryDirectory() as tmp:
         upgrade_to_head(url)
         path = str(Path(tmp) / "customers.jsonl")
         write_jsonl(path, args.customers)
         cli = [sys.executable, "-m", "customer_store", "--database-url", url]
-        tables["import"] = record(py_spy, [*cli, "import", path], out, "import")
+        add("import", record(py_spy, [*cli, "import", path], out, "import"))
         ids = Path(tmp) / "ids.txt"
         ids.write_text("\n".join(sample_ids(url, args.gets)), encoding="utf-8")
         for method in ("get", "get_json"):
             loop = [sys.executable, "-m", "bench.profile", "--seconds", str(args.seconds),
                     "--get-loop", url, str(ids), method]
-            tables[method] = record(py_spy, loop, out, method)
+            add(method, record(py_spy, loop, out, method))
     stages = [stage for stage, _ in STAGES] + ["other"]
-    print(f"{'stage':<22}" + "".join(f"{name:>10}" for name in tables))
+    width = max(len(name) for name in tables) + 2
+    print(f"{'stage':<22}" + "".join(f"{name:>{width}}" for name in tables))
     for stage in stages:
-        print(f"{stage:<22}" + "".join(f"{shares[stage]:>10.0%}" for shares in tables.values()))
-    print(f"flame graphs: {', '.join(str(out / f'profile-{n}.svg') for n in tables)}")
+        print(f"{stage:<22}"
+              + "".join(f"{shares[stage]:>{width}.0%}" for shares in tables.values()))
+    svgs = ", ".join(str(out / f"profile-{n}.svg") for n in ("import", "get", "get_json"))
+    print(f"flame graphs: {svgs}")
     return 0
 
 

@@ -66,6 +66,18 @@ def postgres_admin_url() -> str:
     return make_engine(url).url.render_as_string(hide_password=False)
 
 
+def alter_database(admin_url: str, database_url: str, sql: str) -> None:
+    """Run ``sql`` (``{name}`` standing for the quoted name of ``database_url``'s database)
+    outside any transaction, as the administrator: ``ALTER DATABASE``, ``DROP DATABASE``."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            name = make_url(database_url).database
+            connection.execute(text(sql.format(name=f'"{name}"')))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def make_postgres_database(postgres_admin_url: str) -> Iterator[Any]:
     """A factory of empty PostgreSQL databases, dropped when the test run ends."""

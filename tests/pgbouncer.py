@@ -27,6 +27,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from tests.servers import stop
+
 #: Where Debian installs it, off a non-root user's PATH.
 _SYSTEM_BINARY = Path("/usr/sbin/pgbouncer")
 #: The user PgBouncer drops to when started as root.
@@ -108,12 +110,7 @@ def running_pgbouncer(binary: str, server_url: str) -> Iterator[PgBouncer]:
             _wait_until_listening(process, bouncer)
             yield bouncer
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, timeout=STOP_TIMEOUT)
 
 
 def _quoted(text: str) -> str:

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from customer_store.web import DEFAULT_MAX_BODY_BYTES
@@ -33,6 +32,7 @@ from models.events import WebhookEventRow
 from models.signature import sign
 from repository import CustomerRepository, list_events, make_engine
 from repository.schema import upgrade_to_head
+from tests.conftest import alter_database
 from tests.servers import (
     ROOT,
     SECRET_ENV,
@@ -605,13 +605,7 @@ def test_unreachable_database_answers_503_with_retry_after_and_the_server_stays_
         first = encode(envelope("customer.created", {"customer": created_customer()}))
         assert server.deliver(first).status == 200
 
-        admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as connection:
-                name = make_url(url).database
-                connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        alter_database(postgres_admin_url, url, "DROP DATABASE {name} WITH (FORCE)")
 
         for attempt in range(2):
             body = encode(envelope("customer.created", {"customer": created_customer()}))

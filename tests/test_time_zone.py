@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -33,6 +32,7 @@ from repository import (
     make_session_factory,
     upgrade_to_head,
 )
+from tests.conftest import alter_database
 from tests.webhook_streams import envelope
 
 FAR_ZONE = "Pacific/Kiritimati"
@@ -47,13 +47,7 @@ def far_url(
 ) -> Iterator[str]:
     """A migrated database whose own ``TimeZone`` is Pacific/Kiritimati."""
     url: str = make_postgres_database()
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            name = make_url(url).database
-            connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone = '{FAR_ZONE}'"))
-    finally:
-        admin.dispose()
+    alter_database(postgres_admin_url, url, f"ALTER DATABASE {{name}} SET timezone = '{FAR_ZONE}'")
     if request.param == "pgbouncer":
         url = request.getfixturevalue("pgbouncer").url(url)
     upgrade_to_head(url)
