@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    and_,
     bindparam,
     delete,
     select,
@@ -79,6 +80,20 @@ _DELETED_AT = select(tombstones.c.deleted_at).where(
 _CLEAR_OLDER = clear_older_tombstones(
     bindparam("p_id", type_=tombstones.c.customer_id.type),
     bindparam("p_version_at", type_=tombstones.c.deleted_at.type),
+)
+# Both on PostgreSQL: the statement's parts see one snapshot, so the tombstones left are
+# read as those the deletion's condition does not match.
+_CLEAR_OLDER_AND_CHECK = (
+    select(tombstones.c.deleted_at)
+    .where(
+        tombstones.c.customer_id == bindparam("p_id", type_=tombstones.c.customer_id.type),
+        ~and_(
+            tombstones.c.deleted_at
+            < bindparam("p_version_at", type_=tombstones.c.deleted_at.type),
+            tombstones.c.forgotten.is_(False),
+        ),
+    )
+    .add_cte(_CLEAR_OLDER.cte("cleared"))
 )
 
 
@@ -240,8 +255,13 @@ class CustomerRepository:
         A payload newer than the deletion clears the tombstone. The first statement is a
         write so that SQLite takes its write lock here, before the check is read.
         """
-        if rows.version_at is not None:
-            self.session.execute(_CLEAR_OLDER, {"p_id": rows.id, "p_version_at": rows.version_at})
+        if rows.version_at is None:
+            return self.is_deleted(rows.id) is not None
+        params = {"p_id": rows.id, "p_version_at": rows.version_at}
+        if self._dialect == "postgresql":
+            # One round trip: the deletion in a CTE, and the tombstones it leaves.
+            return self.session.execute(_CLEAR_OLDER_AND_CHECK, params).first() is not None
+        self.session.execute(_CLEAR_OLDER, params)
         return self.is_deleted(rows.id) is not None
 
     def _lock(self, customer_id: str) -> None:
