@@ -201,7 +201,8 @@ class CustomerRepository:
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
-        value: datetime | None = self.session.scalar(_DELETED_AT, {"p_id": customer_id})
+        connection = self.session.connection()
+        value: datetime | None = connection.scalar(_DELETED_AT, {"p_id": customer_id})
         return value
 
     def count(self, filters: CustomerFilter | None = None) -> int:
@@ -243,7 +244,8 @@ class CustomerRepository:
         self._lock(rows.id)
         if self._blocked_by_tombstone(rows):
             return UpsertOutcome.STALE
-        written = self.session.execute(upsert_one_statement(self._dialect), rows.customer)
+        connection = self.session.connection()
+        written = connection.execute(upsert_one_statement(self._dialect), rows.customer)
         if written.first() is None:
             return UpsertOutcome.STALE
         replace_children(self.session, [rows])
@@ -260,8 +262,9 @@ class CustomerRepository:
         params = {"p_id": rows.id, "p_version_at": rows.version_at}
         if self._dialect == "postgresql":
             # One round trip: the deletion in a CTE, and the tombstones it leaves.
-            return self.session.execute(_CLEAR_OLDER_AND_CHECK, params).first() is not None
-        self.session.execute(_CLEAR_OLDER, params)
+            found = self.session.connection().execute(_CLEAR_OLDER_AND_CHECK, params).first()
+            return found is not None
+        self.session.connection().execute(_CLEAR_OLDER, params)
         return self.is_deleted(rows.id) is not None
 
     def _lock(self, customer_id: str) -> None:

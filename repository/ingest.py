@@ -117,7 +117,7 @@ def ingest(
         )
     outcome = _perform(session, action)
     if outcome is not provisional:
-        session.execute(
+        session.connection().execute(
             _SET_OUTCOME, {"p_event_id": envelope.event_id, "p_outcome": outcome.value}
         )
     return IngestResult(
@@ -235,7 +235,7 @@ def _claim(
     may carry the personal data that was erased.
     """
     dialect = dialect_of(session)
-    row = session.execute(_claim_statement(dialect, count_delivery), {
+    row = session.connection().execute(_claim_statement(dialect, count_delivery), {
         "p_event_id": envelope.event_id,
         "p_envelope_id": envelope.envelope_id,
         "p_event_type": envelope.event_type,
@@ -250,7 +250,7 @@ def _claim(
     if row is not None:
         return _Claimed(row.error)
     if count_delivery:
-        session.execute(_REDELIVERED, {"p_event_id": envelope.event_id, "p_now": now})
+        session.connection().execute(_REDELIVERED, {"p_event_id": envelope.event_id, "p_now": now})
     return None
 
 

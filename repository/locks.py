@@ -49,5 +49,5 @@ def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
     wanted = [customer_id for customer_id in customer_ids if customer_id not in held[1]]
     if not wanted:
         return
-    session.execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
+    session.connection().execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
     held[1].update(wanted)
