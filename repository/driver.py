@@ -114,7 +114,8 @@ def fetch_first(
     plan = _plan(statement, connection.dialect)
     values = {**plan.bound, **params}
     for name, process in plan.bind_processors.items():
-        values[name] = process(values[name])
+        if name in values:
+            values[name] = process(values[name])
     bound: Any = values if plan.positions is None else [values[n] for n in plan.positions]
     cursor = connection.connection.cursor()
     try:
