@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
-    and_,
     bindparam,
     delete,
     select,
@@ -36,7 +35,7 @@ from repository.engine import dialect_of, native_insert
 from repository.keyset import keyset_pages
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
-from repository.newest_wins import clear_older_tombstones, upsert_one_statement
+from repository.newest_wins import clear_older_tombstones, older_tombstone, upsert_one_statement
 from repository.queries import CustomerFilter, Page
 from repository.reads import (
     customer_select,
@@ -74,26 +73,14 @@ class UpsertSummary:
 
 
 # The statements of a single write's tombstone check, built once (a write runs both).
-_DELETED_AT = select(tombstones.c.deleted_at).where(
-    tombstones.c.customer_id == bindparam("p_id", type_=tombstones.c.customer_id.type)
-)
-_CLEAR_OLDER = clear_older_tombstones(
-    bindparam("p_id", type_=tombstones.c.customer_id.type),
-    bindparam("p_version_at", type_=tombstones.c.deleted_at.type),
-)
+_P_ID = bindparam("p_id", type_=tombstones.c.customer_id.type)
+_P_VERSION_AT = bindparam("p_version_at", type_=tombstones.c.deleted_at.type)
+_DELETED_AT = select(tombstones.c.deleted_at).where(tombstones.c.customer_id == _P_ID)
+_CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
 # Both on PostgreSQL: the statement's parts see one snapshot, so the tombstones left are
 # read as those the deletion's condition does not match.
 _CLEAR_OLDER_AND_CHECK = (
-    select(tombstones.c.deleted_at)
-    .where(
-        tombstones.c.customer_id == bindparam("p_id", type_=tombstones.c.customer_id.type),
-        ~and_(
-            tombstones.c.deleted_at
-            < bindparam("p_version_at", type_=tombstones.c.deleted_at.type),
-            tombstones.c.forgotten.is_(False),
-        ),
-    )
-    .add_cte(_CLEAR_OLDER.cte("cleared"))
+    _DELETED_AT.where(~older_tombstone(_P_VERSION_AT)).add_cte(_CLEAR_OLDER.cte("cleared"))
 )
 
 
@@ -176,10 +163,8 @@ class CustomerRepository:
         does), in the same single statement.
         """
         if or_source_id:
-            row = self._fetch(get_by_key_statement, key=customer_id)
-        else:
-            row = self._row_by_id(customer_id)
-        return json_text(decode_customer_value(row)) if row is not None else None
+            return _json_or_none(self._fetch(get_by_key_statement, key=customer_id))
+        return _json_or_none(self._row_by_id(customer_id))
 
     def get_one_or_none(self, customer_id: str) -> Customer | None:
         """Alias of :meth:`get`, under the name SQLAlchemy users know."""
@@ -196,8 +181,7 @@ class CustomerRepository:
 
     def get_json_by_source_id(self, source_id: str) -> str | None:
         """:meth:`get_by_source_id` as :meth:`get_json` gives it."""
-        row = self._fetch(get_by_source_id_statement, source_id=source_id)
-        return json_text(decode_customer_value(row)) if row is not None else None
+        return _json_or_none(self._fetch(get_by_source_id_statement, source_id=source_id))
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
@@ -287,3 +271,6 @@ class CustomerRepository:
         rows = self.session.connection().execute(query)
         return [decode_customer(row._mapping) for row in rows]
 
+
+def _json_or_none(row: Mapping[str, Any] | None) -> str | None:
+    return json_text(decode_customer_value(row)) if row is not None else None

@@ -244,7 +244,9 @@ def dialect_of(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def native_insert(session: Session, table: Table) -> Any:
+def native_insert(bind: Session | str, table: Table) -> Any:
     """The database's own ``INSERT`` construct for ``table``, the one with
-    ``on_conflict_do_update``/``on_conflict_do_nothing`` (PostgreSQL's or SQLite's)."""
-    return (postgresql if dialect_of(session) == "postgresql" else sqlite).insert(table)
+    ``on_conflict_do_update``/``on_conflict_do_nothing`` (PostgreSQL's or SQLite's), for a
+    session or a dialect name (statements built once per dialect)."""
+    dialect = bind if isinstance(bind, str) else dialect_of(bind)
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)

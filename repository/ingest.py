@@ -16,7 +16,6 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, and_, bindparam, case, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +26,7 @@ from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
-from repository.engine import dialect_of
+from repository.engine import dialect_of, native_insert
 from repository.locks import lock_customers
 from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
 from repository.tables import events, tombstones
@@ -272,7 +271,7 @@ def _claim_statement(dialect: str, count_delivery: bool) -> Any:
         "error": case((and_(forgotten, error.is_not(None)), literal(ERASED_ERROR)), else_=error),
         "body": case((forgotten, literal(b"", LargeBinary)), else_=body),
     }
-    ins = (postgresql if dialect == "postgresql" else sqlite).insert(events).values(
+    ins = native_insert(dialect, events).values(
         event_id=bindparam("p_event_id", type_=events.c.event_id.type),
         first_received_at=bindparam("p_now", type_=events.c.first_received_at.type),
         deliveries=1,

@@ -40,7 +40,7 @@ def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
     """
     if not customer_ids or dialect_of(session) != "postgresql":
         return
-    session.connection()  # begins the transaction if none has begun: its locks are kept by it
+    connection = session.connection()  # begins the transaction if none has: it keeps the locks
     transaction = session.get_nested_transaction() or session.get_transaction()
     held: tuple[object, set[str]] | None = session.info.get(_HELD)
     if held is None or held[0] is not transaction:
@@ -49,5 +49,5 @@ def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
     wanted = [customer_id for customer_id in customer_ids if customer_id not in held[1]]
     if not wanted:
         return
-    session.connection().execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
+    connection.execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
     held[1].update(wanted)

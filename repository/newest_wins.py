@@ -10,23 +10,32 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Delete, and_, bindparam, delete, or_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Delete, and_, bindparam, delete, or_
 
+from repository.engine import native_insert
 from repository.mapping import CUSTOMER_COLUMNS
 from repository.tables import customers, tombstones
 
-__all__ = ["clear_older_tombstones", "upsert_newest", "upsert_one_statement"]
+__all__ = [
+    "clear_older_tombstones",
+    "older_tombstone",
+    "upsert_newest",
+    "upsert_one_statement",
+]
+
+
+def older_tombstone(version_at: Any) -> ColumnElement[bool]:
+    """Whether a tombstone is one a payload of ``version_at`` clears: a deletion older than
+    the payload, of a customer not erased on request (``forgotten``, never brought back)."""
+    return and_(tombstones.c.deleted_at < version_at, tombstones.c.forgotten.is_(False))
 
 
 def clear_older_tombstones(customer_id: Any, version_at: Any) -> Delete:
     """Forget deletions older than the payload (``customer_id`` and ``version_at`` are
-    values, or columns of a staging table): a newer payload brings a deleted customer back.
-    A customer erased on request (``forgotten``) is never brought back."""
+    values, or columns of a staging table): a newer payload brings a deleted customer back
+    (:func:`older_tombstone`)."""
     return delete(tombstones).where(
-        tombstones.c.customer_id == customer_id,
-        tombstones.c.deleted_at < version_at,
-        tombstones.c.forgotten.is_(False),
+        tombstones.c.customer_id == customer_id, older_tombstone(version_at)
     )
 
 
@@ -46,7 +55,7 @@ def upsert_one_statement(dialect: str) -> Any:
     """:func:`upsert_newest` of one customer row, every column a bound parameter named as
     the column: built once per dialect, so that each upsert skips building the ~40 column
     statement and its cache key."""
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(customers)
+    insert = native_insert(dialect, customers)
     return upsert_newest(insert.values({
         name: bindparam(name, type_=customers.c[name].type) for name in CUSTOMER_COLUMNS
     }))
