@@ -1,8 +1,9 @@
 """Bulk upserts for imports: many customers per statement, with the same rules as ``upsert``.
 
-PostgreSQL: the customer rows are streamed with ``COPY`` into a temporary staging table and
-merged with one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE newer`` (after the newest
-version per id within the batch is chosen and the tombstones checked). SQLite: multi-row
+PostgreSQL: customers neither stored nor deleted are streamed with ``COPY`` straight into
+the table; the others into a temporary staging table, merged with one ``INSERT ... ON
+CONFLICT DO UPDATE ... WHERE newer`` (after the newest version per id within the batch is
+chosen and the tombstones checked). SQLite: multi-row
 upserts. The child rows of the customers that were applied are then replaced
 (:mod:`repository.children`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import column, delete, exists, select, table
+from sqlalchemy import Connection, column, delete, exists, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -64,6 +65,23 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
     winners = [batch[i] for i in sorted(_winners(batch))]
     lock_customers(session, [rows.id for rows in winners])
     connection = session.connection()
+    # Customers neither stored nor deleted are copied straight into the table. Checking
+    # first is safe only because every writer holds the customer's lock (taken above) while
+    # it writes: no one can store or delete these ids before this transaction ends.
+    known = set(connection.execute(_KNOWN, {"ids": [rows.id for rows in winners]}).scalars())
+    new = [rows for rows in winners if rows.id not in known]
+    copy_rows(connection, "customers", CUSTOMER_COLUMNS, [rows.customer for rows in new])
+    applied = {rows.id for rows in new}
+    winners = [rows for rows in winners if rows.id in known]
+    if winners:
+        applied |= _merge_staged(connection, winners)
+    replace_children(session, [rows for rows in winners if rows.id in applied], new=new)
+    return applied
+
+
+def _merge_staged(connection: Connection, winners: Sequence[CustomerRows]) -> set[str]:
+    """Upsert customers that are stored or remembered as deleted, under the rules: staged,
+    then merged in one statement; the ids applied."""
     # Only the customer rows are staged: the merge decides which customers are applied, and
     # their child rows are then copied straight into the child tables.
     connection.exec_driver_sql(
@@ -75,11 +93,16 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
     copy_rows(connection, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
     # A payload newer than a remembered deletion clears it; one as old or older is blocked.
     connection.execute(clear_older_tombstones(_STAGE.c.id, _STAGE.c.version_at))
-    applied = set(connection.execute(_MERGE_CUSTOMERS).scalars())
-    replace_children(session, [r for r in winners if r.id in applied])
-    return applied
+    return set(connection.execute(_MERGE_CUSTOMERS).scalars())
 
 
+# Joined with the ids rather than ``= ANY(:ids)``, which the planner may answer with a
+# sequential scan of the whole table when the list is long.
+_KNOWN = text(
+    "SELECT c.id FROM unnest(CAST(:ids AS text[])) AS k(id) JOIN customers c ON c.id = k.id"
+    " UNION ALL SELECT t.customer_id FROM unnest(CAST(:ids AS text[])) AS k(id)"
+    " JOIN customer_tombstones t ON t.customer_id = k.id"
+)
 _STAGE = table("_stage_customers", *(column(name) for name in CUSTOMER_COLUMNS))
 _MERGE_CUSTOMERS = upsert_newest(
     postgresql.insert(customers).from_select(

@@ -18,30 +18,34 @@ from repository.tables import addresses, campaigns, referrals
 
 __all__ = ["replace_children"]
 
-# One statement for the three tables; ``ANY`` keeps it one cached plan for any batch size.
+# One statement for the three tables, one cached plan for any batch size. Joined with the
+# ids: ``customer_id = ANY(ids)`` lets the planner scan a whole table for a long list.
 _DELETE_CHILDREN_POSTGRESQL = (
-    "WITH a AS (DELETE FROM customer_addresses WHERE customer_id = ANY(%(ids)s)), "
-    "c AS (DELETE FROM customer_loyalty_campaigns WHERE customer_id = ANY(%(ids)s)) "
-    "DELETE FROM customer_referral_entries WHERE customer_id = ANY(%(ids)s)"
+    "WITH k AS (SELECT unnest(CAST(%(ids)s AS text[])) AS id), "
+    "a AS (DELETE FROM customer_addresses t USING k WHERE t.customer_id = k.id), "
+    "c AS (DELETE FROM customer_loyalty_campaigns t USING k WHERE t.customer_id = k.id) "
+    "DELETE FROM customer_referral_entries t USING k WHERE t.customer_id = k.id"
 )
 
 
-def replace_children(session: Session, applied: Sequence[CustomerRows]) -> None:
-    """Replace the child rows of the customers in ``applied`` (their upserts were applied)."""
-    if not applied:
-        return
-    ids = [rows.id for rows in applied]
+def replace_children(
+    session: Session, applied: Sequence[CustomerRows], *, new: Sequence[CustomerRows] = ()
+) -> None:
+    """Replace the child rows of the customers in ``applied`` (their upserts were applied)
+    and write those of ``new`` (customers just inserted, who have none to delete)."""
     connection = session.connection()
     on_postgresql = dialect_of(session) == "postgresql"
-    if on_postgresql:
+    ids = [rows.id for rows in applied]
+    if ids and on_postgresql:
         connection.exec_driver_sql(_DELETE_CHILDREN_POSTGRESQL, {"ids": ids})
-    else:
+    elif ids:
         for table in (addresses, campaigns, referrals):
             connection.execute(delete(table).where(table.c.customer_id.in_(ids)))
+    written = [*new, *applied]
     for table, columns, children in (
-        (addresses, ADDRESS_COLUMNS, [r.address for r in applied if r.address is not None]),
-        (campaigns, CAMPAIGN_COLUMNS, [c for r in applied for c in r.campaigns]),
-        (referrals, REFERRAL_COLUMNS, [e for r in applied for e in r.referrals]),
+        (addresses, ADDRESS_COLUMNS, [r.address for r in written if r.address is not None]),
+        (campaigns, CAMPAIGN_COLUMNS, [c for r in written for c in r.campaigns]),
+        (referrals, REFERRAL_COLUMNS, [e for r in written for e in r.referrals]),
     ):
         if not children:
             continue

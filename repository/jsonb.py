@@ -4,10 +4,13 @@ same JSON value."""
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
 __all__ = ["dumps_for_jsonb"]
+
+_EXPONENT = re.compile(r"\d[eE]")
 
 
 def dumps_for_jsonb(value: Any) -> str:
@@ -17,8 +20,10 @@ def dumps_for_jsonb(value: Any) -> str:
     decimal point, which JSON readers take for an integer. Floats written in plain
     notation with a decimal point stay floats.
     """
-    if not _has_exponent_float(value):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Most values have no exponent anywhere in their text: no need to walk them.
+    if not _EXPONENT.search(text) or not _has_exponent_float(value):
+        return text
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts)

@@ -424,3 +424,37 @@ def test_several_batches_in_one_transaction_apply_like_one_after_the_other(
     assert (repo.upsert_many([second]).applied, repo.upsert_many([first]).stale) == (1, 1)
     assert _stored(repo, "cust_batch") == second
     assert _stored(repo, "cust_batch_other") == other
+
+
+def test_a_batch_of_new_stored_and_deleted_customers_applies_each_as_upsert_would(
+    repo: CustomerRepository,
+) -> None:
+    # On PostgreSQL new customers take a path of their own (copied straight in): a batch
+    # mixing them with stored and deleted ones must still follow every rule.
+    stored_older = _customer("cust_stored_older", updated_at="2024-01-01T00:00:00.000Z",
+                             loyalty={"campaigns": {"Old Campaign": {"points": 1}}})
+    stored_newer = _customer("cust_stored_newer", updated_at="2025-01-01T00:00:00.000Z")
+    repo.upsert_many([stored_older, stored_newer, _customer("cust_deleted_early"),
+                      _customer("cust_deleted_late")])
+    repo.delete("cust_deleted_early", deleted_at=_at("2024-03-01T00:00:00.000Z"))
+    repo.delete("cust_deleted_late", deleted_at=_at("2024-09-01T00:00:00.000Z"))
+
+    june = "2024-06-01T00:00:00.000Z"
+    batch = [
+        _customer("cust_new_a", updated_at=june, address=None),
+        _customer("cust_stored_older", updated_at=june, name="Replaced"),
+        _customer("cust_stored_newer", updated_at=june, name="Too old"),
+        _customer("cust_deleted_early", updated_at=june, name="Back again"),
+        _customer("cust_deleted_late", updated_at=june, name="Still deleted"),
+        _customer("cust_new_b", updated_at="2024-05-01T00:00:00.000Z", name="Older twin"),
+        _customer("cust_new_b", updated_at=june, name="Newer twin"),
+    ]
+    summary = repo.upsert_many(batch)
+
+    assert (summary.applied, summary.stale) == (4, 3)
+    for expected in (batch[0], batch[1], batch[3], batch[6]):
+        assert _stored(repo, expected["id"]) == expected
+    assert _stored(repo, "cust_stored_newer") == stored_newer
+    assert _stored(repo, "cust_deleted_late") is None
+    assert repo.is_deleted("cust_deleted_early") is None
+    assert repo.is_deleted("cust_deleted_late") == _at("2024-09-01T00:00:00.000Z")
