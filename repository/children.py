@@ -7,12 +7,15 @@ version had and writes the payload's: one rule for a single upsert and for a bat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import Connection, Table, delete, insert
 from sqlalchemy.orm import Session
 
 from repository.copy import copy_rows
 from repository.engine import dialect_of
+from repository.jsonb import dumps_for_jsonb
 from repository.mapping import ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS, CustomerRows
 from repository.tables import addresses, campaigns, referrals
 
@@ -26,6 +29,31 @@ _DELETE_CHILDREN_POSTGRESQL = (
     "c AS (DELETE FROM customer_loyalty_campaigns t USING k WHERE t.customer_id = k.id) "
     "DELETE FROM customer_referral_entries t USING k WHERE t.customer_id = k.id"
 )
+
+#: Each child table, its columns, and the parameter that carries its rows as JSON.
+_TABLES: tuple[tuple[Table, list[str], str], ...] = (
+    (addresses, ADDRESS_COLUMNS, "addresses"),
+    (campaigns, CAMPAIGN_COLUMNS, "campaigns"),
+    (referrals, REFERRAL_COLUMNS, "referrals"),
+)
+#: Up to this many child rows are written by one INSERT for the three tables (one round
+#: trip, what a single upsert needs); more are streamed with COPY, one per table.
+_FEW_ROWS = 50
+
+
+def _insert_from_json(table: Table, columns: Sequence[str], name: str) -> str:
+    quoted = ", ".join(f'"{column}"' for column in columns)
+    return (
+        # Names from the tables' own metadata; the rows are a bound parameter.
+        f"INSERT INTO {table.name} ({quoted}) SELECT {quoted} FROM "  # noqa: S608
+        f"jsonb_populate_recordset(NULL::{table.name}, CAST(%({name})s AS jsonb))"
+    )
+
+
+# The rows as a JSON array per table, each made a row of its table by PostgreSQL; the
+# three inserts touch different tables, so running together they cannot disturb each other.
+_first, _second, _last = (_insert_from_json(*entry) for entry in _TABLES)
+_INSERT_CHILDREN_POSTGRESQL = f"WITH a AS ({_first}), c AS ({_second}) {_last}"
 
 
 def replace_children(
@@ -42,14 +70,31 @@ def replace_children(
         for table in (addresses, campaigns, referrals):
             connection.execute(delete(table).where(table.c.customer_id.in_(ids)))
     written = [*new, *applied]
-    for table, columns, children in (
-        (addresses, ADDRESS_COLUMNS, [r.address for r in written if r.address is not None]),
-        (campaigns, CAMPAIGN_COLUMNS, [c for r in written for c in r.campaigns]),
-        (referrals, REFERRAL_COLUMNS, [e for r in written for e in r.referrals]),
-    ):
-        if not children:
-            continue
-        if on_postgresql:
-            copy_rows(connection, table.name, columns, children)
-        else:
-            connection.execute(insert(table), children)
+    children = (
+        [r.address for r in written if r.address is not None],
+        [c for r in written for c in r.campaigns],
+        [e for r in written for e in r.referrals],
+    )
+    if not on_postgresql:
+        for (table, _, _), rows in zip(_TABLES, children, strict=True):
+            if rows:
+                connection.execute(insert(table), rows)
+    elif sum(map(len, children)) <= _FEW_ROWS:
+        if any(children):
+            _insert_few(connection, children)
+    else:
+        for (table, columns, _), rows in zip(_TABLES, children, strict=True):
+            copy_rows(connection, table.name, columns, rows)
+
+
+def _insert_few(connection: Connection, children: tuple[list[dict[str, Any]], ...]) -> None:
+    params = {
+        name: dumps_for_jsonb([_json_ready(row) for row in rows])
+        for (_, _, name), rows in zip(_TABLES, children, strict=True)
+    }
+    connection.exec_driver_sql(_INSERT_CHILDREN_POSTGRESQL, params)
+
+
+def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its date-times in ISO 8601 (offset included), as PostgreSQL reads them."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}

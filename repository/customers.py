@@ -228,9 +228,8 @@ class CustomerRepository:
         self._lock(rows.id)
         if self._blocked_by_tombstone(rows):
             return UpsertOutcome.STALE
-        connection = self.session.connection()
-        written = connection.execute(upsert_one_statement(self._dialect), rows.customer)
-        if written.first() is None:
+        upsert = upsert_one_statement(self._dialect)
+        if fetch_first(self.session.connection(), upsert, rows.customer) is None:
             return UpsertOutcome.STALE
         replace_children(self.session, [rows])
         return UpsertOutcome.APPLIED
@@ -246,7 +245,7 @@ class CustomerRepository:
         params = {"p_id": rows.id, "p_version_at": rows.version_at}
         if self._dialect == "postgresql":
             # One round trip: the deletion in a CTE, and the tombstones it leaves.
-            found = self.session.connection().execute(_CLEAR_OLDER_AND_CHECK, params).first()
+            found = fetch_first(self.session.connection(), _CLEAR_OLDER_AND_CHECK, params)
             return found is not None
         self.session.connection().execute(_CLEAR_OLDER, params)
         return self.is_deleted(rows.id) is not None

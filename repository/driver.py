@@ -1,6 +1,7 @@
 """Talking to the driver directly where SQLAlchemy has no construct (COPY) or costs too
-much on a hot path (``get``), with errors surfacing as SQLAlchemy's all the same; and what
-the driver's errors mean when a transaction pooler mixes up prepared statements."""
+much on a hot path (``get``, a webhook's writes), with errors surfacing as SQLAlchemy's
+all the same; and what the driver's errors mean when a transaction pooler mixes up
+prepared statements."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Select
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.expression import Executable
 
 __all__ = [
     "POOLER_HINT",
@@ -89,14 +93,15 @@ class _Plan:
     result_processors: tuple[Callable[[Any], Any] | None, ...]
 
 
-_plans: dict[tuple[int, type[Dialect], str], tuple[Select[Any], _Plan]] = {}
+_plans: dict[tuple[int, type[Dialect], str], tuple[Executable, _Plan]] = {}
 _plans_lock = threading.Lock()
 
 
 def fetch_first(
-    connection: Connection, statement: Select[Any], params: Mapping[str, Any]
+    connection: Connection, statement: Executable, params: Mapping[str, Any]
 ) -> dict[str, Any] | None:
-    """The first row of ``statement`` with ``params`` bound, as its columns by name, or None.
+    """The first row of ``statement`` (a query, or a write with ``RETURNING``; a textual
+    one with its ``.columns()``) with ``params`` bound, as its columns by name, or None.
 
     SQLAlchemy's own compilation and type processing (bound values in, column values out),
     run on the driver's cursor of ``connection``: what a Core ``execute`` costs beyond the
@@ -139,12 +144,12 @@ def _watched(connection: Connection) -> bool:
     )
 
 
-def _plan(statement: Select[Any], dialect: Dialect) -> _Plan:
+def _plan(statement: Executable, dialect: Dialect) -> _Plan:
     key = (id(statement), type(dialect), dialect.paramstyle)
     found = _plans.get(key)
     if found is not None and found[0] is statement:
         return found[1]
-    compiled = statement.compile(dialect=dialect)
+    compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
     plan = _Plan(
         sql=compiled.string,
         positions=tuple(compiled.positiontup) if compiled.positional and compiled.positiontup

@@ -26,6 +26,7 @@ from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
+from repository.driver import fetch_first
 from repository.engine import dialect_of, native_insert
 from repository.locks import lock_customers
 from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
@@ -234,7 +235,7 @@ def _claim(
     may carry the personal data that was erased.
     """
     dialect = dialect_of(session)
-    row = session.connection().execute(_claim_statement(dialect, count_delivery), {
+    row = fetch_first(session.connection(), _claim_statement(dialect, count_delivery), {
         "p_event_id": envelope.event_id,
         "p_envelope_id": envelope.envelope_id,
         "p_event_type": envelope.event_type,
@@ -245,9 +246,9 @@ def _claim(
         "p_outcome": outcome.value,
         "p_error": error,
         "p_body": body,
-    }).first()
+    })
     if row is not None:
-        return _Claimed(row.error)
+        return _Claimed(row["error"])
     if count_delivery:
         session.connection().execute(_REDELIVERED, {"p_event_id": envelope.event_id, "p_now": now})
     return None

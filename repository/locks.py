@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import text
+from sqlalchemy import Integer, column, text
 from sqlalchemy.orm import Session
 
+from repository.driver import fetch_first
 from repository.engine import dialect_of
 
 __all__ = ["LOCK_NAMESPACE", "lock_customers"]
@@ -24,10 +25,10 @@ LOCK_NAMESPACE = 0x43535431
 # Where a session keeps (its transaction, the ids locked in it).
 _HELD = "customer_store.locked_customers"
 _LOCK_MANY = text(
-    "SELECT count(pg_advisory_xact_lock(:namespace, key)) FROM ("
+    "SELECT count(pg_advisory_xact_lock(:namespace, key)) AS locked FROM ("
     " SELECT DISTINCT hashtext(id) AS key FROM unnest(CAST(:ids AS text[])) AS id"
     " ORDER BY key) AS keys"
-)
+).columns(column("locked", Integer))
 
 
 def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
@@ -49,5 +50,5 @@ def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
     wanted = [customer_id for customer_id in customer_ids if customer_id not in held[1]]
     if not wanted:
         return
-    connection.execute(_LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
+    fetch_first(connection, _LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
     held[1].update(wanted)
