@@ -60,7 +60,8 @@ def replace_children(
     session: Session, applied: Sequence[CustomerRows], *, new: Sequence[CustomerRows] = ()
 ) -> None:
     """Replace the child rows of the customers in ``applied`` (their upserts were applied)
-    and write those of ``new`` (customers just inserted, who have none to delete)."""
+    and write those of ``new`` (customers with none stored: just inserted, or their old
+    ones deleted already)."""
     connection = session.connection()
     on_postgresql = dialect_of(session) == "postgresql"
     ids = [rows.id for rows in applied]

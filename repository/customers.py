@@ -35,7 +35,11 @@ from repository.engine import dialect_of, native_insert
 from repository.keyset import keyset_pages
 from repository.locks import lock_customers
 from repository.mapping import CustomerRows, customer_to_rows
-from repository.newest_wins import clear_older_tombstones, older_tombstone, upsert_one_statement
+from repository.newest_wins import (
+    clear_older_tombstones,
+    upsert_one_statement,
+    upsert_one_unless_deleted_postgresql,
+)
 from repository.queries import CustomerFilter, Page
 from repository.reads import (
     customer_select,
@@ -77,11 +81,6 @@ _P_ID = bindparam("p_id", type_=tombstones.c.customer_id.type)
 _P_VERSION_AT = bindparam("p_version_at", type_=tombstones.c.deleted_at.type)
 _DELETED_AT = select(tombstones.c.deleted_at).where(tombstones.c.customer_id == _P_ID)
 _CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
-# Both on PostgreSQL: the statement's parts see one snapshot, so the tombstones left are
-# read as those the deletion's condition does not match.
-_CLEAR_OLDER_AND_CHECK = (
-    _DELETED_AT.where(~older_tombstone(_P_VERSION_AT)).add_cte(_CLEAR_OLDER.cte("cleared"))
-)
 
 
 class CustomerRepository:
@@ -226,10 +225,18 @@ class CustomerRepository:
 
     def _write(self, rows: CustomerRows) -> UpsertOutcome:
         self._lock(rows.id)
+        connection = self.session.connection()
+        if self._dialect == "postgresql" and rows.version_at is not None:
+            # One round trip for the tombstones, the row and the old child rows.
+            statement = upsert_one_unless_deleted_postgresql()
+            if fetch_first(connection, statement, rows.customer) is None:
+                return UpsertOutcome.STALE
+            replace_children(self.session, (), new=[rows])
+            return UpsertOutcome.APPLIED
         if self._blocked_by_tombstone(rows):
             return UpsertOutcome.STALE
         upsert = upsert_one_statement(self._dialect)
-        if fetch_first(self.session.connection(), upsert, rows.customer) is None:
+        if fetch_first(connection, upsert, rows.customer) is None:
             return UpsertOutcome.STALE
         replace_children(self.session, [rows])
         return UpsertOutcome.APPLIED
@@ -243,10 +250,6 @@ class CustomerRepository:
         if rows.version_at is None:
             return self.is_deleted(rows.id) is not None
         params = {"p_id": rows.id, "p_version_at": rows.version_at}
-        if self._dialect == "postgresql":
-            # One round trip: the deletion in a CTE, and the tombstones it leaves.
-            found = fetch_first(self.session.connection(), _CLEAR_OLDER_AND_CHECK, params)
-            return found is not None
         self.session.connection().execute(_CLEAR_OLDER, params)
         return self.is_deleted(rows.id) is not None
 

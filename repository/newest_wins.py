@@ -10,17 +10,19 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import ColumnElement, Delete, and_, bindparam, delete, or_
+from sqlalchemy import ColumnElement, Delete, and_, bindparam, cast, delete, exists, or_, select
+from sqlalchemy.dialects import postgresql
 
 from repository.engine import native_insert
 from repository.mapping import CUSTOMER_COLUMNS
-from repository.tables import customers, tombstones
+from repository.tables import addresses, campaigns, customers, referrals, tombstones
 
 __all__ = [
     "clear_older_tombstones",
     "older_tombstone",
     "upsert_newest",
     "upsert_one_statement",
+    "upsert_one_unless_deleted_postgresql",
 ]
 
 
@@ -59,3 +61,36 @@ def upsert_one_statement(dialect: str) -> Any:
     return upsert_newest(insert.values({
         name: bindparam(name, type_=customers.c[name].type) for name in CUSTOMER_COLUMNS
     }))
+
+
+@functools.cache
+def upsert_one_unless_deleted_postgresql() -> Any:
+    """PostgreSQL: the whole of a single write but its new child rows, in one statement.
+
+    Deletions older than the payload are forgotten (:func:`clear_older_tombstones`), any
+    other blocks the insert, the row is upserted newest-wins, and the stored child rows of
+    the customer it wrote are deleted; it returns the id written, if any. The payload must
+    have a version (``version_at``): without one, any deletion blocks it. Parameters are
+    the customer row's columns by name, as for :func:`upsert_one_statement`.
+    """
+    def value(name: str) -> Any:
+        column_type = customers.c[name].type
+        # Cast: a SELECT gives its parameters no type of their own, unlike VALUES.
+        return cast(bindparam(name, type_=column_type), column_type)
+
+    # Every part reads the snapshot the statement started with, so the tombstones the
+    # first part forgets still exist for the guard, which must pass over them itself.
+    guard = ~exists().where(
+        tombstones.c.customer_id == value("id"), ~older_tombstone(value("version_at"))
+    )
+    row = select(*(value(name).label(name) for name in CUSTOMER_COLUMNS)).where(guard)
+    written = upsert_newest(
+        postgresql.insert(customers).from_select(CUSTOMER_COLUMNS, row)
+    ).cte("written")
+    # Each reads what the upsert returned, so it runs after it.
+    gone = [
+        delete(table).where(table.c.customer_id.in_(select(written.c.id))).cte(f"gone_{i}")
+        for i, table in enumerate((addresses, campaigns, referrals))
+    ]
+    cleared = clear_older_tombstones(value("id"), value("version_at")).cte("cleared")
+    return select(written.c.id).add_cte(cleared, *gone)
