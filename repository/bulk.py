@@ -3,9 +3,8 @@
 PostgreSQL: customers neither stored nor deleted are streamed with ``COPY`` straight into
 the table; the others into a temporary staging table, merged with one ``INSERT ... ON
 CONFLICT DO UPDATE ... WHERE newer`` (after the newest version per id within the batch is
-chosen and the tombstones checked). SQLite: multi-row
-upserts. The child rows of the customers that were applied are then replaced
-(:mod:`repository.children`).
+chosen and the tombstones checked). SQLite: multi-row upserts. The child rows of the
+customers that were applied are then replaced (:mod:`repository.children`).
 """
 
 from __future__ import annotations
@@ -72,10 +71,10 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
     new = [rows for rows in winners if rows.id not in known]
     copy_rows(connection, "customers", CUSTOMER_COLUMNS, [rows.customer for rows in new])
     applied = {rows.id for rows in new}
-    winners = [rows for rows in winners if rows.id in known]
-    if winners:
-        applied |= _merge_staged(connection, winners)
-    replace_children(session, [rows for rows in winners if rows.id in applied], new=new)
+    stored = [rows for rows in winners if rows.id in known]  # or remembered as deleted
+    if stored:
+        applied |= _merge_staged(connection, stored)
+    replace_children(session, [rows for rows in stored if rows.id in applied], new=new)
     return applied
 
 

@@ -17,7 +17,7 @@ from repository.copy import copy_rows
 from repository.engine import dialect_of
 from repository.jsonb import dumps_for_jsonb
 from repository.mapping import ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS, CustomerRows
-from repository.tables import addresses, campaigns, referrals
+from repository.tables import addresses, campaigns, child_tables, referrals
 
 __all__ = ["replace_children"]
 
@@ -68,7 +68,7 @@ def replace_children(
     if ids and on_postgresql:
         connection.exec_driver_sql(_DELETE_CHILDREN_POSTGRESQL, {"ids": ids})
     elif ids:
-        for table in (addresses, campaigns, referrals):
+        for table in child_tables:
             connection.execute(delete(table).where(table.c.customer_id.in_(ids)))
     written = [*new, *applied]
     children = (
@@ -76,13 +76,14 @@ def replace_children(
         [c for r in written for c in r.campaigns],
         [e for r in written for e in r.referrals],
     )
+    if not any(children):
+        return
     if not on_postgresql:
         for (table, _, _), rows in zip(_TABLES, children, strict=True):
             if rows:
                 connection.execute(insert(table), rows)
     elif sum(map(len, children)) <= _FEW_ROWS:
-        if any(children):
-            _insert_few(connection, children)
+        _insert_few(connection, children)
     else:
         for (table, columns, _), rows in zip(_TABLES, children, strict=True):
             copy_rows(connection, table.name, columns, rows)

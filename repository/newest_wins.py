@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql
 
 from repository.engine import native_insert
 from repository.mapping import CUSTOMER_COLUMNS
-from repository.tables import addresses, campaigns, customers, referrals, tombstones
+from repository.tables import child_tables, customers, tombstones
 
 __all__ = [
     "clear_older_tombstones",
@@ -90,7 +90,7 @@ def upsert_one_unless_deleted_postgresql() -> Any:
     # Each reads what the upsert returned, so it runs after it.
     gone = [
         delete(table).where(table.c.customer_id.in_(select(written.c.id))).cte(f"gone_{i}")
-        for i, table in enumerate((addresses, campaigns, referrals))
+        for i, table in enumerate(child_tables)
     ]
     cleared = clear_older_tombstones(value("id"), value("version_at")).cte("cleared")
     return select(written.c.id).add_cte(cleared, *gone)

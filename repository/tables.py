@@ -22,6 +22,7 @@ from models.tables import (
 __all__ = [
     "addresses",
     "campaigns",
+    "child_tables",
     "customers",
     "events",
     "referrals",
@@ -38,3 +39,6 @@ tombstones = cast(Table, CustomerTombstoneRow.__table__)
 events = cast(Table, WebhookEventRow.__table__)
 sync_state = cast(Table, SyncStateRow.__table__)
 sync_listed = cast(Table, SyncListedRow.__table__)
+
+#: A customer's child tables, in the order their rows are written and deleted.
+child_tables = (addresses, campaigns, referrals)
