@@ -10,7 +10,8 @@ customers (bench/customers.py) and prints one table:
   same customers into the project's own tables, flattened by a minimal hand-written loop
   without validation (the limit), and (b) a JSONB-document table upserted with psycopg in
   pipelined batches (what a user would build instead);
-- ``get`` and ``get_json`` by id latency (p50, p99), a new read-only session per call,
+- ``get`` and ``get_json`` by id latency (p50, p99) of a ``CustomerReader`` on a read-only
+  engine (what a request handler uses), and ``get`` in a new read-only session per call,
   against the same statement (``get``'s own, compiled by SQLAlchemy) run by a raw psycopg
   connection and fetched as a row, and a JSONB document fetch, taking turns per id; at 10k
   customers and at ``--scale`` customers;
@@ -46,7 +47,7 @@ from sqlalchemy.engine import make_url
 
 from bench.customers import write_jsonl
 from bench.raw_rows import CHILD_TABLES, CUSTOMER_COLUMNS, customer_row
-from repository import CustomerFilter, make_engine, make_session_factory
+from repository import CustomerFilter, CustomerReader, make_engine, make_session_factory
 from repository.customers import CustomerRepository
 from repository.engine import without_pooler_flag
 from repository.queries import cursor_after, find
@@ -188,15 +189,21 @@ def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
     compiled = get_by_id_statement("postgresql").compile(dialect=engine.dialect)
     raw_sql, bound = compiled.string, {k: v for k, v in compiled.params.items() if k != "id"}
 
+    reader = CustomerReader(engine)
+
     def ours(customer_id: str) -> Any:
-        with sessions() as session:
-            found = CustomerRepository(session).get(customer_id)
-            assert found is not None
-            return found
+        found = reader.get(customer_id)
+        assert found is not None
+        return found
 
     def ours_json(customer_id: str) -> Any:
+        found = reader.get_json(customer_id)
+        assert found is not None
+        return found
+
+    def in_session(customer_id: str) -> Any:
         with sessions() as session:
-            found = CustomerRepository(session).get_json(customer_id)
+            found = CustomerRepository(session).get(customer_id)
             assert found is not None
             return found
 
@@ -206,6 +213,7 @@ def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
 
         calls: dict[str, Callable[[str], Any]] = {
             "raw single statement": raw, "get": ours, "get_json": ours_json,
+            "get in a session": in_session,
         }
         has_documents = conn.execute("SELECT to_regclass('bench_documents')").fetchone()
         if has_documents and has_documents[0]:
@@ -362,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(Figure("get_json p50 / raw single statement",
                               small["get_json"][0] / small["raw single statement"][0], "ratio",
                               "report"))
+        figures.append(Figure("get in a session p50 / raw single statement",
+                              small["get in a session"][0] / small["raw single statement"][0],
+                              "ratio", "report"))
 
         total = grow(url, args.scale)
         large = get_latencies(url, sample_ids(url, args.gets))

@@ -44,6 +44,7 @@ from repository.ingest import (
     ingest_delivery,
     ingest_delivery_async,
 )
+from repository.lookups import CustomerReader
 from repository.mapping import FOLD_LIMIT, fold
 from repository.privileges import GrantReport, InvalidRoleName, grant_app_role, require_role_name
 from repository.queries import (
@@ -104,6 +105,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "is_pooler_clash",
     # customers
     "AsyncCustomerRepository",
+    "CustomerReader",
     "CustomerRepository",
     "DeleteOutcome",
     "UpsertOutcome",

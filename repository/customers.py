@@ -8,7 +8,8 @@ of one customer end in the newest state rather than colliding.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Select,
+    Connection,
     bindparam,
     delete,
     select,
@@ -26,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from models.customer import Customer
 from models.validation import parse_customer
-from models.wire import json_text
 from repository import queries
 from repository.bulk import bulk_upsert
 from repository.children import replace_children
@@ -34,6 +34,7 @@ from repository.driver import fetch_first
 from repository.engine import dialect_of, native_insert
 from repository.keyset import keyset_pages
 from repository.locks import lock_customers
+from repository.lookups import Lookups
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import (
     clear_older_tombstones,
@@ -41,14 +42,7 @@ from repository.newest_wins import (
     upsert_one_unless_deleted_postgresql,
 )
 from repository.queries import CustomerFilter, Page
-from repository.reads import (
-    customer_select,
-    decode_customer,
-    decode_customer_value,
-    get_by_id_statement,
-    get_by_key_statement,
-    get_by_source_id_statement,
-)
+from repository.reads import customer_select, decode_customer
 from repository.tables import customers, tombstones
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
@@ -83,7 +77,7 @@ _DELETED_AT = select(tombstones.c.deleted_at).where(tombstones.c.customer_id == 
 _CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
 
 
-class CustomerRepository:
+class CustomerRepository(Lookups):
     """Customers in the relational tables, read and written in the documented shape."""
 
     def __init__(self, session: Session) -> None:
@@ -146,41 +140,6 @@ class CustomerRepository:
         return DeleteOutcome.RECORDED if remembered is not None else DeleteOutcome.STALE
 
     # -- reads -----------------------------------------------------------------------
-
-    def get(self, customer_id: str) -> Customer | None:
-        """The stored customer, or ``None``: one statement, however large it is."""
-        row = self._row_by_id(customer_id)
-        return decode_customer(row) if row is not None else None
-
-    def get_json(self, customer_id: str, *, or_source_id: bool = False) -> str | None:
-        """The stored customer as compact JSON text, equal to ``get(...).to_json()``
-        serialised, or ``None``; for callers that only pass the JSON on (an HTTP answer,
-        an export), without building the models.
-
-        ``or_source_id=True`` answers, for a key that is no customer's id, what
-        :meth:`get_json_by_source_id` would (as Voucherify's ``GET /v1/customers/{id}``
-        does), in the same single statement.
-        """
-        if or_source_id:
-            return _json_or_none(self._fetch(get_by_key_statement, key=customer_id))
-        return _json_or_none(self._row_by_id(customer_id))
-
-    def get_one_or_none(self, customer_id: str) -> Customer | None:
-        """Alias of :meth:`get`, under the name SQLAlchemy users know."""
-        return self.get(customer_id)
-
-    def get_by_source_id(self, source_id: str) -> Customer | None:
-        """The live customer with this ``source_id`` and the newest version.
-
-        Out-of-order deliveries can leave two customers with one ``source_id`` for a
-        while (the old holder's rename not yet received): the newer one is the answer.
-        """
-        row = self._fetch(get_by_source_id_statement, source_id=source_id)
-        return decode_customer(row) if row is not None else None
-
-    def get_json_by_source_id(self, source_id: str) -> str | None:
-        """:meth:`get_by_source_id` as :meth:`get_json` gives it."""
-        return _json_or_none(self._fetch(get_by_source_id_statement, source_id=source_id))
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
@@ -256,15 +215,8 @@ class CustomerRepository:
     def _lock(self, customer_id: str) -> None:
         lock_customers(self.session, [customer_id])
 
-    def _row_by_id(self, customer_id: str) -> dict[str, Any] | None:
-        return self._fetch(get_by_id_statement, id=customer_id)
-
-    def _fetch(
-        self, statement: Callable[[str], Select[Any]], **params: Any
-    ) -> dict[str, Any] | None:
-        # The hot path: the driver's cursor on the session's connection, with SQLAlchemy's
-        # compiled statement and type processing but not its per-execution machinery.
-        return fetch_first(self.session.connection(), statement(self._dialect), params)
+    def _connection(self) -> AbstractContextManager[Connection]:
+        return nullcontext(self.session.connection())
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
         query = customer_select(self._dialect).limit(limit)
@@ -273,6 +225,3 @@ class CustomerRepository:
         rows = self.session.connection().execute(query)
         return [decode_customer(row._mapping) for row in rows]
 
-
-def _json_or_none(row: Mapping[str, Any] | None) -> str | None:
-    return json_text(decode_customer_value(row)) if row is not None else None

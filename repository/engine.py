@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import weakref
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
@@ -25,6 +26,7 @@ __all__ = [
     "POOLER_PARAMETER",
     "behind_pooler",
     "dialect_of",
+    "is_read_only",
     "make_async_engine",
     "make_async_session_factory",
     "make_engine",
@@ -51,6 +53,8 @@ _BLANK_POOLER_FLAG = re.compile(rf"[?&]{POOLER_PARAMETER}(?:=)?(?:&|$)")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Marks a pooled SQLite connection whose busy timeout was changed for one checkout.
 _BUSY_TIMEOUT_CHANGED = "customer_store.busy_timeout_changed"
+#: Engines made with ``read_only=True``, whose connections are in autocommit from the start.
+_READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def normalize_url(url: str, *, asynchronous: bool = False) -> str:
@@ -131,7 +135,15 @@ def make_engine(
     url, options = _engine_arguments(url, read_only, kwargs, asynchronous=False)
     engine = create_engine(url, **options)
     _configure(engine)
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        _READ_ONLY_ENGINES.add(engine)
     return engine
+
+
+def is_read_only(engine: Engine) -> bool:
+    """Whether ``engine`` was made by :func:`make_engine` with ``read_only=True`` (or
+    autocommit asked for): its connections need not be switched to autocommit."""
+    return engine in _READ_ONLY_ENGINES
 
 
 def make_async_engine(

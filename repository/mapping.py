@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -139,16 +139,12 @@ REFERRAL_LAYOUT = _leaves(
 )
 
 
-#: The models nested in each model: key -> ("one" | "map" | "list", model).
-_NESTED: dict[type[BaseModel], dict[str, tuple[str, type[BaseModel]]]] = {
-    Customer: {"address": ("one", Address), "summary": ("one", Summary),
-               "loyalty": ("one", Loyalty), "referrals": ("one", Referrals),
-               "assets": ("one", Assets)},
-    Summary: {"redemptions": ("one", RedemptionsSummary), "orders": ("one", OrdersSummary)},
-    RedemptionsSummary: {"gift": ("one", GiftSummary),
-                         "loyalty_card": ("one", LoyaltyCardSummary)},
-    Loyalty: {"campaigns": ("map", LoyaltyCampaign)},
-    Referrals: {"campaigns": ("list", ReferralEntry)},
+#: The model of each nested object laid out in its parent's row (a ``Node``), by parent.
+_NODE_MODELS: dict[type[BaseModel], dict[str, type[BaseModel]]] = {
+    Customer: {"summary": Summary, "loyalty": Loyalty, "referrals": Referrals,
+               "assets": Assets},
+    Summary: {"redemptions": RedemptionsSummary, "orders": OrdersSummary},
+    RedemptionsSummary: {"gift": GiftSummary, "loyalty_card": LoyaltyCardSummary},
 }
 
 
@@ -279,9 +275,8 @@ def customer_from_rows(
     referrals: Sequence[Mapping[Any, Any]],
 ) -> Customer:
     """Reassemble the documented shape from a customer's rows."""
-    value = customer_value_from_rows(customer, address, campaigns, referrals)
     # What was stored was validated on the way in: build the models without checking again.
-    return cast(Customer, _construct(Customer, value))
+    return cast(Customer, _rebuild(_as_model, customer, address, campaigns, referrals))
 
 
 def customer_value_from_rows(
@@ -293,37 +288,86 @@ def customer_value_from_rows(
     """The documented shape as JSON values (date-times and dates as Python objects, for
     :func:`models.wire.json_text`), keys in the models' order: what ``to_json`` of
     :func:`customer_from_rows` gives, without building the models."""
+    value: dict[str, Any] = _rebuild(_as_value, customer, address, campaigns, referrals)
+    return value
+
+
+#: Makes one object of the shape from its documented keys' values (in the layout's order)
+#: and its unknown keys: a model, or the JSON values.
+_Build = Callable[[type[BaseModel], dict[str, Any], Mapping[str, Any] | None], Any]
+
+
+def _rebuild(
+    build: _Build,
+    customer: Mapping[Any, Any],
+    address: Mapping[Any, Any] | None,
+    campaigns: Sequence[Mapping[Any, Any]],
+    referrals: Sequence[Mapping[Any, Any]],
+) -> Any:
     children = {
-        "address": _flat_value(ADDRESS_LAYOUT, address) if address is not None else None,
+        "address": _flat_value(build, Address, ADDRESS_LAYOUT, address)
+        if address is not None else None,
         "loyalty.campaigns": {
-            row["campaign"]: _flat_value(CAMPAIGN_LAYOUT, row) for row in campaigns
+            row["campaign"]: _flat_value(build, LoyaltyCampaign, CAMPAIGN_LAYOUT, row)
+            for row in campaigns
         },
         "referrals.campaigns": [
-            _flat_value(REFERRAL_LAYOUT, row)
+            _flat_value(build, ReferralEntry, REFERRAL_LAYOUT, row)
             for row in sorted(referrals, key=lambda r: r["position"])
         ],
     }
     return _decode(
-        CUSTOMER_LAYOUT, customer, "", customer["absent_mask"], customer["null_mask"],
-        customer["extra"] or {}, children,
+        build, Customer, CUSTOMER_LAYOUT, customer, "", customer["absent_mask"],
+        customer["null_mask"], customer["extra"] or {}, children,
     )
 
 
-def _construct(model: type[BaseModel], value: dict[str, Any]) -> BaseModel:
-    """``model`` and its nested models from JSON-shaped values, marking exactly the given
-    keys as set (so that ``to_json`` leaves the others out) and keeping unknown keys."""
-    fields = dict(value)
-    for key, (kind, nested) in _NESTED.get(model, {}).items():
-        item = fields.get(key)
-        if item is None:
-            continue
-        if kind == "one":
-            fields[key] = _construct(nested, item)
-        elif kind == "map":
-            fields[key] = {k: _construct(nested, v) for k, v in item.items()}
-        else:
-            fields[key] = [_construct(nested, v) for v in item]
-    return model.model_construct(**fields)
+def _as_value(
+    model: type[BaseModel], values: dict[str, Any], unknown: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    if unknown:
+        values.update(unknown)
+    return values
+
+
+def _as_model(
+    model: type[BaseModel], values: dict[str, Any], unknown: Mapping[str, Any] | None
+) -> BaseModel:
+    """What ``model.model_construct(**values, **unknown)`` makes (the given keys marked as
+    set, so that ``to_json`` leaves the others out; unknown keys kept), without its loop
+    over aliases and defaults, which none of the shape's models has but ``None``."""
+    instance = model.__new__(model)
+    state = _FIELDS_UNSET[model].copy()
+    state.update(values)
+    _set_attribute(instance, "__dict__", state)
+    _set_attribute(instance, "__pydantic_fields_set__", set(values))
+    _set_attribute(instance, "__pydantic_extra__", dict(unknown) if unknown else {})
+    _set_attribute(instance, "__pydantic_private__", None)
+    return instance
+
+
+def _unset_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """Each field of ``model`` at its default, in the model's order; refuses a model that
+    :func:`_as_model` would build wrong."""
+    if model.__pydantic_post_init__ or model.__private_attributes__:
+        raise TypeError(f"{model.__name__} needs model_construct")
+    fields = {}
+    for name, info in model.__pydantic_fields__.items():
+        if info.alias not in (None, name) or info.validation_alias not in (None, name):
+            raise TypeError(f"{model.__name__}.{name} has an alias: it needs model_construct")
+        # A required field (the id) is always stored; it keeps its place in the order.
+        fields[name] = None if info.is_required() else info.get_default()
+    if any(value is not None for value in fields.values()):
+        raise TypeError(f"{model.__name__} has a default other than None")
+    return fields
+
+
+_set_attribute = object.__setattr__
+_ROW_MODELS: tuple[type[BaseModel], ...] = (Customer, Address, LoyaltyCampaign, ReferralEntry)
+_FIELDS_UNSET = {
+    model: _unset_fields(model)
+    for model in (*_ROW_MODELS, *(m for nodes in _NODE_MODELS.values() for m in nodes.values()))
+}
 
 
 def _encode(
@@ -356,23 +400,25 @@ def _encode(
 
 
 def _decode(
-    layout: Mapping[str, Spec], row: Mapping[Any, Any], path: str, absent: int, null: int,
-    extra: Mapping[str, Any], children: Mapping[str, Any],
-) -> dict[str, Any]:
+    build: _Build, model: type[BaseModel], layout: Mapping[str, Spec], row: Mapping[Any, Any],
+    path: str, absent: int, null: int, extra: Mapping[str, Any], children: Mapping[str, Any],
+) -> Any:
     out: dict[str, Any] = {}
     for key, spec in layout.items():
         if absent >> spec.bit & 1:
             continue
-        if isinstance(spec, (Leaf, Document)):
+        if type(spec) is Leaf or type(spec) is Document:
             out[key] = row[spec.column]
         elif null >> spec.bit & 1:
             out[key] = None
-        elif isinstance(spec, Node):
-            out[key] = _decode(spec.fields, row, f"{path}{key}.", absent, null, extra, children)
+        elif type(spec) is Node:
+            out[key] = _decode(
+                build, _NODE_MODELS[model][key], spec.fields, row, f"{path}{key}.", absent, null,
+                extra, children,
+            )
         else:
             out[key] = children[path + key]
-    out.update(extra.get(path.rstrip("."), {}))
-    return out
+    return build(model, out, extra.get(path.rstrip(".")))
 
 
 def _flat_row(
@@ -384,6 +430,8 @@ def _flat_row(
     return {**keys, **enc.row, "absent_mask": enc.absent, "extra": enc.extra.get("") or None}
 
 
-def _flat_value(layout: Mapping[str, Spec], row: Mapping[Any, Any]) -> dict[str, Any]:
+def _flat_value(
+    build: _Build, model: type[BaseModel], layout: Mapping[str, Spec], row: Mapping[Any, Any]
+) -> Any:
     extra = {"": row["extra"]} if row["extra"] else {}
-    return _decode(layout, row, "", row["absent_mask"], 0, extra, {})
+    return _decode(build, model, layout, row, "", row["absent_mask"], 0, extra, {})

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session
 
 from models import (
     CustomerAddressRow,
@@ -18,7 +19,7 @@ from models import (
     ReferralEntryRow,
     parse_customer,
 )
-from repository import CustomerRepository, UpsertOutcome, make_engine
+from repository import CustomerReader, CustomerRepository, UpsertOutcome, make_engine
 from repository.customers import DeleteOutcome
 from repository.mapping import customer_to_rows
 from tests.conftest import load_example_customers
@@ -304,6 +305,56 @@ def test_get_json_by_source_id_answers_the_newest_live_holder_like_get_by_source
     assert newest is not None and newest.id == "cust_new"
     text = repo.get_json_by_source_id("jane@example.com")
     assert text is not None and json.loads(text) == newest.to_json()
+
+
+def test_a_reader_on_an_engine_reads_every_example_as_the_repository_does(
+    session: Session, engine: Engine, database_url: str, example_customers: list[tuple[str, Any]]
+) -> None:
+    repo = CustomerRepository(session)
+    repo.upsert_many(p for name, p in example_customers if name not in VALID_EXAMPLE_REJECTIONS)
+    session.commit()
+    read_only = make_engine(database_url, read_only=True)
+    try:
+        for reader in (CustomerReader(read_only), CustomerReader(engine)):
+            for name, payload in example_customers:
+                if name in VALID_EXAMPLE_REJECTIONS:
+                    continue
+                key = payload["id"]
+                assert reader.get(key) == repo.get(key)
+                assert reader.get_one_or_none(key) == repo.get(key)
+                assert reader.get_json(key) == repo.get_json(key)
+                assert reader.get_json(key, or_source_id=True) == repo.get_json(key)
+                if payload.get("source_id") is not None:
+                    source_id = payload["source_id"]
+                    assert reader.get_by_source_id(source_id) == repo.get_by_source_id(source_id)
+                    assert reader.get_json_by_source_id(source_id) == repo.get_json_by_source_id(
+                        source_id
+                    )
+            assert reader.get("cust_unknown") is None
+            assert reader.get_json("cust_unknown", or_source_id=True) is None
+            assert reader.get_by_source_id("nobody@example.com") is None
+    finally:
+        read_only.dispose()
+
+
+def test_a_reader_sees_each_commit_and_leaves_its_engine_transactional(
+    session: Session, engine: Engine
+) -> None:
+    reader = CustomerReader(engine)  # not a read-only engine: switched for its reads only
+    assert reader.get("cust_test0001") is None
+    repo = CustomerRepository(session)
+    repo.upsert(_customer())
+    assert reader.get("cust_test0001") is None  # not committed yet
+    session.commit()
+    found = reader.get("cust_test0001")
+    assert found is not None and found.to_json() == _customer()
+    # The engine's own connections still run transactions after the reader's checkouts.
+    for _ in range(3):
+        reader.get_json("cust_test0001")
+    with Session(engine) as other:
+        CustomerRepository(other).upsert(_customer("cust_rolled_back"))
+        other.rollback()
+    assert reader.get("cust_rolled_back") is None
 
 
 def test_upsert_many_counts_applied_and_stale(repo: CustomerRepository) -> None:
