@@ -17,9 +17,9 @@ __all__ = ["parse_customer"]
 def parse_customer(raw: Customer | Mapping[str, Any], *, source: str | None = None) -> Customer:
     """Validate ``raw`` (a JSON object as Python values, or a model) into a :class:`Customer`.
 
-    ``source``, the JSON text ``raw`` was parsed from with :func:`loads_json`, lets a quick
-    look at the text stand in for walking every value, when the text shows none of what
-    could not be stored.
+    ``source``, the JSON text ``raw`` was parsed from with :func:`loads_json` (or that of a
+    document it was part of), lets a quick look at the text stand in for walking every
+    value, when the text shows none of what could not be stored.
     """
     if isinstance(raw, Customer):
         return raw

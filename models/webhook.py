@@ -45,6 +45,9 @@ class Envelope:
     legacy: bool
     #: Why the envelope cannot be processed (recorded as a rejection), or ``None``.
     problem: str | None = None
+    #: The body as text (when it is UTF-8): the customer's validation looks at it instead
+    #: of walking every value (``source`` of :func:`models.validation.parse_customer`).
+    text: str | None = None
 
     @property
     def customer(self) -> Any:
@@ -112,7 +115,15 @@ def parse_envelope(body: bytes) -> Envelope:
         data=data,
         legacy=legacy,
         problem="; ".join(problems) or None,
+        text=_utf8_text(body),
     )
+
+
+def _utf8_text(body: bytes) -> str | None:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:  # JSON in UTF-16 or UTF-32, which json.loads also reads
+        return None
 
 
 def _storable(value: Any) -> str | None:

@@ -172,7 +172,7 @@ def _plan(envelope: Envelope) -> _Action:
     if envelope.event_type == "customer.deleted":
         return _plan_deletion(envelope, customer)
     try:
-        return _Upsert(parse_customer(customer))
+        return _Upsert(parse_customer(customer, source=envelope.text))
     except CustomerValidationError as exc:
         return _Reject("; ".join(
             f"$.data.customer{e.path[1:]}: {e.message}" for e in exc.errors

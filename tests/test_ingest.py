@@ -327,6 +327,34 @@ def test_redelivered_rejected_event_with_the_same_bad_data_stays_rejected(
     assert (row.outcome, row.deliveries) == ("rejected", 2)
 
 
+@pytest.mark.parametrize(
+    ("change", "path", "reason"),
+    [
+        ({"name": "Ada\u0000King"}, "$.data.customer.name", "U+0000"),
+        ({"description": "\ud800"}, "$.data.customer.description", "lone surrogate"),
+        ({"metadata": {"deep": json.loads("[" * 70 + "]" * 70)}},
+         "$.data.customer.metadata.deep", "nested deeper"),
+    ],
+    ids=["nul", "lone-surrogate", "deep-nesting"],
+)
+def test_a_customer_value_no_column_can_hold_is_rejected_with_its_path(
+    sessions: sessionmaker[Session], change: dict[str, Any], path: str, reason: str
+) -> None:
+    stored = _customer()
+    _deliver(sessions, _body("customer.created", stored))
+    bad = {**_version("2024-02-01T00:00:00.000Z"), **change}
+    # Escaped in the JSON text (\u0000, \ud800), as a sender would write them.
+    document = envelope("evcus_unstorable", "customer.updated", {"customer": bad},
+                        bad["updated_at"])
+    body = json.dumps(document).encode("ascii")
+
+    result = _deliver(sessions, body)
+
+    assert result.outcome is EventOutcome.REJECTED
+    assert result.error is not None and path in result.error and reason in result.error
+    assert _stored(sessions) == stored
+
+
 def test_legacy_2018_envelope_is_stored_the_same_way(sessions: sessionmaker[Session]) -> None:
     customer = _version("2024-02-01T00:00:00.000Z")
     body = _body("customer.updated", customer, legacy=True, event_id="evcus_legacy000000000001")
