@@ -8,6 +8,7 @@ inputs (newest version of each id wins), never by calling the product's code.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from customer_store.cli import main as cli_main
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -900,3 +903,22 @@ def test_a_large_import_in_small_batches_stores_every_customer(
     for index in edges:
         assert exported[index] == expected[index]
     assert exported == expected
+
+
+def test_import_in_process_leaves_the_interpreter_as_it_found_it(
+    migrated_url: str, tmp_path: Path, valid_examples: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The import tunes the interpreter for itself (a shorter switch interval, the cyclic
+    # collector run between batches); a caller running it in process gets both back.
+    path = tmp_path / "customers.jsonl"
+    path.write_text("".join(json.dumps(raw) + "\n" for raw in valid_examples), encoding="utf-8")
+    interval = sys.getswitchinterval()
+    assert gc.isenabled()
+
+    status = cli_main(["--database-url", migrated_url, "import", "--batch-size", "2", str(path)])
+
+    assert status == 0, capsys.readouterr().err
+    assert gc.isenabled()
+    assert sys.getswitchinterval() == interval
+    assert f"{len(valid_examples)} records" in capsys.readouterr().err
