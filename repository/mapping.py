@@ -192,19 +192,23 @@ class CustomerRows:
         return value
 
 
-@dataclass
 class _Encoding:
-    row: dict[str, Any]
-    absent: int = 0
-    null: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    children: dict[str, Any] = field(default_factory=dict)
+    """What laying out one row collects: the row, its masks, unknown keys, child values."""
+
+    __slots__ = ("absent", "children", "extra", "null", "row")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.absent = 0
+        self.null = 0
+        self.extra: dict[str, Any] = {}
+        self.children: dict[str, Any] = {}
 
 
 def customer_to_rows(customer: Customer) -> CustomerRows:
     """Lay a validated customer out as rows."""
-    enc = _Encoding(row=dict.fromkeys(_CUSTOMER_LEAVES))
-    _encode(CUSTOMER_LAYOUT, customer, "", enc)
+    enc = _Encoding(dict.fromkeys(_CUSTOMER_LEAVES))
+    _encode(_CUSTOMER_LEVEL, customer, enc)
     row = enc.row
     row["version_at"] = row["updated_at"] if row["updated_at"] is not None else row["created_at"]
     row.update(absent_mask=enc.absent, null_mask=enc.null, extra=enc.extra or None)
@@ -214,15 +218,15 @@ def customer_to_rows(customer: Customer) -> CustomerRows:
     rows = CustomerRows(customer=row)
     address = enc.children.get("address")
     if address is not None:
-        rows.address = _flat_row(ADDRESS_LAYOUT, _ADDRESS_LEAVES, address, customer_id=customer_id)
+        rows.address = _flat_row(_ADDRESS_LEVEL, _ADDRESS_LEAVES, address, customer_id=customer_id)
     campaigns = enc.children.get("loyalty.campaigns") or {}
     rows.campaigns = [
-        _flat_row(CAMPAIGN_LAYOUT, _CAMPAIGN_LEAVES, entry, customer_id=customer_id, campaign=key)
+        _flat_row(_CAMPAIGN_LEVEL, _CAMPAIGN_LEAVES, entry, customer_id=customer_id, campaign=key)
         for key, entry in campaigns.items()
     ]
     referrals = enc.children.get("referrals.campaigns") or []
     rows.referrals = [
-        _flat_row(REFERRAL_LAYOUT, _REFERRAL_LEAVES, entry, customer_id=customer_id, position=index)
+        _flat_row(_REFERRAL_LEVEL, _REFERRAL_LEAVES, entry, customer_id=customer_id, position=index)
         for index, entry in enumerate(referrals)
     ]
     return rows
@@ -305,20 +309,20 @@ def _rebuild(
     referrals: Sequence[Mapping[Any, Any]],
 ) -> Any:
     children = {
-        "address": _flat_value(build, Address, ADDRESS_LAYOUT, address)
+        "address": _flat_value(build, _ADDRESS_LEVEL, address)
         if address is not None else None,
         "loyalty.campaigns": {
-            row["campaign"]: _flat_value(build, LoyaltyCampaign, CAMPAIGN_LAYOUT, row)
+            row["campaign"]: _flat_value(build, _CAMPAIGN_LEVEL, row)
             for row in campaigns
         },
         "referrals.campaigns": [
-            _flat_value(build, ReferralEntry, REFERRAL_LAYOUT, row)
+            _flat_value(build, _REFERRAL_LEVEL, row)
             for row in sorted(referrals, key=lambda r: r["position"])
         ],
     }
     return _decode(
-        build, Customer, CUSTOMER_LAYOUT, customer, "", customer["absent_mask"],
-        customer["null_mask"], customer["extra"] or {}, children,
+        build, _CUSTOMER_LEVEL, customer, customer["absent_mask"], customer["null_mask"],
+        customer["extra"] or {}, children,
     )
 
 
@@ -370,68 +374,104 @@ _FIELDS_UNSET = {
 }
 
 
-def _encode(
-    layout: Mapping[str, Spec], value: Mapping[str, Any] | BaseModel, path: str, enc: _Encoding
-) -> None:
+def _encode(level: _Level, value: Mapping[str, Any] | BaseModel, enc: _Encoding) -> None:
     fields: Mapping[str, Any]
     present: Collection[str]
     if isinstance(value, BaseModel):
         # Validated input: its fields' values, which of them were given, its unknown keys.
-        fields, present = value.__dict__, value.model_fields_set
+        fields, present = value.__dict__, value.__pydantic_fields_set__
         unknown = value.__pydantic_extra__
     else:
         fields = present = value
-        unknown = {k: v for k, v in value.items() if k not in layout}
-    for key, spec in layout.items():
+        unknown = {k: v for k, v in value.items() if k not in level.keys}
+    row = enc.row
+    absent = null = 0
+    for key, kind, column, mask, nested, child in level.entries:
         if key not in present:
-            enc.absent |= 1 << spec.bit
+            absent |= mask
             continue
         item = fields[key]
-        if type(spec) is Leaf or type(spec) is Document:
-            enc.row[spec.column] = item
+        if kind is _LEAF:
+            row[column] = item
         elif item is None:
-            enc.null |= 1 << spec.bit
-        elif type(spec) is Node:
-            _encode(spec.fields, item, f"{path}{key}.", enc)
+            null |= mask
+        elif kind is _NODE:
+            _encode(nested, item, enc)
         else:
-            enc.children[path + key] = item
+            enc.children[child] = item
+    enc.absent |= absent
+    enc.null |= null
     if unknown:
-        enc.extra[path.rstrip(".")] = dict(unknown)
+        enc.extra[level.path] = dict(unknown)
 
 
 def _decode(
-    build: _Build, model: type[BaseModel], layout: Mapping[str, Spec], row: Mapping[Any, Any],
-    path: str, absent: int, null: int, extra: Mapping[str, Any], children: Mapping[str, Any],
+    build: _Build, level: _Level, row: Mapping[Any, Any], absent: int, null: int,
+    extra: Mapping[str, Any], children: Mapping[str, Any],
 ) -> Any:
     out: dict[str, Any] = {}
-    for key, spec in layout.items():
-        if absent >> spec.bit & 1:
+    for key, kind, column, mask, nested, child in level.entries:
+        if absent & mask:
             continue
-        if type(spec) is Leaf or type(spec) is Document:
-            out[key] = row[spec.column]
-        elif null >> spec.bit & 1:
+        if kind is _LEAF:
+            out[key] = row[column]
+        elif null & mask:
             out[key] = None
-        elif type(spec) is Node:
-            out[key] = _decode(
-                build, _NODE_MODELS[model][key], spec.fields, row, f"{path}{key}.", absent, null,
-                extra, children,
-            )
+        elif kind is _NODE:
+            out[key] = _decode(build, nested, row, absent, null, extra, children)
         else:
-            out[key] = children[path + key]
-    return build(model, out, extra.get(path.rstrip(".")))
+            out[key] = children[child]
+    return build(level.model, out, extra.get(level.path))
 
 
 def _flat_row(
-    layout: Mapping[str, Spec], leaves: list[str], value: Mapping[str, Any] | BaseModel,
-    **keys: Any,
+    level: _Level, leaves: list[str], value: Mapping[str, Any] | BaseModel, **keys: Any
 ) -> dict[str, Any]:
-    enc = _Encoding(row=dict.fromkeys(leaves))
-    _encode(layout, value, "", enc)
+    enc = _Encoding(dict.fromkeys(leaves))
+    _encode(level, value, enc)
     return {**keys, **enc.row, "absent_mask": enc.absent, "extra": enc.extra.get("") or None}
 
 
-def _flat_value(
-    build: _Build, model: type[BaseModel], layout: Mapping[str, Spec], row: Mapping[Any, Any]
-) -> Any:
+def _flat_value(build: _Build, level: _Level, row: Mapping[Any, Any]) -> Any:
     extra = {"": row["extra"]} if row["extra"] else {}
-    return _decode(build, model, layout, row, "", row["absent_mask"], 0, extra, {})
+    return _decode(build, level, row, row["absent_mask"], 0, extra, {})
+
+
+# -- layouts compiled for the walks ------------------------------------------------------
+
+_LEAF, _NODE, _CHILD = "leaf", "node", "child"
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One object of a layout as the walks read it: per key, its kind, column (leaves),
+    mask bit, nested level (nodes) and dotted path (children)."""
+
+    model: type[BaseModel]
+    #: Dotted path of the object: where its unknown keys are kept in ``extra``.
+    path: str
+    entries: tuple[tuple[str, str, str, int, _Level, str], ...]
+    keys: frozenset[str]
+
+
+_NOTHING = _Level(BaseModel, "", (), frozenset())  # the nested level of leaves and children
+
+
+def _level(layout: Mapping[str, Spec], model: type[BaseModel], path: str = "") -> _Level:
+    entries = []
+    for key, spec in layout.items():
+        mask, dotted = 1 << spec.bit, f"{path}.{key}".lstrip(".")
+        if isinstance(spec, (Leaf, Document)):
+            entries.append((key, _LEAF, spec.column, mask, _NOTHING, dotted))
+        elif isinstance(spec, Node):
+            nested = _level(spec.fields, _NODE_MODELS[model][key], dotted)
+            entries.append((key, _NODE, "", mask, nested, dotted))
+        else:
+            entries.append((key, _CHILD, "", mask, _NOTHING, dotted))
+    return _Level(model, path, tuple(entries), frozenset(layout))
+
+
+_CUSTOMER_LEVEL = _level(CUSTOMER_LAYOUT, Customer)
+_ADDRESS_LEVEL = _level(ADDRESS_LAYOUT, Address)
+_CAMPAIGN_LEVEL = _level(CAMPAIGN_LAYOUT, LoyaltyCampaign)
+_REFERRAL_LEVEL = _level(REFERRAL_LAYOUT, ReferralEntry)
