@@ -53,7 +53,7 @@ from repository import (
     upgrade_to_head,
 )
 
-__all__ = ["MAX_BATCH_SIZE", "build_parser", "main"]
+__all__ = ["MAX_BATCH_SIZE", "MAX_WORKERS", "build_parser", "main"]
 
 #: Records per import transaction, at most: a batch is held in memory and in one transaction.
 MAX_BATCH_SIZE = 100_000
@@ -61,6 +61,11 @@ MAX_BATCH_SIZE = 100_000
 _IMPORT_SWITCH_INTERVAL = 0.0005
 #: Batches an import writes between two runs of the cyclic garbage collector.
 _IMPORT_COLLECT_EVERY = 20
+#: Most validating processes ``import --workers`` takes.
+MAX_WORKERS = 64
+#: Input size from which ``import`` validates in a process of its own by default: smaller
+#: inputs are over before the process pays for itself.
+_WORKERS_FROM_BYTES = 4 << 20
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--batch-size", type=int_between(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
         help=f"records per transaction, 1 to {MAX_BATCH_SIZE:,} (default {DEFAULT_BATCH_SIZE})",
+    )
+    imp.add_argument(
+        "--workers", type=int_between(0, MAX_WORKERS), default=None,
+        help="processes validating the records beside the one writing them, 0 to "
+        f"{MAX_WORKERS} (default: 1 for an input over {_WORKERS_FROM_BYTES >> 20} MB, or of "
+        "unknown size, on two CPUs or more; else 0)",
     )
     imp.set_defaults(run=_import)
 
@@ -199,12 +210,15 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
         collecting = gc.isenabled()
         gc.disable()
         try:
+            workers = args.workers if args.workers is not None else _default_workers(source.size)
             report = import_records(
                 make_session_factory(engine),
-                read_records(source.text),
+                # Lines are decoded where they are validated: in the workers, if any.
+                read_records(source.text, decode_lines=workers == 0),
                 batch_size=args.batch_size,
                 on_reject=on_reject,
                 on_progress=on_progress,
+                workers=workers,
             )
             on_progress(report)
         finally:
@@ -225,6 +239,14 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if report.rejected else EXIT_OK
+
+
+def _default_workers(size: int | None) -> int:
+    """One validating process beside the writing one, when there is a CPU for it and the
+    input is large (or of unknown size: a pipe)."""
+    if (os.cpu_count() or 1) < 2:
+        return 0
+    return 1 if size is None or size >= _WORKERS_FROM_BYTES else 0
 
 
 def _get(engine: Engine, args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ def progress_bar(
     # nothing, so such a terminal gets a fixed size.
     sized = drawn and _terminal_width(out) > 0
     columns, lines = (None, None) if sized else _FALLBACK_SIZE
-    return tqdm(
+    return _Bar(
         total=total,
         # tqdm writes the unit right after the number: a symbol belongs there (12.3MB/s), a
         # word after a space (410.25 customers/s).
@@ -58,6 +58,12 @@ def progress_bar(
         nrows=lines,
         mininterval=_REDRAW_INTERVAL,
     )
+
+
+class _Bar(tqdm):  # type: ignore[type-arg]
+    # No monitor thread: the bars are moved on by hand, and a thread running would keep an
+    # import from forking its validating processes (they would be spawned, slower).
+    monitor_interval = 0
 
 
 def print_message(text: str, *, stream: TextIO | None = None) -> None:

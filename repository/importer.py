@@ -9,8 +9,14 @@ refuses is rejected.
 
 from __future__ import annotations
 
+import gc
+import itertools
+import multiprocessing
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -23,7 +29,7 @@ from models.validation import parse_customer
 from repository.customers import CustomerRepository, UpsertOutcome
 from repository.driver import is_pooler_clash
 from repository.mapping import CustomerRows, customer_to_rows
-from repository.records import Record
+from repository.records import Record, decode_line
 from repository.retry import is_retryable, run_in_transaction
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
@@ -73,11 +79,17 @@ def import_records(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_reject: Callable[[Rejection], None] | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
+    workers: int = 0,
 ) -> ImportReport:
     """Validate and store ``records``; return what happened to each kind.
 
     While one batch is written (the writer thread mostly waits for the database), the next
     is validated: the two overlap, and at most two batches are held in memory.
+
+    ``workers`` (processes) validate and lay out the batches instead of this thread, which
+    then only writes: for large inputs on a machine with CPUs to spare (validation is
+    Python, held to one CPU per process). Records read with ``decode_lines=False`` are
+    decoded there too. Up to ``workers + 2`` batches more are then held, in flight.
     """
     report = ImportReport()
 
@@ -96,33 +108,100 @@ def import_records(
         if on_progress is not None:
             on_progress(report)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer:
+    # The processes start before the writer thread does: a process forked with threads
+    # running could inherit a lock one of them holds.
+    with _preparing(workers) as prepare, ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="import-writer"
+    ) as writer:
         pending: Future[_BatchResult] | None = None
-        for chunk in _chunks(records, batch_size):
-            locations: list[str] = []
-            rows: list[CustomerRows] = []
-            for record in chunk:
-                if record.error is not None:
-                    rejection = Rejection(record.location, record.error)
-                    if record.stopped:
-                        report.stopped = rejection
-                    reject(rejection)
-                    continue
-                try:
-                    customer = parse_customer(record.value, source=record.text)
-                except CustomerValidationError as exc:
-                    reject(Rejection(record.location, str(exc)))
-                    continue
-                locations.append(record.location)
-                rows.append(customer_to_rows(customer))
+        for batch in prepare(_chunks(records, batch_size)):
+            for rejection, stopped in batch.rejections:
+                if stopped:
+                    report.stopped = rejection
+                reject(rejection)
             if pending is not None:
                 collect(pending.result())
             # Batches are written one after another, in input order: among versions of a
             # customer with the same timestamp, the later line wins, as it would one by one.
-            pending = writer.submit(_write_batch, sessions, locations, rows)
+            pending = writer.submit(_write_batch, sessions, batch.locations, batch.rows)
         if pending is not None:
             collect(pending.result())
     return report
+
+
+@dataclass
+class _Prepared:
+    """A batch validated and laid out: rows to write, and the records refused, in order."""
+
+    locations: list[str] = field(default_factory=list)
+    rows: list[CustomerRows] = field(default_factory=list)
+    #: (rejection, whether reading stopped there).
+    rejections: list[tuple[Rejection, bool]] = field(default_factory=list)
+
+
+def _prepare(chunk: list[Record]) -> _Prepared:
+    """Validate and lay out a batch of records (in this process or a worker)."""
+    batch = _Prepared()
+    for record in (one for line in chunk for one in decode_line(line)):
+        if record.error is not None:
+            batch.rejections.append((Rejection(record.location, record.error), record.stopped))
+            continue
+        try:
+            customer = parse_customer(record.value, source=record.text)
+        except CustomerValidationError as exc:
+            batch.rejections.append((Rejection(record.location, str(exc)), False))
+            continue
+        batch.locations.append(record.location)
+        batch.rows.append(customer_to_rows(customer))
+    return batch
+
+
+_Prepare = Callable[[Iterator[list[Record]]], Iterator[_Prepared]]
+
+
+@contextmanager
+def _preparing(workers: int) -> Iterator[_Prepare]:
+    """What turns batches of records into prepared batches, in order: :func:`_prepare`
+    here, or on ``workers`` processes with ``workers + 2`` batches in flight."""
+    if workers < 1:
+        yield partial(map, _prepare)
+        return
+    # Forked, the workers start at once with every module loaded; spawned (where fork is
+    # missing, or threads run that a fork could catch holding a lock), they import them.
+    fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+
+        def prepared(chunks: Iterator[list[Record]]) -> Iterator[_Prepared]:
+            in_flight: deque[Future[_Prepared]] = deque()
+            for chunk in chunks:
+                in_flight.append(pool.submit(_prepare_in_worker, chunk))
+                # One batch more than the workers hold: each has its next one queued while
+                # this thread waits for the writer.
+                if len(in_flight) > workers + 1:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+
+        yield prepared
+
+
+#: Batches a worker prepares between two runs of its cyclic garbage collector.
+_COLLECT_EVERY = 20
+_prepared_here = itertools.count(1)
+
+
+def _start_worker() -> None:
+    # A worker's batches are freed by reference counting once sent; the cyclic collector
+    # would scan them again and again. It runs every few batches instead (rejections'
+    # tracebacks make cycles).
+    gc.disable()
+
+
+def _prepare_in_worker(chunk: list[Record]) -> _Prepared:
+    if next(_prepared_here) % _COLLECT_EVERY == 0:
+        gc.collect()
+    return _prepare(chunk)
 
 
 def _write_batch(

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from models.json_decoding import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
 from repository.json_text import Piece, Position, ValueScanner, Window, read_value
 
-__all__ = ["Record", "read_records"]
+__all__ = ["Record", "decode_line", "read_records"]
 
 #: The first line (in characters) is read whole to tell the forms apart when it is at most
 #: this long; a longer one is read as a document or an array, piece by piece.
@@ -41,15 +41,23 @@ class Record:
     text: str | None = None
     #: Reading stopped at this error: nothing after it was read, let alone imported.
     stopped: bool = False
+    #: A line of JSON Lines not decoded yet (``read_records(..., decode_lines=False)``):
+    #: :func:`decode_line` gives the records it holds.
+    undecoded: bool = False
 
 
-def read_records(stream: TextIO) -> Iterator[Record]:
-    """Yield the customer records in ``stream``, whichever of the three forms it has."""
+def read_records(stream: TextIO, *, decode_lines: bool = True) -> Iterator[Record]:
+    """Yield the customer records in ``stream``, whichever of the three forms it has.
+
+    ``decode_lines=False`` leaves each line of JSON Lines as its text (``undecoded``), for
+    a consumer that decodes them elsewhere (another process) with :func:`decode_line`.
+    """
     window = Window(stream)
     first = window.skip_blank(_LEADING_BLANK)
+    lines = _line_records if decode_lines else _undecoded_lines
     if first not in ("[", "{"):
         if first:
-            yield from _line_records(window.lines(), start=window.at.line)
+            yield from lines(window.lines(), start=window.at.line)
         return
     line = window.peek_line(window.pos, _PEEK_LIMIT)
     if line is not None:
@@ -59,10 +67,10 @@ def read_records(stream: TextIO) -> Iterator[Record]:
             if first == "[" and after == len(window.text):
                 yield from _expand(value, "document", "")  # an array on one line
             else:
-                yield from _line_records(window.lines(), start=window.at.line)
+                yield from lines(window.lines(), start=window.at.line)
             return
         if first == "{" and not _opens_document(window, line):
-            yield from _line_records(window.lines(), start=window.at.line)
+            yield from lines(window.lines(), start=window.at.line)
             return
     yield from _array(window) if first == "[" else _document(window)
 
@@ -101,22 +109,35 @@ def _opens_document(window: Window, line: str) -> bool:
 
 
 def _line_records(lines: Iterable[str], *, start: int) -> Iterator[Record]:
+    for record in _undecoded_lines(lines, start=start):
+        yield from decode_line(record)
+
+
+def _undecoded_lines(lines: Iterable[str], *, start: int) -> Iterator[Record]:
     for number, line in enumerate(lines, start=start):
-        if not line.strip():
-            continue
-        location = f"line {number}"
-        try:
-            value = loads_json(line)
-        except json.JSONDecodeError as exc:
-            yield Record(location, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
-            continue
-        except NonFiniteNumber as exc:
-            yield Record(location, error=f"invalid JSON: {exc}")
-            continue
-        except RecursionError:
-            yield Record(location, error="invalid JSON: nested too deeply")
-            continue
-        yield from _expand(value, location, location + " ", line)
+        if line.strip():
+            yield Record(f"line {number}", text=line, undecoded=True)
+
+
+def decode_line(record: Record) -> Iterator[Record]:
+    """The records a line of JSON Lines holds (an ``undecoded`` record): its customer, the
+    customers of a list page or an array, or why it cannot be read; any other record as is."""
+    if not record.undecoded:
+        yield record
+        return
+    location, line = record.location, record.text or ""
+    try:
+        value = loads_json(line)
+    except json.JSONDecodeError as exc:
+        yield Record(location, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+        return
+    except NonFiniteNumber as exc:
+        yield Record(location, error=f"invalid JSON: {exc}")
+        return
+    except RecursionError:
+        yield Record(location, error="invalid JSON: nested too deeply")
+        return
+    yield from _expand(value, location, location + " ", line)
 
 
 def _expand(value: Any, location: str, prefix: str, text: str | None = None) -> Iterator[Record]:
