@@ -3,10 +3,14 @@
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCRIPT_LOCATION", "include_object_for"]
+__all__ = ["HEAD", "SCRIPT_LOCATION", "include_object_for"]
 
 #: Where Alembic finds env.py and versions/, in a checkout or an installed copy.
 SCRIPT_LOCATION = str(Path(__file__).resolve().parent)
+#: The newest revision in versions/ (a new migration moves it): the commands check a
+#: database's schema against it without loading Alembic. tests/test_migrations.py holds it
+#: to the head Alembic finds.
+HEAD = "0007"
 
 
 def include_object_for(dialect: str) -> Any:

@@ -13,6 +13,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pytest_alembic.tests import (
     test_model_definitions_match_ddl,
     test_single_head_revision,
@@ -21,7 +22,7 @@ from pytest_alembic.tests import (
 )
 from sqlalchemy import Engine, inspect
 
-from migrations import include_object_for
+from migrations import SCRIPT_LOCATION, include_object_for
 from models import Base
 from repository import make_engine
 from repository.schema import alembic_config as shipped_alembic_config
@@ -57,6 +58,29 @@ def alembic_config(alembic_engine: Engine) -> Any:
 
 def alembic_config_for(engine: Engine) -> Any:
     return shipped_alembic_config(engine.url.render_as_string(hide_password=False))
+
+
+def test_the_head_the_commands_check_against_is_alembics_head() -> None:
+    assert head_revision() == ScriptDirectory(SCRIPT_LOCATION).get_current_head()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_current_revision_follows_each_migration_step_and_is_none_before_any(
+    make_database: Any, backend: str
+) -> None:
+    url = make_database(backend)
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) is None
+        steps = reversed(list(ScriptDirectory(SCRIPT_LOCATION).walk_revisions("base", "heads")))
+        for step in steps:
+            command.upgrade(shipped_alembic_config(url), step.revision)
+            with engine.connect() as connection:  # an engine or a connection alike
+                assert current_revision(connection) == current_revision(engine) == step.revision
+        command.downgrade(shipped_alembic_config(url), "base")
+        assert current_revision(engine) is None
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
