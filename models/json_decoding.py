@@ -41,12 +41,20 @@ FINITE_JSON_DECODER = json.JSONDecoder(
 )
 
 
+# Integers read by the scanner itself (a hook per integer costs a tenth of the decoding):
+# one with too many digits makes it raise ValueError, and FINITE_JSON_DECODER says why.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+
+
 def loads_json(text: str | bytes) -> Any:
     """``json.loads`` that refuses non-finite numbers (:class:`NonFiniteNumber`), which no
     JSON column can hold; text read with it can be passed to :func:`parse_customer` as
     ``source``."""
     if isinstance(text, bytes):
-        return json.loads(
-            text, parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant
-        )
-    return FINITE_JSON_DECODER.decode(text)
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    try:
+        return _DECODER.decode(text)
+    except (json.JSONDecodeError, NonFiniteNumber):
+        raise
+    except ValueError:
+        return FINITE_JSON_DECODER.decode(text)
