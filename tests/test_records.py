@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from models import Base
 from repository import CustomerRepository, Record, import_records, make_session_factory
-from repository.records import read_records
+from repository.records import decode_line, read_records
 from repository.schema import upgrade_to_head
 from tests.test_cli import BACKENDS, cli, describe, rejections, summary
 
@@ -358,3 +359,72 @@ def test_cli_imports_json_lines_whose_first_line_is_malformed(
     assert run.returncode == 1, describe(run)
     assert set(rejections(run)) == {"line 1"}, describe(run)
     assert summary(run) == (6, 5, 0, 1)
+
+
+# -- validated in worker processes ------------------------------------------------------------
+
+
+def mixed_lines() -> str:
+    """JSON Lines with a little of everything a line can hold or lack."""
+    older = {**customer(1), "name": "Older", "created_at": "2023-01-01T00:00:00.000Z"}
+    page = {"object": "list", "customers": [customer(5), {"id": 7}, customer(6)]}
+    lines = [
+        json.dumps(customer(1)),
+        json.dumps(older),  # stale: an older version of the line above
+        "{not json",
+        json.dumps({**customer(2), "birthdate": "1990-13-01"}),  # refused by validation
+        json.dumps([customer(3), customer(4)]),  # an array on one line
+        json.dumps(page),  # a list page on one line, one customer in it invalid
+        '{"id": "cust_rec_nan", "metadata": {"x": NaN}}',
+        "",
+        json.dumps({**customer(8), "name": "Ann\u0000Lee"}),  # nothing a column can hold
+        json.dumps(customer(9)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_import_what_this_process_would_with_the_same_rejections(
+    engine: Engine, session: Session, workers: int
+) -> None:
+    text = mixed_lines()
+    ids = [customer(i)["id"] for i in range(10)] + ["cust_rec_nan"]
+    here = import_records(make_session_factory(engine), read_records(io.StringIO(text)),
+                          batch_size=3)
+    stored_here = {i: CustomerRepository(session).get_json(i) for i in ids}
+    session.commit()
+    for table in reversed(Base.metadata.sorted_tables):
+        session.execute(table.delete())
+    session.commit()
+
+    there = import_records(
+        make_session_factory(engine),
+        read_records(io.StringIO(text), decode_lines=False),
+        batch_size=3,
+        workers=workers,
+    )
+
+    assert (there.applied, there.stale, there.rejected) == (here.applied, here.stale,
+                                                            here.rejected) == (6, 1, 5)
+    assert there.rejections == here.rejections
+    assert {i: CustomerRepository(session).get_json(i) for i in ids} == stored_here
+    assert [r.location for r in there.rejections] == [
+        "line 3", "line 4", "line 6 customers[1]", "line 7", "line 9",
+    ]
+
+
+def test_undecoded_lines_decode_to_the_records_read_records_gives() -> None:
+    text = mixed_lines()
+    undecoded = list(read_records(io.StringIO(text), decode_lines=False))
+    assert all(r.undecoded and r.text is not None for r in undecoded)
+    assert [one for r in undecoded for one in decode_line(r)] == read(text)
+
+
+def test_cli_import_with_workers_matches_the_import_without(cli_url: str, tmp_path: Path) -> None:
+    path = write(tmp_path / "mixed.jsonl", mixed_lines())
+    runs = [cli("import", "--workers", n, path, url=cli_url, cwd=tmp_path) for n in ("1", "0")]
+    for run in runs:
+        assert run.returncode == 1, describe(run)
+    assert rejections(runs[0]) == rejections(runs[1])
+    # The same payloads again replace what the first run stored (as new as it): applied.
+    assert summary(runs[0])[1:] == summary(runs[1])[1:] == (6, 1, 5)
