@@ -7,8 +7,8 @@ On a throwaway PostgreSQL database (dropped at the end) it generates ``--custome
 customers (bench/customers.py) and records, with py-spy, at 250 samples a second:
 
 - ``customer-store import`` of them (every thread: the reader/validator and the writer);
-- a loop of ``CustomerRepository.get`` by id, each in a read-only session of its own, as a
-  request handler runs it, and the same loop with ``get_json``.
+- a loop of ``CustomerReader.get`` by id on a read-only engine, as a request handler runs
+  it, and the same loop with ``get_json``.
 
 Each run leaves a flame graph, ``<out>/profile-<name>.svg``, and prints the share of the
 samples in each stage, judged by the innermost frame that belongs to one: the input read
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench.customers import write_jsonl
 from bench.store_bench import DEFAULT_ADMIN_URL, sample_ids, throwaway_database
-from repository import CustomerRepository, make_engine, make_session_factory, upgrade_to_head
+from repository import CustomerReader, make_engine, upgrade_to_head
 
 RATE = 250
 # (stage, what a frame's text contains), the first match of the innermost matching frame.
@@ -121,13 +121,11 @@ def retitle(svg: Path, title: str) -> None:
 def get_loop(url: str, ids_path: str, method: str, seconds: float) -> None:
     """Call ``method`` (``get`` or ``get_json``) on the ids in ``ids_path`` for ``seconds``."""
     ids = Path(ids_path).read_text(encoding="utf-8").split()
-    sessions = make_session_factory(make_engine(url, read_only=True))
-    call = getattr(CustomerRepository, method)
+    call = getattr(CustomerReader(make_engine(url, read_only=True)), method)
     deadline = time.monotonic() + seconds
     i = 0
     while time.monotonic() < deadline:
-        with sessions() as session:
-            assert call(CustomerRepository(session), ids[i % len(ids)]) is not None
+        assert call(ids[i % len(ids)]) is not None
         i += 1
 
 
