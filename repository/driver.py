@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -19,10 +20,13 @@ from sqlalchemy.sql.expression import Executable
 
 __all__ = [
     "POOLER_HINT",
+    "Sent",
     "driver_errors",
     "explain_pooler_clash",
     "fetch_first",
     "is_pooler_clash",
+    "pipelined",
+    "send",
 ]
 
 #: Added to an error that comes from prepared statements shared through a transaction
@@ -113,9 +117,16 @@ def fetch_first(
     ``after_cursor_execute`` listener, as tracing instrumentation adds), the statement goes
     through SQLAlchemy's ``execute`` instead, so that they see it.
     """
+    return send(connection, statement, params).first()
+
+
+def send(connection: Connection, statement: Executable, params: Mapping[str, Any]) -> Sent:
+    """:func:`fetch_first` in two steps: the statement is sent now, its first row read when
+    asked for (:meth:`Sent.first`), so that within :func:`pipelined` the statements sent
+    share one round trip. Elsewhere it has run when this returns."""
     if _watched(connection):
         found = connection.execute(statement, params).first()
-        return dict(found._mapping) if found is not None else None
+        return Sent(connection, None, None, dict(found._mapping) if found is not None else None)
     plan = _plan(statement, connection.dialect)
     values = {**plan.bound, **params}
     for name, process in plan.bind_processors.items():
@@ -126,15 +137,61 @@ def fetch_first(
     try:
         with driver_errors(connection):
             cursor.execute(plan.sql, bound)
-            row = cursor.fetchone()
-    finally:
+    except BaseException:
         cursor.close()
-    if row is None:
-        return None
-    return {
-        name: process(value) if process is not None else value
-        for name, process, value in zip(plan.names, plan.result_processors, row, strict=True)
-    }
+        raise
+    return Sent(connection, plan, cursor, None)
+
+
+class Sent:
+    """A statement :func:`send` sent: its first row, once read."""
+
+    __slots__ = ("_connection", "_cursor", "_plan", "_row")
+
+    def __init__(
+        self, connection: Connection, plan: _Plan | None, cursor: Any, row: dict[str, Any] | None
+    ) -> None:
+        self._connection, self._plan, self._cursor, self._row = connection, plan, cursor, row
+
+    def first(self) -> dict[str, Any] | None:
+        """The first row, as its columns by name, or None (the statement returned none)."""
+        if self._cursor is None or self._plan is None:
+            return self._row
+        try:
+            with driver_errors(self._connection):
+                row = self._cursor.fetchone()
+        finally:
+            self.close()
+        if row is None:
+            return None
+        return {
+            name: process(value) if process is not None else value
+            for name, process, value in zip(
+                self._plan.names, self._plan.result_processors, row, strict=True
+            )
+        }
+
+    def close(self) -> None:
+        """Leave the result unread (in a pipeline, its errors still surface at its end)."""
+        if self._cursor is not None:
+            self._cursor.close()
+
+
+@contextmanager
+def pipelined(connection: Connection) -> Iterator[None]:
+    """Statements :func:`send` sends within go to the server together and are answered
+    together at the end: one round trip for all of them (psycopg's pipeline mode). Read
+    their rows after the block. The server runs them one after the other as ever (each
+    sees what the ones before it did, and takes its own snapshot), and an error in one
+    skips the rest and is raised at the end. Where there is no such mode (SQLite, the
+    asyncio driver) or something watches the statements, each runs as it is sent.
+    """
+    driver = connection.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection) or _watched(connection):
+        yield
+        return
+    with driver_errors(connection), driver.pipeline():
+        yield
 
 
 def _watched(connection: Connection) -> bool:

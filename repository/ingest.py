@@ -26,7 +26,7 @@ from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
-from repository.driver import fetch_first
+from repository.driver import Sent, pipelined, send
 from repository.engine import dialect_of, native_insert
 from repository.locks import lock_customers
 from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
@@ -106,11 +106,16 @@ def ingest(
     now = received_at or datetime.now(UTC)
     provisional = _provisional_outcome(action)
     error = _storable_text(action.error) if isinstance(action, _Reject) else None
-    if envelope.customer_id is not None:
-        # Before the claim, so that an erasure of this customer (which takes the same
-        # lock) either finds this event recorded or is seen by it.
-        lock_customers(session, [envelope.customer_id])
-    claimed = _claim(session, envelope, body, now, provisional, error, count_delivery)
+    # The transaction's start, the lock and the claim go to the server together: one
+    # round trip where each would take its own.
+    with pipelined(session.connection()):
+        if envelope.customer_id is not None:
+            # Before the claim, so that an erasure of this customer (which takes the same
+            # lock) either finds this event recorded or is seen by it: the claim, a
+            # statement of its own, takes its snapshot once the lock is held.
+            lock_customers(session, [envelope.customer_id])
+        claim = _claim(session, envelope, body, now, provisional, error, count_delivery)
+    claimed = _claimed(session, envelope, claim.first(), now, count_delivery)
     if claimed is None:
         return IngestResult(
             envelope.event_id, EventOutcome.DUPLICATE, envelope.event_type, envelope.customer_id
@@ -228,14 +233,15 @@ def _claim(
     outcome: EventOutcome,
     error: str | None,
     count_delivery: bool,
-) -> _Claimed | None:
-    """Insert the event row, or take over a rejected one; None if another delivery has it.
+) -> Sent:
+    """Send the claim: insert the event row, or take over a rejected one (its row
+    returned); no row if another delivery has it.
 
     A delivery about a forgotten customer is recorded without its body and error text: both
     may carry the personal data that was erased.
     """
     dialect = dialect_of(session)
-    row = fetch_first(session.connection(), _claim_statement(dialect, count_delivery), {
+    return send(session.connection(), _claim_statement(dialect, count_delivery), {
         "p_event_id": envelope.event_id,
         "p_envelope_id": envelope.envelope_id,
         "p_event_type": envelope.event_type,
@@ -247,6 +253,16 @@ def _claim(
         "p_error": error,
         "p_body": body,
     })
+
+
+def _claimed(
+    session: Session,
+    envelope: Envelope,
+    row: dict[str, Any] | None,
+    now: datetime,
+    count_delivery: bool,
+) -> _Claimed | None:
+    """What the claim's ``row`` says; a redelivery (no row) is counted on the event's row."""
     if row is not None:
         return _Claimed(row["error"])
     if count_delivery:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from sqlalchemy import Integer, column, text
 from sqlalchemy.orm import Session
 
-from repository.driver import fetch_first
+from repository.driver import send
 from repository.engine import dialect_of
 
 __all__ = ["LOCK_NAMESPACE", "lock_customers"]
@@ -50,5 +50,6 @@ def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:
     wanted = [customer_id for customer_id in customer_ids if customer_id not in held[1]]
     if not wanted:
         return
-    fetch_first(connection, _LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted})
+    # Its count is not needed: within a pipeline the statement after it goes along.
+    send(connection, _LOCK_MANY, {"namespace": LOCK_NAMESPACE, "ids": wanted}).close()
     held[1].update(wanted)
