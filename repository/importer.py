@@ -4,13 +4,13 @@ Records are validated one by one (a bad record never reaches the database) and w
 batches with :meth:`CustomerRepository.upsert_rows` (the write behind ``upsert_many``), one
 transaction per batch, retried when the database asks for it. If the database refuses a
 batch, its records are written again one transaction each, so that only the record it
-refuses is rejected.
+refuses is rejected. Validation runs in this process, or in worker processes while this one
+only writes (``workers``): it is Python, held to one CPU per process.
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import multiprocessing
 import threading
 from collections import deque
@@ -19,7 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import islice
+from itertools import count, islice
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -176,8 +176,8 @@ def _preparing(workers: int) -> Iterator[_Prepare]:
             in_flight: deque[Future[_Prepared]] = deque()
             for chunk in chunks:
                 in_flight.append(pool.submit(_prepare_in_worker, chunk))
-                # One batch more than the workers hold: each has its next one queued while
-                # this thread waits for the writer.
+                # Two batches beyond one per worker wait their turn: the workers go on
+                # while this thread waits for the writer.
                 if len(in_flight) > workers + 1:
                     yield in_flight.popleft().result()
             while in_flight:
@@ -188,7 +188,7 @@ def _preparing(workers: int) -> Iterator[_Prepare]:
 
 #: Batches a worker prepares between two runs of its cyclic garbage collector.
 _COLLECT_EVERY = 20
-_prepared_here = itertools.count(1)
+_prepared_here = count(1)
 
 
 def _start_worker() -> None:

@@ -64,41 +64,40 @@ def test_the_head_the_commands_check_against_is_alembics_head() -> None:
     assert head_revision() == ScriptDirectory(SCRIPT_LOCATION).get_current_head()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unmigrated(make_database: Any, request: pytest.FixtureRequest) -> Iterator[tuple[str, Engine]]:
+    """An empty database of each backend: its URL and an engine on it."""
+    url: str = make_database(request.param)
+    engine = make_engine(url)
+    yield url, engine
+    engine.dispose()
+
+
 def test_current_revision_follows_each_migration_step_and_is_none_before_any(
-    make_database: Any, backend: str
+    unmigrated: tuple[str, Engine],
 ) -> None:
-    url = make_database(backend)
-    engine = make_engine(url)
-    try:
-        assert current_revision(engine) is None
-        steps = reversed(list(ScriptDirectory(SCRIPT_LOCATION).walk_revisions("base", "heads")))
-        for step in steps:
-            command.upgrade(shipped_alembic_config(url), step.revision)
-            with engine.connect() as connection:  # an engine or a connection alike
-                assert current_revision(connection) == current_revision(engine) == step.revision
-        command.downgrade(shipped_alembic_config(url), "base")
-        assert current_revision(engine) is None
-    finally:
-        engine.dispose()
+    url, engine = unmigrated
+    assert current_revision(engine) is None
+    steps = reversed(list(ScriptDirectory(SCRIPT_LOCATION).walk_revisions("base", "heads")))
+    for step in steps:
+        command.upgrade(shipped_alembic_config(url), step.revision)
+        with engine.connect() as connection:  # an engine or a connection alike
+            assert current_revision(connection) == current_revision(engine) == step.revision
+    command.downgrade(shipped_alembic_config(url), "base")
+    assert current_revision(engine) is None
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_upgrade_creates_every_table_and_downgrade_removes_them(
-    make_database: Any, backend: str
+    unmigrated: tuple[str, Engine],
 ) -> None:
-    url = make_database(backend)
-    engine = make_engine(url)
-    try:
-        command.upgrade(shipped_alembic_config(url), "head")
-        assert set(inspect(engine).get_table_names()) >= TABLES
-        assert current_revision(engine) == head_revision()
-        command.downgrade(shipped_alembic_config(url), "base")
-        assert set(inspect(engine).get_table_names()) & TABLES == set()
-        command.upgrade(shipped_alembic_config(url), "head")
-        assert set(inspect(engine).get_table_names()) >= TABLES
-    finally:
-        engine.dispose()
+    url, engine = unmigrated
+    command.upgrade(shipped_alembic_config(url), "head")
+    assert set(inspect(engine).get_table_names()) >= TABLES
+    assert current_revision(engine) == head_revision()
+    command.downgrade(shipped_alembic_config(url), "base")
+    assert set(inspect(engine).get_table_names()) & TABLES == set()
+    command.upgrade(shipped_alembic_config(url), "head")
+    assert set(inspect(engine).get_table_names()) >= TABLES
 
 
 # SQLite cannot reflect expression indexes (lower(email), lower(name)): SQLAlchemy and
