@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         upgrade_to_head(url)
         path = str(Path(tmp) / "customers.jsonl")
         write_jsonl(path, args.customers)
-        seconds, _, _ = run_import(url, path)
+        seconds = run_import(url, path)
         report("import", f"{args.customers:,} customers in {seconds:.1f} s")
         started = time.perf_counter()
         stored = grow(url, args.scale)
