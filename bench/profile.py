@@ -6,7 +6,8 @@
 On a throwaway PostgreSQL database (dropped at the end) it generates ``--customers``
 customers (bench/customers.py) and records, with py-spy, at 250 samples a second:
 
-- ``customer-store import`` of them (every thread: the reader/validator and the writer);
+- ``customer-store import`` of them (every thread: the reader, the writer, and the
+  validating worker process's; the flame graph shows the command's own process);
 - a loop of ``CustomerReader.get`` by id on a read-only engine, as a request handler runs
   it, and the same loop with ``get_json``.
 
@@ -14,8 +15,9 @@ Each run leaves a flame graph, ``<out>/profile-<name>.svg``, and prints the shar
 samples in each stage, judged by the innermost frame that belongs to one: the input read
 and split into values, JSON decoding, validation (pydantic and the storability checks),
 mapping between the shape and the rows, COPY formatting, the driver and the server (psycopg,
-and the server's answers waited for: idle samples count), SQLAlchemy, a thread waiting for
-the other one's turn, and the rest. py-spy needs permission to read another
+and the server's answers waited for: idle samples count), SQLAlchemy, batches pickled
+between processes, a thread waiting for another one's turn (or a process for another's
+batch), and the rest. py-spy needs permission to read another
 process's memory (root, or ``CAP_SYS_PTRACE``).
 """
 
@@ -49,7 +51,9 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
               "models/json_decoding.py")),
     ("mapping", ("repository/mapping.py", "repository/reads.py", "repository/children.py")),
     ("read", ("repository/json_text.py", "repository/records.py", "codecs.py", "<frozen codecs>")),
-    ("other thread's turn", ("threading.py", "queue.py", "concurrent/futures")),
+    ("batches between processes", ("multiprocessing/reduction.py", "copyreg.py")),
+    ("other thread's turn", ("threading.py", "queue.py", "concurrent/futures",
+                             "multiprocessing/connection.py")),
 ]
 
 
@@ -68,14 +72,22 @@ def stage_shares(raw: Path) -> dict[str, dict[str, float]]:
     progress bar's monitor)."""
     counts: dict[str, Counter[str]] = {}
     names: dict[str, str] = {}
+    processes: list[str] = []  # the command's own process first, then its workers
     for line in raw.read_text(encoding="utf-8").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         thread, _, frames = stack.partition(";")
+        worker = ""
+        while thread.startswith("process "):  # with --subprocesses: parent, child, thread
+            process = thread.split(":")[0]
+            processes += [] if process in processes else [process]
+            worker = "worker " if process != processes[0] else ""
+            thread, _, frames = frames.partition(";")
         ident, _, name = thread.partition(": ")
+        ident = worker + ident
         if name:
-            names[ident] = name
+            names[ident] = worker + name
         counts.setdefault(ident, Counter())[stage_of(frames)] += int(count)
     shares = {}
     for ident, stages in counts.items():
@@ -96,9 +108,12 @@ def record(
     shares: dict[str, dict[str, float]] = {}
     for fmt, path in (("flamegraph", out / f"profile-{name}.svg"),
                       ("raw", out / f"profile-{name}.txt")):
+        # The table counts the validating workers' samples too; the flame graph is the
+        # command's own process (a worker's frames would name its command line).
+        workers = ["--subprocesses"] if fmt == "raw" else []
         subprocess.run(
             [py_spy, "record", "--rate", str(RATE), "--idle", "--nonblocking", "--threads",
-             "--format", fmt, "--output", str(path), "--", *command],
+             *workers, "--format", fmt, "--output", str(path), "--", *command],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         if fmt == "raw":
