@@ -188,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             add(method, record(py_spy, loop, out, method))
     stages = [stage for stage, _ in STAGES] + ["other"]
     width = max(len(name) for name in tables) + 2
-    print(f"{'stage':<22}" + "".join(f"{name:>{width}}" for name in tables))
+    first = max(len(stage) for stage in stages) + 2
+    print(f"{'stage':<{first}}" + "".join(f"{name:>{width}}" for name in tables))
     for stage in stages:
-        print(f"{stage:<22}"
+        print(f"{stage:<{first}}"
               + "".join(f"{shares[stage]:>{width}.0%}" for shares in tables.values()))
     svgs = ", ".join(str(out / f"profile-{n}.svg") for n in ("import", "get", "get_json"))
     print(f"flame graphs: {svgs}")
