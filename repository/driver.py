@@ -49,20 +49,32 @@ _CLASHES = {
 }
 
 
-@contextmanager
-def driver_errors(connection: Connection) -> Iterator[None]:
+class driver_errors:  # a lower-case name: used as a function, ``with driver_errors(c):``
     """Raise the driver's errors as SQLAlchemy's (as SQLAlchemy does for its own statements),
-    with a lost connection invalidated, so callers and retries see one kind of error."""
-    driver_error = connection.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except driver_error as exc:
+    with a lost connection invalidated, so callers and retries see one kind of error.
+
+    A class rather than a generator: it wraps every statement of the hot paths.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        connection = self._connection
+        driver_error = connection.dialect.loaded_dbapi.Error
+        if exc is None or not isinstance(exc, driver_error):
+            return
         dbapi_connection = connection.connection.dbapi_connection
         lost = connection.dialect.is_disconnect(cast(Any, exc), dbapi_connection, None)
         if lost:
             connection.invalidate(exc)
         error = DBAPIError.instance(
-            None, None, exc, driver_error, connection_invalidated=lost,
+            None, None, cast(Exception, exc), driver_error, connection_invalidated=lost,
             dialect=connection.dialect,
         )
         explain_pooler_clash(error)

@@ -341,9 +341,7 @@ def _as_model(
     set, so that ``to_json`` leaves the others out; unknown keys kept), without its loop
     over aliases and defaults, which none of the shape's models has but ``None``."""
     instance = model.__new__(model)
-    state = _FIELDS_UNSET[model].copy()
-    state.update(values)
-    _set_attribute(instance, "__dict__", state)
+    _set_attribute(instance, "__dict__", {**_FIELDS_UNSET[model], **values})
     _set_attribute(instance, "__pydantic_fields_set__", set(values))
     _set_attribute(instance, "__pydantic_extra__", dict(unknown) if unknown else {})
     _set_attribute(instance, "__pydantic_private__", None)
