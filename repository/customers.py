@@ -34,7 +34,7 @@ from repository.driver import fetch_first
 from repository.engine import dialect_of, native_insert
 from repository.keyset import keyset_pages
 from repository.locks import lock_customers
-from repository.lookups import Lookups
+from repository.lookups import Lookups, supported_dialect
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import (
     clear_older_tombstones,
@@ -82,9 +82,7 @@ class CustomerRepository(Lookups):
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._dialect = dialect_of(session)
-        if self._dialect not in ("postgresql", "sqlite"):
-            raise ValueError(f"unsupported database dialect {self._dialect!r}")
+        self._dialect = supported_dialect(dialect_of(session))
 
     # -- writes ----------------------------------------------------------------------
 

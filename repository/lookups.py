@@ -28,7 +28,14 @@ from repository.reads import (
     get_by_source_id_statement,
 )
 
-__all__ = ["CustomerReader", "Lookups"]
+__all__ = ["CustomerReader", "Lookups", "supported_dialect"]
+
+
+def supported_dialect(name: str) -> str:
+    """``name`` if the store runs on that database (PostgreSQL, SQLite); else ValueError."""
+    if name not in ("postgresql", "sqlite"):
+        raise ValueError(f"unsupported database dialect {name!r}")
+    return name
 
 
 class Lookups:
@@ -97,9 +104,7 @@ class CustomerReader(Lookups):
         self.engine = engine if is_read_only(engine) else engine.execution_options(
             isolation_level="AUTOCOMMIT"
         )
-        self._dialect = engine.dialect.name
-        if self._dialect not in ("postgresql", "sqlite"):
-            raise ValueError(f"unsupported database dialect {self._dialect!r}")
+        self._dialect = supported_dialect(engine.dialect.name)
 
     def _connection(self) -> AbstractContextManager[Connection]:
         return self.engine.connect()
