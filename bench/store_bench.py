@@ -103,8 +103,8 @@ def run_import(url: str, path: str) -> float:
     """Seconds of ``customer-store import`` as its own process."""
     started = time.perf_counter()
     process = subprocess.run(
-        [sys.executable, "-m", "customer_store", "--database-url", url, "import", path],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+        _import_command(url, path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        check=False,
     )
     if process.returncode != 0:
         raise SystemExit(f"import failed: {process.stderr.decode()}")
@@ -118,8 +118,7 @@ def import_memory(url: str, path: str) -> tuple[float, float]:
     peak resident set (an upper bound: shared pages count in each, and the peaks need not
     coincide)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "customer_store", "--database-url", url, "import", path],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        _import_command(url, path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     peaks: dict[int, int] = {}
     largest_total = 0
@@ -133,6 +132,10 @@ def import_memory(url: str, path: str) -> tuple[float, float]:
     if process.returncode != 0:
         raise SystemExit(f"import failed: {stderr}")
     return largest_total / 1024, sum(peaks.values()) / 1024
+
+
+def _import_command(url: str, path: str) -> list[str]:
+    return [sys.executable, "-m", "customer_store", "--database-url", url, "import", path]
 
 
 def _children(pid: int) -> list[int]:

@@ -10,8 +10,6 @@ usage errors.
 from __future__ import annotations
 
 import argparse
-import gc
-import itertools
 import json
 import logging
 import os
@@ -187,11 +185,7 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
         def on_reject(rejection: Rejection) -> None:
             print_message(f"rejected {rejection.location}: {rejection.reason}")
 
-        batches = itertools.count(1)
-
         def on_progress(report: ImportReport) -> None:
-            if next(batches) % _IMPORT_COLLECT_EVERY == 0:
-                gc.collect()
             bar.set_postfix_str(
                 f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
                 refresh=False,
@@ -203,12 +197,6 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
         # (about a tenth faster on two CPUs; docs/benchmarks.md).
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(_IMPORT_SWITCH_INTERVAL)
-        # What an import allocates is freed by reference counting once its batch is
-        # written, but the cyclic collector would scan the batches in memory again and again
-        # (about a tenth of the time): it runs every few batches instead, for the few cycles
-        # there are (a session and its transaction).
-        collecting = gc.isenabled()
-        gc.disable()
         try:
             workers = args.workers if args.workers is not None else _default_workers(source.size)
             report = import_records(
@@ -219,12 +207,12 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
                 on_reject=on_reject,
                 on_progress=on_progress,
                 workers=workers,
+                # This process is the import's own: its garbage collector can run sparsely.
+                collect_every=_IMPORT_COLLECT_EVERY,
             )
             on_progress(report)
         finally:
             sys.setswitchinterval(switch_interval)
-            if collecting:
-                gc.enable()
             bar.close()
     print(
         f"imported {report.total} records in {time.monotonic() - started:.1f}s: "

@@ -45,8 +45,8 @@ class Envelope:
     legacy: bool
     #: Why the envelope cannot be processed (recorded as a rejection), or ``None``.
     problem: str | None = None
-    #: The body as text (when it is UTF-8): the customer's validation looks at it instead
-    #: of walking every value (``source`` of :func:`models.validation.parse_customer`).
+    #: The body as text: the customer's validation looks at it instead of walking every
+    #: value (``source`` of :func:`models.validation.parse_customer`).
     text: str | None = None
 
     @property
@@ -63,7 +63,9 @@ class Envelope:
 def parse_envelope(body: bytes) -> Envelope:
     """Read a delivery's raw body."""
     try:
-        document = loads_json(body)
+        # Decoded as json.loads decodes bytes, once: the customer's validation reads the text.
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        document = loads_json(text)
     except json.JSONDecodeError as exc:
         raise MalformedDelivery(f"the body is not JSON: {exc.msg}") from None
     except UnicodeDecodeError:
@@ -115,15 +117,8 @@ def parse_envelope(body: bytes) -> Envelope:
         data=data,
         legacy=legacy,
         problem="; ".join(problems) or None,
-        text=_utf8_text(body),
+        text=text,
     )
-
-
-def _utf8_text(body: bytes) -> str | None:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:  # JSON in UTF-16 or UTF-32, which json.loads also reads
-        return None
 
 
 def _storable(value: Any) -> str | None:

@@ -80,6 +80,7 @@ def import_records(
     on_reject: Callable[[Rejection], None] | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
     workers: int = 0,
+    collect_every: int | None = None,
 ) -> ImportReport:
     """Validate and store ``records``; return what happened to each kind.
 
@@ -90,8 +91,14 @@ def import_records(
     then only writes: for large inputs on a machine with CPUs to spare (validation is
     Python, held to one CPU per process). Records read with ``decode_lines=False`` are
     decoded there too. Up to ``workers + 2`` batches more are then held, in flight.
+
+    ``collect_every`` (batches) sets this process's cyclic garbage collector aside during
+    the import, to run once every that many batches written (:class:`_SparseCollection`;
+    workers always do so): for a process that is the import's own, such as the command
+    line's, since the collector serves every thread of the process.
     """
     report = ImportReport()
+    collection = _SparseCollection(collect_every) if collect_every else None
 
     def reject(rejection: Rejection) -> None:
         report.rejected += 1
@@ -101,6 +108,8 @@ def import_records(
             report.rejections.append(rejection)
 
     def collect(result: _BatchResult) -> None:
+        if collection is not None:
+            collection.tick()
         for was_applied in result.applied:
             report.count(UpsertOutcome.APPLIED if was_applied else UpsertOutcome.STALE)
         for rejection in result.refused:
@@ -110,7 +119,7 @@ def import_records(
 
     # The processes start before the writer thread does: a process forked with threads
     # running could inherit a lock one of them holds.
-    with _preparing(workers) as prepare, ThreadPoolExecutor(
+    with _sparse(collection), _preparing(workers) as prepare, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="import-writer"
     ) as writer:
         pending: Future[_BatchResult] | None = None
@@ -186,21 +195,49 @@ def _preparing(workers: int) -> Iterator[_Prepare]:
         yield prepared
 
 
+class _SparseCollection:
+    """The cyclic garbage collector run once every ``every`` batches instead of on its own.
+
+    What an import allocates is freed by reference counting once its batch is written or
+    sent, but the collector would scan the batches in memory again and again (about a
+    tenth of the time); the few cycles there are (a session and its transaction, a
+    rejection's traceback) go at the next run.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self._batches = count(1)
+
+    def tick(self) -> None:
+        """One batch done."""
+        if next(self._batches) % self.every == 0:
+            gc.collect()
+
+
+@contextmanager
+def _sparse(collection: _SparseCollection | None) -> Iterator[None]:
+    """The automatic collector off while ``collection`` runs it instead, then as it was."""
+    collecting = gc.isenabled()
+    if collection is not None:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if collection is not None and collecting:
+            gc.enable()
+
+
 #: Batches a worker prepares between two runs of its cyclic garbage collector.
-_COLLECT_EVERY = 20
-_prepared_here = count(1)
+_WORKER_COLLECT_EVERY = 20
+_worker_collection = _SparseCollection(_WORKER_COLLECT_EVERY)
 
 
 def _start_worker() -> None:
-    # A worker's batches are freed by reference counting once sent; the cyclic collector
-    # would scan them again and again. It runs every few batches instead (rejections'
-    # tracebacks make cycles).
-    gc.disable()
+    gc.disable()  # the worker's collection is sparse (_prepare_in_worker), for good
 
 
 def _prepare_in_worker(chunk: list[Record]) -> _Prepared:
-    if next(_prepared_here) % _COLLECT_EVERY == 0:
-        gc.collect()
+    _worker_collection.tick()
     return _prepare(chunk)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -365,11 +365,6 @@ def _unset_fields(model: type[BaseModel]) -> dict[str, Any]:
 
 
 _set_attribute = object.__setattr__
-_ROW_MODELS: tuple[type[BaseModel], ...] = (Customer, Address, LoyaltyCampaign, ReferralEntry)
-_FIELDS_UNSET = {
-    model: _unset_fields(model)
-    for model in (*_ROW_MODELS, *(m for nodes in _NODE_MODELS.values() for m in nodes.values()))
-}
 
 
 def _encode(level: _Level, value: Mapping[str, Any] | BaseModel, enc: _Encoding) -> None:
@@ -473,3 +468,17 @@ _CUSTOMER_LEVEL = _level(CUSTOMER_LAYOUT, Customer)
 _ADDRESS_LEVEL = _level(ADDRESS_LAYOUT, Address)
 _CAMPAIGN_LEVEL = _level(CAMPAIGN_LAYOUT, LoyaltyCampaign)
 _REFERRAL_LEVEL = _level(REFERRAL_LAYOUT, ReferralEntry)
+
+
+def _models(level: _Level) -> Iterator[type[BaseModel]]:
+    yield level.model
+    for _, kind, _, _, nested, _ in level.entries:
+        if kind is _NODE:
+            yield from _models(nested)
+
+
+_FIELDS_UNSET = {
+    model: _unset_fields(model)
+    for root in (_CUSTOMER_LEVEL, _ADDRESS_LEVEL, _CAMPAIGN_LEVEL, _REFERRAL_LEVEL)
+    for model in _models(root)
+}
