@@ -63,6 +63,7 @@ _IMPORT_COLLECT_EVERY = 20
 MAX_WORKERS = 64
 #: Input size from which ``import`` validates in a process of its own by default: smaller
 #: inputs are over before the process pays for itself.
+_DEFAULT_WORKERS = 2
 _WORKERS_FROM_BYTES = 4 << 20
 
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--workers", type=int_between(0, MAX_WORKERS), default=None,
         help="processes validating the records beside the one writing them, 0 to "
-        f"{MAX_WORKERS} (default: 1 for an input over {_WORKERS_FROM_BYTES >> 20} MB, or of "
+        f"{MAX_WORKERS} (default: {_DEFAULT_WORKERS} for an input over {_WORKERS_FROM_BYTES >> 20} MB, or of "
         "unknown size, on two CPUs or more; else 0)",
     )
     imp.set_defaults(run=_import)
@@ -230,11 +231,12 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _default_workers(size: int | None) -> int:
-    """One validating process beside the writing one, when there is a CPU for it and the
-    input is large (or of unknown size: a pipe)."""
+    """Two validating processes beside the writing one, which mostly waits for the
+    database, when there are CPUs for them and the input is large (or of unknown size: a
+    pipe). Two keep a writer busy (docs/benchmarks.md)."""
     if (os.cpu_count() or 1) < 2:
         return 0
-    return 1 if size is None or size >= _WORKERS_FROM_BYTES else 0
+    return _DEFAULT_WORKERS if size is None or size >= _WORKERS_FROM_BYTES else 0
 
 
 def _get(engine: Engine, args: argparse.Namespace) -> int:

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
+from repository.bulk import Laid
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome, UpsertSummary
-from repository.mapping import CustomerRows
 from repository.queries import CustomerFilter, Page
 
 __all__ = ["AsyncCustomerRepository"]
@@ -44,7 +44,7 @@ class AsyncCustomerRepository:
         """See :meth:`CustomerRepository.upsert_many` (``COPY`` on PostgreSQL here too)."""
         return await self._run(CustomerRepository.upsert_many, list(customers))
 
-    async def upsert_rows(self, batch: Sequence[CustomerRows]) -> list[bool]:
+    async def upsert_rows(self, batch: Sequence[Laid]) -> list[bool]:
         """See :meth:`CustomerRepository.upsert_rows`."""
         return await self._run(CustomerRepository.upsert_rows, batch)
 

@@ -3,8 +3,10 @@
 PostgreSQL: customers neither stored nor deleted are streamed with ``COPY`` straight into
 the table; the others into a temporary staging table, merged with one ``INSERT ... ON
 CONFLICT DO UPDATE ... WHERE newer`` (after the newest version per id within the batch is
-chosen and the tombstones checked). SQLite: multi-row upserts. The child rows of the
-customers that were applied are then replaced (:mod:`repository.children`).
+chosen and the tombstones checked). The customers arrive as rows or already as ``COPY``
+text (:class:`~repository.copy.CopyReady`, what an import's workers send). SQLite:
+multi-row upserts. The child rows of the customers that were applied are then replaced
+(:mod:`repository.children`).
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ from sqlalchemy import Connection, column, delete, exists, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from repository.children import replace_children
-from repository.copy import copy_rows
+from repository.children import delete_children, replace_children
+from repository.copy import CHILD_COLUMNS, CopyReady, copy_ready, copy_text
 from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows
 from repository.newest_wins import clear_older_tombstones, upsert_newest
-from repository.tables import customers, tombstones
+from repository.tables import child_tables, customers, tombstones
 
 __all__ = ["bulk_upsert"]
 
 
-def bulk_upsert(session: Session, batch: Sequence[CustomerRows]) -> list[bool]:
+#: A customer as a bulk upsert takes it: rows, or (PostgreSQL only) ``COPY`` text.
+Laid = CustomerRows | CopyReady
+
+
+def bulk_upsert(session: Session, batch: Sequence[Laid]) -> list[bool]:
     """Upsert a batch of validated customers; for each, whether it was applied.
 
     Within a batch, the newest version of an id wins (the later one among equals), as if
@@ -37,12 +43,18 @@ def bulk_upsert(session: Session, batch: Sequence[CustomerRows]) -> list[bool]:
     if dialect_of(session) == "postgresql":
         applied = _merge_postgresql(session, batch)
     else:
-        applied = _merge_sqlite(session, batch)
+        applied = _merge_sqlite(session, [_rows_of(laid) for laid in batch])
     winners = _winners(batch)
     return [index in winners and rows.id in applied for index, rows in enumerate(batch)]
 
 
-def _winners(batch: Sequence[CustomerRows]) -> set[int]:
+def _rows_of(laid: Laid) -> CustomerRows:
+    if isinstance(laid, CopyReady):
+        raise TypeError("COPY text is for PostgreSQL: lay customers out as rows for SQLite")
+    return laid
+
+
+def _winners(batch: Sequence[Laid]) -> set[int]:
     """Index of the version of each id that sequential upserts would leave stored."""
     best: dict[str, int] = {}
     for index, rows in enumerate(batch):
@@ -52,7 +64,7 @@ def _winners(batch: Sequence[CustomerRows]) -> set[int]:
     return set(best.values())
 
 
-def _at_least_as_new(incoming: CustomerRows, stored: CustomerRows) -> bool:
+def _at_least_as_new(incoming: Laid, stored: Laid) -> bool:
     if stored.version_at is None:
         return True
     return incoming.version_at is not None and incoming.version_at >= stored.version_at
@@ -60,8 +72,11 @@ def _at_least_as_new(incoming: CustomerRows, stored: CustomerRows) -> bool:
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
-    winners = [batch[i] for i in sorted(_winners(batch))]
+def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> set[str]:
+    winners = [
+        laid if isinstance(laid, CopyReady) else copy_ready(laid)
+        for laid in (batch[i] for i in sorted(_winners(batch)))
+    ]
     lock_customers(session, [rows.id for rows in winners])
     connection = session.connection()
     # Customers neither stored nor deleted are copied straight into the table. Checking
@@ -69,16 +84,20 @@ def _merge_postgresql(session: Session, batch: Sequence[CustomerRows]) -> set[st
     # it writes: no one can store or delete these ids before this transaction ends.
     known = set(connection.execute(_KNOWN, {"ids": [rows.id for rows in winners]}).scalars())
     new = [rows for rows in winners if rows.id not in known]
-    copy_rows(connection, "customers", CUSTOMER_COLUMNS, [rows.customer for rows in new])
+    copy_text(connection, "customers", CUSTOMER_COLUMNS, [rows.customer for rows in new])
     applied = {rows.id for rows in new}
     stored = [rows for rows in winners if rows.id in known]  # or remembered as deleted
     if stored:
         applied |= _merge_staged(connection, stored)
-    replace_children(session, [rows for rows in stored if rows.id in applied], new=new)
+    # A payload carries the whole customer: the stored versions' child rows all go.
+    delete_children(session, [rows.id for rows in stored if rows.id in applied])
+    written = [rows for rows in winners if rows.id in applied]
+    for index, (child, columns) in enumerate(zip(child_tables, CHILD_COLUMNS, strict=True)):
+        copy_text(connection, child.name, columns, [rows.children[index] for rows in written])
     return applied
 
 
-def _merge_staged(connection: Connection, winners: Sequence[CustomerRows]) -> set[str]:
+def _merge_staged(connection: Connection, winners: Sequence[CopyReady]) -> set[str]:
     """Upsert customers that are stored or remembered as deleted, under the rules: staged,
     then merged in one statement; the ids applied."""
     # Only the customer rows are staged: the merge decides which customers are applied, and
@@ -89,7 +108,7 @@ def _merge_staged(connection: Connection, winners: Sequence[CustomerRows]) -> se
     )
     # Its rows go at commit; a caller may upsert several batches in one transaction.
     connection.execute(delete(_STAGE))
-    copy_rows(connection, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
+    copy_text(connection, "_stage_customers", CUSTOMER_COLUMNS, [r.customer for r in winners])
     # A payload newer than a remembered deletion clears it; one as old or older is blocked.
     connection.execute(clear_older_tombstones(_STAGE.c.id, _STAGE.c.version_at))
     return set(connection.execute(_MERGE_CUSTOMERS).scalars())

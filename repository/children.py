@@ -19,7 +19,7 @@ from repository.jsonb import dumps_for_jsonb
 from repository.mapping import ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS, CustomerRows
 from repository.tables import addresses, campaigns, child_tables, referrals
 
-__all__ = ["replace_children"]
+__all__ = ["delete_children", "replace_children"]
 
 # One statement for the three tables, one cached plan for any batch size. Joined with the
 # ids: ``customer_id = ANY(ids)`` lets the planner scan a whole table for a long list.
@@ -64,12 +64,7 @@ def replace_children(
     ones deleted already)."""
     connection = session.connection()
     on_postgresql = dialect_of(session) == "postgresql"
-    ids = [rows.id for rows in applied]
-    if ids and on_postgresql:
-        connection.exec_driver_sql(_DELETE_CHILDREN_POSTGRESQL, {"ids": ids})
-    elif ids:
-        for table in child_tables:
-            connection.execute(delete(table).where(table.c.customer_id.in_(ids)))
+    delete_children(session, [rows.id for rows in applied])
     written = [*new, *applied]
     children = (
         [r.address for r in written if r.address is not None],
@@ -87,6 +82,18 @@ def replace_children(
     else:
         for (table, columns, _), rows in zip(_TABLES, children, strict=True):
             copy_rows(connection, table.name, columns, rows)
+
+
+def delete_children(session: Session, customer_ids: Sequence[str]) -> None:
+    """Delete every child row of these customers."""
+    if not customer_ids:
+        return
+    connection = session.connection()
+    if dialect_of(session) == "postgresql":
+        connection.exec_driver_sql(_DELETE_CHILDREN_POSTGRESQL, {"ids": customer_ids})
+        return
+    for table in child_tables:
+        connection.execute(delete(table).where(table.c.customer_id.in_(customer_ids)))
 
 
 def _insert_few(connection: Connection, children: tuple[list[dict[str, Any]], ...]) -> None:

@@ -1,13 +1,18 @@
-"""``COPY ... FROM STDIN`` through psycopg, for the sync and the async driver alike.
+"""``COPY ... FROM STDIN`` through psycopg, for the sync and the async driver alike, and
+the text those statements read.
 
 SQLAlchemy has no ``COPY``; this reaches the driver connection under the session's
-connection, so the rows join the session's transaction.
+connection, so the rows join the session's transaction. Rows are written in ``COPY``'s text
+format by :func:`copy_line` rather than by psycopg's row writer, so that an import's worker
+process can lay a batch out as the very bytes the writing process sends (:class:`CopyReady`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import Connection
@@ -15,44 +20,131 @@ from sqlalchemy.util import await_only
 
 from repository.driver import driver_errors
 from repository.jsonb import dumps_for_jsonb
+from repository.mapping import (
+    ADDRESS_COLUMNS,
+    CAMPAIGN_COLUMNS,
+    CUSTOMER_COLUMNS,
+    REFERRAL_COLUMNS,
+    CustomerRows,
+)
 
-__all__ = ["copy_rows"]
+__all__ = ["CHILD_COLUMNS", "CopyReady", "copy_line", "copy_ready", "copy_rows", "copy_text"]
 
 _JSON_COLUMNS = frozenset({"metadata", "system_metadata", "extra"})
 
 
+_NULL = "\\N"
+
+
+def _text(value: str) -> str:
+    # The four characters COPY's text format escapes; a NUL never gets this far (validation
+    # refuses it, as a text column would).
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+class _Layout:
+    """How a table's rows become lines of ``COPY`` text."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.values = itemgetter(*columns)
+        self.json_positions = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
+
+    def line(self, row: Mapping[str, Any]) -> str:
+        """``row`` (keyed by column name) as one line, newline included."""
+        values: tuple[Any, ...] = self.values(row)
+        fields = [_NULL if value is None else value for value in values]
+        for i in self.json_positions:
+            if values[i] is not None:
+                # JSON as text: the jsonb column parses it, as COPY does any type.
+                fields[i] = dumps_for_jsonb(values[i])
+        # ``str`` writes each type as PostgreSQL reads it: integers, ISO dates, date-times
+        # with their offset. Most lines need no escape at all: checked on the whole line.
+        line = "\t".join(map(str, fields))
+        if (
+            line.count("\\") != values.count(None)
+            or line.count("\t") != len(fields) - 1
+            or "\n" in line
+            or "\r" in line
+        ):
+            line = "\t".join([
+                _NULL if value is None else _text(str(field))
+                for value, field in zip(values, fields, strict=True)
+            ])
+        return line + "\n"
+
+
+def copy_line(columns: Sequence[str], row: Mapping[str, Any]) -> str:
+    """``row`` (keyed by column name) as one line of ``COPY``'s text format, newline included."""
+    return _Layout(columns).line(row)
+
+
+class CopyReady(NamedTuple):
+    """One customer laid out for ``COPY``: what a bulk upsert on PostgreSQL needs of it.
+
+    Small to send between processes (text, not one dict per row), and written to the
+    server as it is.
+    """
+
+    id: str
+    version_at: datetime | None
+    #: The customer's line of ``customers`` (``CUSTOMER_COLUMNS``).
+    customer: bytes
+    #: Its lines of each child table, in ``CHILD_COLUMNS`` order (empty when it has none).
+    children: tuple[bytes, bytes, bytes]
+
+
+#: The child tables' columns, in the order of :attr:`CopyReady.children`.
+CHILD_COLUMNS = (ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS)
+
+
+_CUSTOMER, _ADDRESS, _CAMPAIGN, _REFERRAL = (
+    _Layout(columns) for columns in (CUSTOMER_COLUMNS, *CHILD_COLUMNS)
+)
+
+
+def copy_ready(rows: CustomerRows) -> CopyReady:
+    """``rows`` as the text ``COPY`` reads."""
+    address = _ADDRESS.line(rows.address) if rows.address is not None else ""
+    return CopyReady(
+        rows.id,
+        rows.version_at,
+        _CUSTOMER.line(rows.customer).encode(),
+        (
+            address.encode(),
+            "".join([_CAMPAIGN.line(row) for row in rows.campaigns]).encode(),
+            "".join([_REFERRAL.line(row) for row in rows.referrals]).encode(),
+        ),
+    )
+
+
 def copy_rows(
-    connection: Connection, table: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]
+    connection: Connection, table: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
 ) -> None:
     """Append ``rows`` (dicts keyed by column name) to ``table`` with one ``COPY``."""
-    if not rows:
+    layout = _Layout(columns)
+    copy_text(connection, table, columns, [layout.line(row).encode() for row in rows])
+
+
+def copy_text(
+    connection: Connection, table: str, columns: Sequence[str], lines: Iterable[bytes]
+) -> None:
+    """Append ``lines`` (``COPY`` text, as :func:`copy_line` writes it) to ``table``."""
+    data = b"".join(lines)
+    if not data:
         return
-    json_positions = [i for i, name in enumerate(columns) if name in _JSON_COLUMNS]
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-
-    def values() -> Iterator[list[Any]]:
-        for row in rows:
-            out = [row[name] for name in columns]
-            for i in json_positions:
-                if out[i] is not None:
-                    # JSON as text: the jsonb column parses it, as COPY does any type.
-                    out[i] = dumps_for_jsonb(out[i])
-            yield out
-
     with driver_errors(connection):
         driver = connection.connection.driver_connection
         if isinstance(driver, psycopg.AsyncConnection):
             # The async API runs this code through run_sync: await the driver from here.
-            await_only(_copy_async(driver, statement, values()))
+            await_only(_copy_async(driver, statement, data))
             return
         with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-            for row_values in values():
-                copy.write_row(row_values)
+            copy.write(data)
 
 
-async def _copy_async(
-    driver: psycopg.AsyncConnection[Any], statement: str, values: Iterator[list[Any]]
-) -> None:
+async def _copy_async(driver: psycopg.AsyncConnection[Any], statement: str, data: bytes) -> None:
     async with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row_values in values:
-            await copy.write_row(row_values)
+        await copy.write(data)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from models.customer import Customer
 from models.validation import parse_customer
 from repository import queries
-from repository.bulk import bulk_upsert
+from repository.bulk import Laid, bulk_upsert
 from repository.children import replace_children
 from repository.driver import fetch_first
 from repository.engine import dialect_of, native_insert
@@ -106,9 +106,10 @@ class CustomerRepository(Lookups):
         applied = self.upsert_rows([customer_to_rows(parse_customer(c)) for c in customers])
         return UpsertSummary(applied=sum(applied), stale=len(applied) - sum(applied))
 
-    def upsert_rows(self, batch: Sequence[CustomerRows]) -> list[bool]:
-        """:meth:`upsert_many` of customers already validated and mapped to rows (what an
-        import pipelines): for each, whether it was applied."""
+    def upsert_rows(self, batch: Sequence[Laid]) -> list[bool]:
+        """:meth:`upsert_many` of customers already validated and mapped to rows, or on
+        PostgreSQL to ``COPY`` text (:func:`repository.copy.copy_ready`; what an import
+        pipelines): for each, whether it was applied."""
         return bulk_upsert(self.session, batch)
 
     def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:

@@ -26,9 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import CustomerValidationError
 from models.validation import parse_customer
+from repository.bulk import Laid
+from repository.copy import copy_ready
 from repository.customers import CustomerRepository, UpsertOutcome
 from repository.driver import is_pooler_clash
-from repository.mapping import CustomerRows, customer_to_rows
+from repository.engine import dialect_of
+from repository.mapping import customer_to_rows
 from repository.records import Record, decode_line
 from repository.retry import is_retryable, run_in_transaction
 
@@ -119,7 +122,10 @@ def import_records(
 
     # The processes start before the writer thread does: a process forked with threads
     # running could inherit a lock one of them holds.
-    with _sparse(collection), _preparing(workers) as prepare, ThreadPoolExecutor(
+    # On PostgreSQL, batches are laid out as COPY text where they are validated (in workers,
+    # if any): the writing thread then only sends them.
+    lay_out = partial(_prepare, for_copy=_dialect(sessions) == "postgresql")
+    with _sparse(collection), _preparing(lay_out, workers) as prepare, ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="import-writer"
     ) as writer:
         pending: Future[_BatchResult] | None = None
@@ -143,13 +149,14 @@ class _Prepared:
     """A batch validated and laid out: rows to write, and the records refused, in order."""
 
     locations: list[str] = field(default_factory=list)
-    rows: list[CustomerRows] = field(default_factory=list)
+    rows: list[Laid] = field(default_factory=list)
     #: (rejection, whether reading stopped there).
     rejections: list[tuple[Rejection, bool]] = field(default_factory=list)
 
 
-def _prepare(chunk: list[Record]) -> _Prepared:
-    """Validate and lay out a batch of records (in this process or a worker)."""
+def _prepare(chunk: list[Record], *, for_copy: bool) -> _Prepared:
+    """Validate and lay out a batch of records (in this process or a worker): as rows, or
+    ``for_copy`` as the text PostgreSQL's ``COPY`` reads."""
     batch = _Prepared()
     for record in (one for line in chunk for one in decode_line(line)):
         if record.error is not None:
@@ -161,7 +168,8 @@ def _prepare(chunk: list[Record]) -> _Prepared:
             batch.rejections.append((Rejection(record.location, str(exc)), False))
             continue
         batch.locations.append(record.location)
-        batch.rows.append(customer_to_rows(customer))
+        rows = customer_to_rows(customer)
+        batch.rows.append(copy_ready(rows) if for_copy else rows)
     return batch
 
 
@@ -169,11 +177,13 @@ _Prepare = Callable[[Iterator[list[Record]]], Iterator[_Prepared]]
 
 
 @contextmanager
-def _preparing(workers: int) -> Iterator[_Prepare]:
-    """What turns batches of records into prepared batches, in order: :func:`_prepare`
+def _preparing(
+    lay_out: Callable[[list[Record]], _Prepared], workers: int
+) -> Iterator[_Prepare]:
+    """What turns batches of records into prepared batches, in order: ``lay_out``
     here, or on ``workers`` processes with ``workers + 2`` batches in flight."""
     if workers < 1:
-        yield partial(map, _prepare)
+        yield partial(map, lay_out)
         return
     # Forked, the workers start at once with every module loaded; spawned (where fork is
     # missing, or threads run that a fork could catch holding a lock), they import them.
@@ -184,7 +194,7 @@ def _preparing(workers: int) -> Iterator[_Prepare]:
         def prepared(chunks: Iterator[list[Record]]) -> Iterator[_Prepared]:
             in_flight: deque[Future[_Prepared]] = deque()
             for chunk in chunks:
-                in_flight.append(pool.submit(_prepare_in_worker, chunk))
+                in_flight.append(pool.submit(_prepare_in_worker, lay_out, chunk))
                 # Two batches beyond one per worker wait their turn: the workers go on
                 # while this thread waits for the writer.
                 if len(in_flight) > workers + 1:
@@ -236,13 +246,15 @@ def _start_worker() -> None:
     gc.disable()  # the worker's collection is sparse (_prepare_in_worker), for good
 
 
-def _prepare_in_worker(chunk: list[Record]) -> _Prepared:
+def _prepare_in_worker(
+    lay_out: Callable[[list[Record]], _Prepared], chunk: list[Record]
+) -> _Prepared:
     _worker_collection.tick()
-    return _prepare(chunk)
+    return lay_out(chunk)
 
 
 def _write_batch(
-    sessions: sessionmaker[Session], locations: list[str], rows: list[CustomerRows]
+    sessions: sessionmaker[Session], locations: list[str], rows: list[Laid]
 ) -> _BatchResult:
     if not rows:
         return _BatchResult()
@@ -267,12 +279,17 @@ def _write_batch(
     return result
 
 
-def _upsert_rows(session: Session, *, batch: list[CustomerRows]) -> list[bool]:
+def _upsert_rows(session: Session, *, batch: list[Laid]) -> list[bool]:
     return CustomerRepository(session).upsert_rows(batch)
 
 
-def _upsert_one(session: Session, *, rows: CustomerRows) -> bool:
+def _upsert_one(session: Session, *, rows: Laid) -> bool:
     return _upsert_rows(session, batch=[rows])[0]
+
+
+def _dialect(sessions: sessionmaker[Session]) -> str:
+    with sessions() as session:  # no connection is made to ask
+        return dialect_of(session)
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
