@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument(
         "--workers", type=int_between(0, MAX_WORKERS), default=None,
         help="processes validating the records beside the one writing them, 0 to "
-        f"{MAX_WORKERS} (default: {_DEFAULT_WORKERS} for an input over {_WORKERS_FROM_BYTES >> 20} MB, or of "
-        "unknown size, on two CPUs or more; else 0)",
+        f"{MAX_WORKERS} (default: {_DEFAULT_WORKERS} for an input over "
+        f"{_WORKERS_FROM_BYTES >> 20} MB, or of unknown size, on two CPUs or more; else 0)",
     )
     imp.set_defaults(run=_import)
 
