@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select
+from sqlalchemy import Engine, Select
 
 from models.customer import Customer
 from models.wire import json_text
-from repository.driver import fetch_first
+from repository.driver import AnyConnection, PooledConnection, fetch_first, watched_engine
 from repository.engine import is_read_only
 from repository.reads import (
     decode_customer,
@@ -43,7 +43,7 @@ class Lookups:
 
     _dialect: str
 
-    def _connection(self) -> AbstractContextManager[Connection]:
+    def _connection(self) -> AbstractContextManager[AnyConnection]:
         raise NotImplementedError
 
     def get(self, customer_id: str) -> Customer | None:
@@ -101,12 +101,17 @@ class CustomerReader(Lookups):
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine if is_read_only(engine) else engine.execution_options(
+        self._read_only = is_read_only(engine)
+        self.engine = engine if self._read_only else engine.execution_options(
             isolation_level="AUTOCOMMIT"
         )
         self._dialect = supported_dialect(engine.dialect.name)
 
-    def _connection(self) -> AbstractContextManager[Connection]:
+    def _connection(self) -> AbstractContextManager[AnyConnection]:
+        # Listeners may be added at any time (tracing): they see the statement only through
+        # a Connection.
+        if self._read_only and not watched_engine(self.engine):
+            return PooledConnection(self.engine)
         return self.engine.connect()
 
 

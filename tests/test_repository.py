@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from models import (
@@ -355,6 +356,69 @@ def test_a_reader_sees_each_commit_and_leaves_its_engine_transactional(
         CustomerRepository(other).upsert(_customer("cust_rolled_back"))
         other.rollback()
     assert reader.get("cust_rolled_back") is None
+
+
+def test_a_reader_on_a_read_only_engine_gives_each_connection_back_to_the_pool(
+    session: Session, database_url: str
+) -> None:
+    CustomerRepository(session).upsert(_customer())
+    session.commit()
+    read_only = make_engine(database_url, read_only=True)
+    try:
+        reader = CustomerReader(read_only)
+        for _ in range(5):
+            assert reader.get("cust_test0001") is not None
+            assert reader.get_json("cust_unknown") is None
+        assert read_only.pool.checkedout() == 0
+    finally:
+        read_only.dispose()
+
+
+def test_a_reader_shows_its_statements_to_listeners_added_after_it_was_made(
+    session: Session, database_url: str
+) -> None:
+    CustomerRepository(session).upsert(_customer())
+    session.commit()
+    read_only = make_engine(database_url, read_only=True)
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])
+
+    try:
+        reader = CustomerReader(read_only)
+        assert reader.get("cust_test0001") is not None
+        event.listen(read_only, "before_cursor_execute", record)
+        found = reader.get("cust_test0001")
+        assert found is not None and found.to_json() == _customer()
+        assert len(seen) == 1 and "customers" in seen[0]
+    finally:
+        read_only.dispose()
+
+
+def test_a_reader_whose_connection_was_lost_fails_once_then_reads_on_a_new_one(
+    session: Session, database_url: str, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("a server closes connections; SQLite has none")
+    CustomerRepository(session).upsert(_customer())
+    session.commit()
+    read_only = make_engine(database_url, read_only=True, pool_size=1)
+    try:
+        reader = CustomerReader(read_only)
+        assert reader.get("cust_test0001") is not None
+        with read_only.connect() as connection:  # the pool's one connection
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        session.execute(select(func.pg_terminate_backend(pid)))
+        session.commit()
+
+        with pytest.raises(DBAPIError) as lost:
+            reader.get("cust_test0001")
+        assert lost.value.connection_invalidated
+        assert reader.get("cust_test0001") is not None
+        assert read_only.pool.checkedout() == 0
+    finally:
+        read_only.dispose()
 
 
 def test_upsert_many_counts_applied_and_stale(repo: CustomerRepository) -> None:
