@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
 
 from models import (
     CustomerAddressRow,
@@ -358,6 +359,12 @@ def test_a_reader_sees_each_commit_and_leaves_its_engine_transactional(
     assert reader.get("cust_rolled_back") is None
 
 
+def _checked_out(engine: Engine) -> int:
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedout()
+
+
 def test_a_reader_on_a_read_only_engine_gives_each_connection_back_to_the_pool(
     session: Session, database_url: str
 ) -> None:
@@ -369,7 +376,7 @@ def test_a_reader_on_a_read_only_engine_gives_each_connection_back_to_the_pool(
         for _ in range(5):
             assert reader.get("cust_test0001") is not None
             assert reader.get_json("cust_unknown") is None
-        assert read_only.pool.checkedout() == 0
+        assert _checked_out(read_only) == 0
     finally:
         read_only.dispose()
 
@@ -416,7 +423,7 @@ def test_a_reader_whose_connection_was_lost_fails_once_then_reads_on_a_new_one(
             reader.get("cust_test0001")
         assert lost.value.connection_invalidated
         assert reader.get("cust_test0001") is not None
-        assert read_only.pool.checkedout() == 0
+        assert _checked_out(read_only) == 0
     finally:
         read_only.dispose()
 
