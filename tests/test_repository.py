@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -365,67 +366,59 @@ def _checked_out(engine: Engine) -> int:
     return pool.checkedout()
 
 
-def test_a_reader_on_a_read_only_engine_gives_each_connection_back_to_the_pool(
-    session: Session, database_url: str
-) -> None:
+@pytest.fixture
+def read_only(session: Session, database_url: str) -> Iterator[Engine]:
+    """A read-only engine of one pooled connection, on a database holding ``_customer()``."""
     CustomerRepository(session).upsert(_customer())
     session.commit()
-    read_only = make_engine(database_url, read_only=True)
-    try:
-        reader = CustomerReader(read_only)
-        for _ in range(5):
-            assert reader.get("cust_test0001") is not None
-            assert reader.get_json("cust_unknown") is None
-        assert _checked_out(read_only) == 0
-    finally:
-        read_only.dispose()
+    engine = make_engine(database_url, read_only=True, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def test_a_reader_on_a_read_only_engine_gives_each_connection_back_to_the_pool(
+    read_only: Engine,
+) -> None:
+    reader = CustomerReader(read_only)
+    for _ in range(5):
+        assert reader.get("cust_test0001") is not None
+        assert reader.get_json("cust_unknown") is None
+    assert _checked_out(read_only) == 0
 
 
 def test_a_reader_shows_its_statements_to_listeners_added_after_it_was_made(
-    session: Session, database_url: str
+    read_only: Engine,
 ) -> None:
-    CustomerRepository(session).upsert(_customer())
-    session.commit()
-    read_only = make_engine(database_url, read_only=True)
     seen: list[str] = []
 
     def record(*args: Any) -> None:
         seen.append(args[2])
 
-    try:
-        reader = CustomerReader(read_only)
-        assert reader.get("cust_test0001") is not None
-        event.listen(read_only, "before_cursor_execute", record)
-        found = reader.get("cust_test0001")
-        assert found is not None and found.to_json() == _customer()
-        assert len(seen) == 1 and "customers" in seen[0]
-    finally:
-        read_only.dispose()
+    reader = CustomerReader(read_only)
+    assert reader.get("cust_test0001") is not None
+    event.listen(read_only, "before_cursor_execute", record)
+    found = reader.get("cust_test0001")
+    assert found is not None and found.to_json() == _customer()
+    assert len(seen) == 1 and "customers" in seen[0]
 
 
 def test_a_reader_whose_connection_was_lost_fails_once_then_reads_on_a_new_one(
-    session: Session, database_url: str, backend: str
+    session: Session, read_only: Engine, backend: str
 ) -> None:
     if backend != "postgresql":
         pytest.skip("a server closes connections; SQLite has none")
-    CustomerRepository(session).upsert(_customer())
+    reader = CustomerReader(read_only)
+    assert reader.get("cust_test0001") is not None
+    with read_only.connect() as connection:  # the pool's one connection
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    session.execute(select(func.pg_terminate_backend(pid)))
     session.commit()
-    read_only = make_engine(database_url, read_only=True, pool_size=1)
-    try:
-        reader = CustomerReader(read_only)
-        assert reader.get("cust_test0001") is not None
-        with read_only.connect() as connection:  # the pool's one connection
-            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-        session.execute(select(func.pg_terminate_backend(pid)))
-        session.commit()
 
-        with pytest.raises(DBAPIError) as lost:
-            reader.get("cust_test0001")
-        assert lost.value.connection_invalidated
-        assert reader.get("cust_test0001") is not None
-        assert _checked_out(read_only) == 0
-    finally:
-        read_only.dispose()
+    with pytest.raises(DBAPIError) as lost:
+        reader.get("cust_test0001")
+    assert lost.value.connection_invalidated
+    assert reader.get("cust_test0001") is not None
+    assert _checked_out(read_only) == 0
 
 
 def test_upsert_many_counts_applied_and_stale(repo: CustomerRepository) -> None:
