@@ -17,13 +17,13 @@ from sqlalchemy import Connection, column, delete, exists, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from repository.children import delete_children, replace_children
-from repository.copy import CHILD_COLUMNS, CopyReady, copy_ready, copy_text
+from repository.children import copy_children, delete_children, replace_children
+from repository.copy import CopyReady, copy_ready, copy_text
 from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows
 from repository.newest_wins import clear_older_tombstones, upsert_newest
-from repository.tables import child_tables, customers, tombstones
+from repository.tables import customers, tombstones
 
 __all__ = ["bulk_upsert"]
 
@@ -91,9 +91,7 @@ def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> set[str]:
         applied |= _merge_staged(connection, stored)
     # A payload carries the whole customer: the stored versions' child rows all go.
     delete_children(session, [rows.id for rows in stored if rows.id in applied])
-    written = [rows for rows in winners if rows.id in applied]
-    for index, (child, columns) in enumerate(zip(child_tables, CHILD_COLUMNS, strict=True)):
-        copy_text(connection, child.name, columns, [rows.children[index] for rows in written])
+    copy_children(connection, [rows for rows in winners if rows.id in applied])
     return applied
 
 

@@ -13,13 +13,13 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert
 from sqlalchemy.orm import Session
 
-from repository.copy import copy_rows
+from repository.copy import CopyReady, copy_rows, copy_text
 from repository.engine import dialect_of
 from repository.jsonb import dumps_for_jsonb
 from repository.mapping import ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS, CustomerRows
 from repository.tables import addresses, campaigns, child_tables, referrals
 
-__all__ = ["delete_children", "replace_children"]
+__all__ = ["copy_children", "delete_children", "replace_children"]
 
 # One statement for the three tables, one cached plan for any batch size. Joined with the
 # ids: ``customer_id = ANY(ids)`` lets the planner scan a whole table for a long list.
@@ -82,6 +82,13 @@ def replace_children(
     else:
         for (table, columns, _), rows in zip(_TABLES, children, strict=True):
             copy_rows(connection, table.name, columns, rows)
+
+
+def copy_children(connection: Connection, written: Sequence[CopyReady]) -> None:
+    """Write the child rows of customers laid out for ``COPY`` (:class:`CopyReady`), whose
+    stored ones are gone: one ``COPY`` per table."""
+    for index, (table, columns, _) in enumerate(_TABLES):
+        copy_text(connection, table.name, columns, [rows.children[index] for rows in written])
 
 
 def delete_children(session: Session, customer_ids: Sequence[str]) -> None:

@@ -86,8 +86,7 @@ def watched_engine(engine: Engine) -> bool:
     """Whether something watches ``engine``'s statements (``echo``, a
     ``before_cursor_execute`` or ``after_cursor_execute`` listener, as tracing
     instrumentation adds): they then go through SQLAlchemy's ``execute``."""
-    dispatch = engine.dispatch
-    return bool(engine.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+    return _watching(bool(engine.echo), engine.dispatch)
 
 
 class driver_errors:  # a lower-case name: used as a function, ``with driver_errors(c):``
@@ -248,10 +247,11 @@ def pipelined(connection: Connection) -> Iterator[None]:
 
 
 def _watched(connection: Connection) -> bool:
-    dispatch = connection.dispatch
-    return bool(
-        connection._echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute
-    )
+    return _watching(connection._echo, connection.dispatch)
+
+
+def _watching(echo: bool, dispatch: Any) -> bool:
+    return bool(echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
 
 def _plan(statement: Executable, dialect: Dialect) -> _Plan:
