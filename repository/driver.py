@@ -5,6 +5,8 @@ prepared statements."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -147,6 +149,10 @@ class _Plan:
     bind_processors: dict[str, Callable[[Any], Any]]
     names: tuple[str, ...]
     result_processors: tuple[Callable[[Any], Any] | None, ...]
+    #: ``sql`` with PostgreSQL's own ``$n`` placeholders, and the parameter names in their
+    #: order, for psycopg's raw cursor; None where the dialect is not psycopg's.
+    raw_sql: bytes | None = None
+    raw_order: tuple[str, ...] = ()
 
 
 _plans: dict[tuple[int, type[Dialect], str], tuple[Executable, _Plan]] = {}
@@ -184,11 +190,21 @@ def send(connection: AnyConnection, statement: Executable, params: Mapping[str, 
     for name, process in plan.bind_processors.items():
         if name in values:
             values[name] = process(values[name])
-    bound: Any = values if plan.positions is None else [values[n] for n in plan.positions]
-    cursor = connection.connection.cursor()
+    driver = connection.connection.driver_connection
+    if plan.raw_sql is not None and isinstance(driver, psycopg.Connection):
+        # Placeholders already in PostgreSQL's form: psycopg converts a statement of more
+        # than 4 kB (the single write's is) again on every execution, and looks up any
+        # other in its cache; a raw cursor sends it as it is.
+        sql: Any = plan.raw_sql
+        bound: Any = [values[name] for name in plan.raw_order]
+        cursor: Any = psycopg.RawCursor(driver)
+    else:
+        sql = plan.sql
+        bound = values if plan.positions is None else [values[n] for n in plan.positions]
+        cursor = connection.connection.cursor()
     try:
         with driver_errors(connection):
-            cursor.execute(plan.sql, bound)
+            cursor.execute(sql, bound)
     except BaseException:
         cursor.close()
         raise
@@ -272,7 +288,27 @@ def _plan(statement: Executable, dialect: Dialect) -> _Plan:
             for column in compiled._result_columns
         ),
     )
+    if dialect.driver == "psycopg" and not plan.positions:
+        plan = _with_raw_placeholders(plan)
     with _plans_lock:
         # Kept with its statement: an id is only unique while the object lives.
         _plans[key] = (statement, plan)
     return plan
+
+
+# SQLAlchemy's pyformat placeholders, and the ``%%`` that stands for a literal ``%``.
+_PYFORMAT = re.compile(r"%\(([^)]+)\)s|%%")
+
+
+def _with_raw_placeholders(plan: _Plan) -> _Plan:
+    """``plan`` with its SQL also in ``$n`` placeholders (a name used twice keeps its number)."""
+    order: dict[str, int] = {}
+
+    def placeholder(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        return f"${order.setdefault(name, len(order) + 1)}"
+
+    raw = _PYFORMAT.sub(placeholder, plan.sql)
+    return dataclasses.replace(plan, raw_sql=raw.encode(), raw_order=tuple(order))

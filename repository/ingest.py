@@ -122,9 +122,8 @@ def ingest(
         )
     outcome = _perform(session, action)
     if outcome is not provisional:
-        session.connection().execute(
-            _SET_OUTCOME, {"p_event_id": envelope.event_id, "p_outcome": outcome.value}
-        )
+        params = {"p_event_id": envelope.event_id, "p_outcome": outcome.value}
+        send(session.connection(), _SET_OUTCOME, params).close()
     return IngestResult(
         envelope.event_id, outcome, envelope.event_type, envelope.customer_id, claimed.error
     )
@@ -266,7 +265,8 @@ def _claimed(
     if row is not None:
         return _Claimed(row["error"])
     if count_delivery:
-        session.connection().execute(_REDELIVERED, {"p_event_id": envelope.event_id, "p_now": now})
+        params = {"p_event_id": envelope.event_id, "p_now": now}
+        send(session.connection(), _REDELIVERED, params).close()
     return None
 
 
