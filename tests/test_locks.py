@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from repository.locks import LOCK_NAMESPACE, lock_customers
@@ -67,3 +68,22 @@ def test_a_lock_released_with_its_savepoint_is_taken_again(pg_engine: Engine) ->
         lock_customers(session, ["cust_a"])
         assert held_by_others(pg_engine) == 1
         session.rollback()
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    (["cust_a"], ["cust_b", "cust_a"]),
+    (["cust_b", "cust_a"], ["cust_a"]),
+])
+def test_a_customer_locked_alone_or_among_others_is_one_lock(
+    pg_engine: Engine, first: list[str], second: list[str]
+) -> None:
+    with Session(pg_engine) as holder, Session(pg_engine) as waiter:
+        lock_customers(holder, first)
+        waiter.execute(text("SET LOCAL lock_timeout = '200ms'"))
+        with pytest.raises(DBAPIError) as waited:
+            lock_customers(waiter, second)
+        assert getattr(waited.value.orig, "sqlstate", None) == "55P03"  # lock_not_available
+        waiter.rollback()
+        holder.rollback()
+        lock_customers(waiter, second)  # free once the holder has ended
+        waiter.rollback()
