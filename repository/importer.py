@@ -189,7 +189,9 @@ def _preparing(
     # missing, or threads run that a fork could catch holding a lock), they import them.
     fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
     context = multiprocessing.get_context("fork" if fork else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+    with _frozen(fork), ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker
+    ) as pool:
 
         def prepared(chunks: Iterator[list[Record]]) -> Iterator[_Prepared]:
             in_flight: deque[Future[_Prepared]] = deque()
@@ -235,6 +237,28 @@ def _sparse(collection: _SparseCollection | None) -> Iterator[None]:
     finally:
         if collection is not None and collecting:
             gc.enable()
+
+
+@contextmanager
+def _frozen(forking: bool) -> Iterator[None]:
+    """While forked workers run, the objects this process has so far left out of its
+    collector's runs (``gc.freeze``), and so out of the workers' too.
+
+    A forked worker shares this process's memory until either writes to it, and a cyclic
+    collection, in the worker or here, writes to every object it scans: each worker would
+    soon hold a private copy of what it inherited (about 25 MB more per worker at 50,000
+    customers, as the collections came). Nothing is lost: the objects return to the
+    collector at the end.
+    """
+    if not forking:
+        yield
+        return
+    gc.collect()  # garbage made so far is freed, not kept for the import's length
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 #: Batches a worker prepares between two runs of its cyclic garbage collector.

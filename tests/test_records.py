@@ -9,9 +9,12 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import multiprocessing
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -411,6 +414,25 @@ def test_workers_import_what_this_process_would_with_the_same_rejections(
     assert [r.location for r in there.rejections] == [
         "line 3", "line 4", "line 6 customers[1]", "line 7", "line 9",
     ]
+
+
+def test_forked_workers_share_this_process_objects_and_the_collector_gets_them_back(
+    engine: Engine,
+) -> None:
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        pytest.skip("the workers are spawned here, not forked")
+    frozen_during: list[int] = []
+    import_records(
+        make_session_factory(engine),
+        read_records(io.StringIO(mixed_lines()), decode_lines=False),
+        batch_size=3,
+        workers=2,
+        on_progress=lambda report: frozen_during.append(gc.get_freeze_count()),
+    )
+    # Out of the collector's sight while the workers ran (a collection would copy the
+    # pages they share), back in it afterwards.
+    assert frozen_during and min(frozen_during) > 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_undecoded_lines_decode_to_the_records_read_records_gives() -> None:
