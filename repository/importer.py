@@ -93,7 +93,10 @@ def import_records(
     ``workers`` (processes) validate and lay out the batches instead of this thread, which
     then only writes: for large inputs on a machine with CPUs to spare (validation is
     Python, held to one CPU per process). Records read with ``decode_lines=False`` are
-    decoded there too. Up to ``workers + 2`` batches more are then held, in flight.
+    decoded there too. Up to ``workers + 2`` batches more are then held, in flight. Where
+    the workers are forked, this process's objects stay out of the cyclic garbage
+    collector's runs until they end (``gc.freeze``), so that the workers keep sharing this
+    process's memory rather than copying it.
 
     ``collect_every`` (batches) sets this process's cyclic garbage collector aside during
     the import, to run once every that many batches written (:class:`_SparseCollection`;
@@ -241,8 +244,8 @@ def _sparse(collection: _SparseCollection | None) -> Iterator[None]:
 
 @contextmanager
 def _frozen(forking: bool) -> Iterator[None]:
-    """While forked workers run, the objects this process has so far left out of its
-    collector's runs (``gc.freeze``), and so out of the workers' too.
+    """While forked workers run, the objects this process holds when they start are left
+    out of cyclic garbage collection (``gc.freeze``), here and so in the workers.
 
     A forked worker shares this process's memory until either writes to it, and a cyclic
     collection, in the worker or here, writes to every object it scans: each worker would
