@@ -14,8 +14,8 @@ import io
 import json
 import multiprocessing
 import re
-import threading
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -26,7 +26,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from models import Base
-from repository import CustomerRepository, Record, import_records, make_session_factory
+from repository import (
+    CustomerRepository,
+    Record,
+    import_records,
+    make_engine,
+    make_session_factory,
+)
 from repository.records import decode_line, read_records
 from repository.schema import upgrade_to_head
 from tests.test_cli import BACKENDS, cli, describe, rejections, summary
@@ -416,23 +422,38 @@ def test_workers_import_what_this_process_would_with_the_same_rejections(
     ]
 
 
-def test_forked_workers_share_this_process_objects_and_the_collector_gets_them_back(
-    engine: Engine,
+def _freeze_counts_of_an_import_with_workers(url: str) -> tuple[list[int], int]:
+    """Run in a process of its own: the freeze count seen after each batch of an import
+    with two workers, and the one after it."""
+    engine = make_engine(url)
+    during: list[int] = []
+    try:
+        import_records(
+            make_session_factory(engine),
+            read_records(io.StringIO(mixed_lines()), decode_lines=False),
+            batch_size=3,
+            workers=2,
+            on_progress=lambda report: during.append(gc.get_freeze_count()),
+        )
+    finally:
+        engine.dispose()
+    return during, gc.get_freeze_count()
+
+
+def test_forked_workers_share_the_importing_process_objects_and_the_collector_gets_them_back(
+    session: Session, database_url: str,
 ) -> None:
-    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
-        pytest.skip("the workers are spawned here, not forked")
-    frozen_during: list[int] = []
-    import_records(
-        make_session_factory(engine),
-        read_records(io.StringIO(mixed_lines()), decode_lines=False),
-        batch_size=3,
-        workers=2,
-        on_progress=lambda report: frozen_during.append(gc.get_freeze_count()),
-    )
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here: the workers are spawned")
+    # A fresh process, with no thread of this test run's (a fork could inherit a lock one
+    # holds, so with threads running the import spawns its workers instead).
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        during, after = pool.submit(_freeze_counts_of_an_import_with_workers, database_url).result()
     # Out of the collector's sight while the workers ran (a collection would copy the
     # pages they share), back in it afterwards.
-    assert frozen_during and min(frozen_during) > 0
-    assert gc.get_freeze_count() == 0
+    assert during and min(during) > 0
+    assert after == 0
+    assert CustomerRepository(session).count() == 6
 
 
 def test_undecoded_lines_decode_to_the_records_read_records_gives() -> None:
