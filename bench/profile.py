@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def add(run: str, threads: dict[str, dict[str, float]]) -> None:
         for thread, shares in threads.items():
-            label = run if run != "import" else f"{run} ({thread.removesuffix('_0')})"
+            # A run of several working threads (the import's) names each: one column per thread.
+            several = run == "import" or len(threads) > 1
+            label = f"{run} ({thread.removesuffix('_0')})" if several else run
             tables[label] = shares
 
     with throwaway_database(args.admin_url) as url, tempfile.TemporaryDirectory() as tmp:
