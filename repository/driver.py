@@ -150,7 +150,7 @@ class _Plan:
     names: tuple[str, ...]
     result_processors: tuple[Callable[[Any], Any] | None, ...]
     #: ``sql`` with PostgreSQL's own ``$n`` placeholders, and the parameter names in their
-    #: order, for psycopg's raw cursor; None where the dialect is not psycopg's.
+    #: order, for psycopg's raw cursor; None where the dialect is not psycopg's sync one.
     raw_sql: bytes | None = None
     raw_order: tuple[str, ...] = ()
 
@@ -190,13 +190,13 @@ def send(connection: AnyConnection, statement: Executable, params: Mapping[str, 
     for name, process in plan.bind_processors.items():
         if name in values:
             values[name] = process(values[name])
-    driver = connection.connection.driver_connection
-    if plan.raw_sql is not None and isinstance(driver, psycopg.Connection):
+    if plan.raw_sql is not None:
         # Placeholders already in PostgreSQL's form: psycopg converts a statement of more
         # than 4 kB (the single write's is) again on every execution, and looks up any
         # other in its cache; a raw cursor sends it as it is.
         sql: Any = plan.raw_sql
         bound: Any = [values[name] for name in plan.raw_order]
+        driver = cast(psycopg.Connection[Any], connection.connection.driver_connection)
         cursor: Any = psycopg.RawCursor(driver)
     else:
         sql = plan.sql
@@ -288,7 +288,7 @@ def _plan(statement: Executable, dialect: Dialect) -> _Plan:
             for column in compiled._result_columns
         ),
     )
-    if dialect.driver == "psycopg" and not plan.positions:
+    if dialect.driver == "psycopg" and not dialect.is_async and not plan.positions:
         plan = _with_raw_placeholders(plan)
     with _plans_lock:
         # Kept with its statement: an id is only unique while the object lives.
