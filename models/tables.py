@@ -180,3 +180,6 @@ class CustomerTombstoneRow(Base):
     #: Erased on request (revision 0003): no later payload stores the customer again, and
     #: later webhook bodies about it are kept without their content.
     forgotten: Mapped[bool] = mapped_column(server_default=false())
+    #: Made by a full sync's sweep (revision 0008): the customer was missing from a complete
+    #: listing. Any later payload brings it back; a webhook's deletion replaces the flag.
+    swept: Mapped[bool] = mapped_column(server_default=false())
