@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, Select
 
 from models.customer import Customer
+from models.storability import text_problem
 from models.wire import json_text
 from repository.driver import AnyConnection, PooledConnection, fetch_first, watched_engine
 from repository.engine import is_read_only
@@ -84,6 +85,10 @@ class Lookups:
     def _fetch(
         self, statement: Callable[[str], Select[Any]], **params: Any
     ) -> dict[str, Any] | None:
+        # A key no column can hold (NUL, a lone surrogate) is no stored customer's: the
+        # answer is "none", not a driver error (PostgreSQL refuses NUL in text).
+        if any(text_problem(key) for key in params.values()):
+            return None
         # The hot path: the driver's cursor, with SQLAlchemy's compiled statement and type
         # processing but not its per-execution machinery.
         with self._connection() as connection:

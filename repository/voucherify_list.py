@@ -30,6 +30,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
+from models.storability import text_problem
 from repository.engine import dialect_of
 from repository.mapping import email_key, name_key
 from repository.reads import customer_select, decode_customer
@@ -97,7 +98,9 @@ class CustomerList(Generic[T]):
 
 def parse_list_query(params: Mapping[str, str]) -> ListQuery:
     """Read the documented query parameters; unknown ones are ignored, as Voucherify does
-    for parameters it does not know."""
+    for parameters it does not know. Every value that reaches a statement is checked here:
+    a text filter no column can hold (NUL, a lone surrogate) or a date-time outside what a
+    UTC timestamp can hold raises :class:`InvalidListParameter`, never a database error."""
     dates = tuple(
         (name, _datetime(name, params[name])) for name in _DATE_FILTERS if name in params
     )
@@ -111,7 +114,7 @@ def parse_list_query(params: Mapping[str, str]) -> ListQuery:
         order=order,
         starting_after=_datetime("starting_after", after) if after is not None else None,
         dates=dates,
-        **{name: params[name] for name in _TEXT_FILTERS if name in params},
+        **{name: _text(name, params[name]) for name in _TEXT_FILTERS if name in params},
     )
 
 
@@ -253,6 +256,13 @@ def _integer(params: Mapping[str, str], name: str, default: int, high: int) -> i
     return value
 
 
+def _text(name: str, text: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise InvalidListParameter(name, problem)
+    return text
+
+
 def _datetime(name: str, text: str) -> datetime:
     # Query parameters come in more spellings than stored timestamps: the official SDKs
     # send microseconds and a ``+0000`` offset; a date-time without an offset is UTC.
@@ -262,4 +272,13 @@ def _datetime(name: str, text: str) -> datetime:
         raise InvalidListParameter(
             name, "expected an ISO 8601 date-time, e.g. 2024-01-31T12:00:00.000Z"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is a year 0 in UTC, 9999-12-31T23:59:59-01:00 a year
+        # 10000: neither exists as a datetime.
+        raise InvalidListParameter(
+            name, "out of range once converted to UTC (years 1 to 9999)"
+        ) from None
