@@ -3,6 +3,10 @@
 Any official Voucherify SDK pointed at the store (its base URL changed) reads customers
 from here instead of over the internet: the same paths, parameters, authentication headers
 (``X-App-Id``, ``X-App-Token``) and error shape. Read-only: other methods answer 405.
+
+Everything under ``/v1`` (``/v1`` itself included, never redirected) asks for the
+credentials first; each header given once: two ``X-App-Token`` (or ``X-App-Id``) headers
+answer 400 rather than one of them being picked.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from customer_store.http_errors import error_response
 from models import json_text
 from repository import (
     CustomerList,
@@ -34,7 +39,9 @@ __all__ = ["APP_ID_VARIABLE", "APP_TOKEN_VARIABLE", "read_routes"]
 
 APP_ID_VARIABLE = "CUSTOMER_STORE_APP_ID"
 APP_TOKEN_VARIABLE = "CUSTOMER_STORE_APP_TOKEN"  # noqa: S105 - the variable's name
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_CREDENTIALS = ("X-App-Id", "X-App-Token")
+#: Other methods are refused by the router: 405 in the same shape (http_errors).
+_METHODS = ["GET", "HEAD"]
 
 
 def read_routes(
@@ -47,16 +54,17 @@ def read_routes(
     totals = TotalCache()
 
     def refused(request: Request) -> Response | None:
-        if request.method not in ("GET", "HEAD"):
-            return _error(405, "method_not_allowed", "Method not allowed",
-                          f"{request.method} is not served: this API is read-only")
-        given = (request.headers.get("X-App-Id", "").encode(),
-                 request.headers.get("X-App-Token", "").encode())
+        for name in _CREDENTIALS:
+            if len(request.headers.getlist(name)) > 1:
+                return error_response(400, "duplicate_header", "Bad request",
+                                      f"{name} given more than once: send it once")
+        given = (request.headers.get(_CREDENTIALS[0], "").encode(),
+                 request.headers.get(_CREDENTIALS[1], "").encode())
         # Both compared, always, in constant time: a timing difference tells nothing.
         same_id = hmac.compare_digest(given[0], expected[0])
         same_token = hmac.compare_digest(given[1], expected[1])
         if not (same_id and same_token):
-            return _error(401, "unauthorized", "Unauthorized",
+            return error_response(401, "unauthorized", "Unauthorized",
                           "Missing or invalid X-App-Id / X-App-Token")
         return None
 
@@ -68,8 +76,8 @@ def read_routes(
         async with sessions() as session:
             text = await session.run_sync(partial(_get_json, key=key))
         if text is None:
-            return _error(404, "not_found", "Resource not found",
-                          f"Cannot find customer with id {key}")
+            return error_response(404, "not_found", "Resource not found",
+                                  f"Cannot find customer with id {key}")
         return Response(text.encode(), media_type="application/json")
 
     async def many(request: Request) -> Response:
@@ -79,7 +87,8 @@ def read_routes(
         try:
             query = parse_list_query(request.query_params)
         except InvalidListParameter as exc:
-            return _error(400, "invalid_query_params", "Invalid query params", str(exc))
+            return error_response(400, "invalid_query_params", "Invalid query params",
+                                  str(exc))
         async with sessions() as session:
             page = await session.run_sync(partial(_page, query=query, totals=totals))
         return _json({
@@ -92,14 +101,16 @@ def read_routes(
 
     async def other(request: Request) -> Response:
         problem = refused(request)
-        return problem if problem is not None else _error(
+        return problem if problem is not None else error_response(
             404, "not_found", "Resource not found", f"{request.url.path} is not served here"
         )
 
     return [
-        Route("/v1/customers", many, methods=_ALL_METHODS),
-        Route("/v1/customers/{customer_id:path}", one, methods=_ALL_METHODS),
-        Route("/v1/{rest:path}", other, methods=_ALL_METHODS),
+        Route("/v1/customers", many, methods=_METHODS),
+        Route("/v1/customers/{customer_id:path}", one, methods=_METHODS),
+        # "/v1" as well: the router would otherwise redirect it to "/v1/", unauthenticated.
+        Route("/v1", other, methods=_METHODS),
+        Route("/v1/{rest:path}", other, methods=_METHODS),
     ]
 
 
@@ -121,10 +132,3 @@ def _page(
 
 def _json(value: dict[str, Any]) -> Response:
     return Response(json_text(value).encode(), media_type="application/json")
-
-
-def _error(status: int, key: str, message: str, details: str) -> Response:
-    body = {"code": status, "key": key, "message": message, "details": details}
-    response = _json(body)
-    response.status_code = status
-    return response

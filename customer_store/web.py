@@ -6,6 +6,9 @@ over the limit, 400 for a body that is not an envelope, 2xx once the delivery is
 ``Retry-After`` when the database cannot be reached or the delivery cannot be recorded
 within its time bound, so that Voucherify delivers it again later.
 
+An unknown path or method answers 404 or 405, and an unexpected error 500 with a request id,
+as JSON in Voucherify's error shape (:mod:`customer_store.http_errors`).
+
 ``GET /healthz`` answers 200 when the database answers and its schema is at head, else 503
 saying which (for readiness probes); ``GET /metrics`` answers Prometheus' text format (see
 :mod:`customer_store.metrics`). Each delivery is logged once, as a text line or, with
@@ -26,11 +29,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from customer_store.common import db_message, mask_passwords
+from customer_store.http_errors import UnexpectedErrors, http_exception
 from customer_store.logs import FIELDS
 from customer_store.metrics import ReceiverMetrics
 from models import (
@@ -171,7 +177,11 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", scrape, methods=["GET"]),
             *extra_routes,
-        ]
+        ],
+        # An unknown path or method and an unexpected error are answered in JSON, the
+        # error logged without its message (customer_store.http_errors).
+        middleware=[Middleware(UnexpectedErrors)],
+        exception_handlers={HTTPException: http_exception},
     )
 
 

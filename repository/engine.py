@@ -196,6 +196,9 @@ def _engine_arguments(
     options = dict(kwargs)
     if read_only:
         options.setdefault("isolation_level", "AUTOCOMMIT")
+    # An error's text (``[parameters: ...]``) and SQLAlchemy's own log lines never hold the
+    # bound values: they are customers' data, a client's filter, a webhook body.
+    options.setdefault("hide_parameters", True)
     if make_url(url).get_backend_name() == "sqlite":
         options.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         return url, options
