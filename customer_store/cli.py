@@ -4,7 +4,7 @@ Customer commands (migrate, import, get, export) live here; search (find, stats)
 :mod:`customer_store.search_cli`; webhook commands (ingest, serve, events, replay) in
 :mod:`customer_store.webhooks_cli`. Exit status: 0 success,
 1 when records were rejected, a customer was not found or the database failed, 2 for
-usage errors.
+usage errors, 130 after Ctrl-C (:mod:`customer_store.__main__`, the entry point).
 """
 
 from __future__ import annotations
@@ -156,9 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SQLAlchemyError as exc:
         print(f"customer-store: database error: {db_message(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("customer-store: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader went away (`customer-store export | head`): stop quietly.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -275,4 +272,6 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from customer_store.__main__ import run
+
+    sys.exit(run())

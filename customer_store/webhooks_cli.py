@@ -58,6 +58,12 @@ _DURATION = re.compile(r"([0-9]{1,12})([dhms])")
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 #: Seconds a stopping receiver gives the deliveries in flight beyond their own time bound.
 _SHUTDOWN_GRACE = 5
+#: The range of --delivery-timeout, in seconds. Below a tenth of a second nothing is
+#: recorded in time; above five minutes the sender (Voucherify waits 10 s) and the stop
+#: (the bound plus the grace) have long given up. Far inside what PostgreSQL's
+#: ``lock_timeout`` accepts (2,147,483,647 ms).
+MIN_DELIVERY_TIMEOUT = 0.1
+MAX_DELIVERY_TIMEOUT = 300.0
 
 
 def add_commands(commands: Any) -> None:
@@ -78,11 +84,11 @@ def add_commands(commands: Any) -> None:
         help=f"largest body accepted, at most {MAX_BODY_LIMIT:,} (default %(default)s)",
     )
     serve.add_argument(
-        "--delivery-timeout", type=_positive_seconds, default=DEFAULT_DELIVERY_TIMEOUT,
+        "--delivery-timeout", type=_delivery_seconds, default=DEFAULT_DELIVERY_TIMEOUT,
         metavar="SECONDS",
         help="answer each delivery within this time, lock waits and retries included, with "
         "503 and Retry-After when it cannot be recorded by then (Voucherify gives up at 10 s; "
-        "default %(default)s)",
+        f"{MIN_DELIVERY_TIMEOUT:g} to {MAX_DELIVERY_TIMEOUT:g}, default %(default)s)",
     )
     serve.add_argument(
         "--no-signature-check",
@@ -322,13 +328,17 @@ def _replay(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_FAILED if counts["rejected"] else EXIT_OK
 
 
-def _positive_seconds(value: str) -> float:
+def _delivery_seconds(value: str) -> float:
+    """An argparse type: seconds from MIN_DELIVERY_TIMEOUT to MAX_DELIVERY_TIMEOUT."""
     try:
         seconds = float(value)
     except ValueError:
         seconds = float("nan")
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    if not MIN_DELIVERY_TIMEOUT <= seconds <= MAX_DELIVERY_TIMEOUT:  # NaN is refused too
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from {MIN_DELIVERY_TIMEOUT:g} to {MAX_DELIVERY_TIMEOUT:g}, "
+            f"got {value[:40]!r}"
+        )
     return seconds
 
 

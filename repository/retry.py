@@ -57,6 +57,9 @@ _BOUND_WAITS = text(
     "SELECT set_config('lock_timeout', :ms, true), set_config('statement_timeout', :ms, true)"
 )
 _log = logging.getLogger(__name__)
+#: The longest wait either database takes, in milliseconds: PostgreSQL's lock_timeout and
+#: statement_timeout and SQLite's busy timeout are C ints. A longer bound waits this long.
+_MAX_WAIT_MS = 2_147_483_647
 
 
 class DeadlineExceeded(Exception):
@@ -153,6 +156,7 @@ class _Bound:
         remaining_ms = int((self.deadline - time.monotonic()) * 1000)
         if remaining_ms < 1:  # 0 would mean "no limit" to both databases
             raise self.exceeded()
+        remaining_ms = min(remaining_ms, _MAX_WAIT_MS)
         connection = session.connection()
         if connection.dialect.name == "postgresql":
             connection.execute(_BOUND_WAITS, {"ms": str(remaining_ms)})
