@@ -52,6 +52,11 @@ HOSTILE: list[tuple[tuple[str, ...], str]] = [
     (("serve", "--delivery-timeout", "nan"), "--delivery-timeout"),
     (("serve", "--delivery-timeout", "inf"), "--delivery-timeout"),
     (("serve", "--delivery-timeout", "1e400"), "--delivery-timeout"),
+    # Beyond what a delivery can use (and, for the largest, PostgreSQL's lock_timeout).
+    (("serve", "--delivery-timeout", "86400"), "--delivery-timeout"),
+    (("serve", "--delivery-timeout", "2147484"), "--delivery-timeout"),
+    (("serve", "--delivery-timeout", "0.001"), "--delivery-timeout"),
+    (("serve", "--delivery-timeout", "1e-300"), "--delivery-timeout"),
     (("serve", "--host", NOT_UTF8), "--host"),
 ]
 

@@ -13,6 +13,8 @@ import contextlib
 import http.client
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -49,7 +51,7 @@ from repository.schema import upgrade_to_head
 from repository.sync_state import save_sync_state
 from repository.tables import events
 from tests.conftest import load_example_customers
-from tests.servers import WEBHOOK_PATH, post, running_server
+from tests.servers import WEBHOOK_PATH, child_env, post, running_server
 from tests.test_secrets import cli
 from tests.webhook_streams import envelope, iso
 
@@ -289,6 +291,22 @@ def test_retries_are_reported_to_on_retry(
     assert all(isinstance(error, OperationalError) for error in seen)
 
 
+def test_a_time_bound_beyond_the_longest_wait_a_database_takes_still_runs(
+    engine: Any, backend: str
+) -> None:
+    """A month is more than PostgreSQL's lock_timeout accepts (2,147,483,647 ms): the
+    waits are set to that longest one instead of the transaction failing."""
+
+    def work(session: Any) -> str:
+        if backend == "postgresql":
+            return str(session.scalar(text("SHOW lock_timeout")))
+        return str(session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar())
+
+    month = 31 * 86_400.0
+    longest = run_in_transaction(make_session_factory(engine), work, timeout=month)
+    assert longest == ("2147483647ms" if backend == "postgresql" else "2147483647")
+
+
 # --- readiness ------------------------------------------------------------------------------
 
 
@@ -493,6 +511,34 @@ def test_sigterm_finishes_deliveries_in_flight_and_exits_0(
     assert {status for status in answers.values()} <= {200, 503, None}
     assert stored <= set(answers) | {event_id_of(slow_body)}
     assert any(status is None for status in answers.values())
+
+
+def test_ctrl_c_while_serve_is_still_loading_exits_130_without_a_traceback(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """SIGINT once the interpreter is importing the command line's modules (pydantic's
+    compiled core is loaded half-way), well before it listens."""
+    for _ in range(3):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "customer_store", "--database-url", sqlite_url, "serve",
+             "--port", "0"],
+            cwd=tmp_path, env=child_env({"VOUCHERIFY_WEBHOOK_SECRET": SECRET}),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        try:
+            maps = Path(f"/proc/{process.pid}/maps")
+            deadline = time.monotonic() + 60
+            while "_pydantic_core" not in maps.read_text():
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.001)
+            process.send_signal(signal.SIGINT)
+            output = process.communicate(timeout=60)[0].decode("utf-8", "replace")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert process.returncode == 130, output
+        assert output.strip() == "customer-store: interrupted", output
 
 
 def test_an_outdated_receiver_start_is_refused_not_served(
