@@ -121,7 +121,8 @@ def make_engine(
     """Create an engine for ``postgresql://…``, ``postgresql+psycopg://…`` or ``sqlite:///path``.
 
     SQLite connections get foreign keys, WAL and a busy timeout; on PostgreSQL, JSON is
-    written so that JSONB gives back every number as the same JSON value.
+    written so that JSONB gives back every number as the same JSON value. Errors never quote
+    bound values (``hide_parameters=True``, unless the caller passes it).
 
     ``read_only=True`` makes an engine for request handlers that only read: its connections
     run each statement in a transaction of its own (driver-level autocommit), so a ``get``
