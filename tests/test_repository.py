@@ -283,6 +283,20 @@ def test_get_json_of_an_unknown_customer_is_none(repo: CustomerRepository) -> No
     assert repo.get_json_by_source_id("nobody@example.com") is None
 
 
+def test_a_key_no_column_can_hold_is_no_customer(api_repo: CustomerRepository) -> None:
+    """NUL (which PostgreSQL text refuses) or a lone surrogate in a key: no customer, not
+    a driver error, through every lookup and on both databases."""
+    stored = _customer()
+    api_repo.upsert(stored)
+    for key in (stored["id"] + "\x00", "\x00" + stored["source_id"], "cust_\udc80"):
+        assert api_repo.get(key) is None
+        assert api_repo.get_json(key) is None
+        assert api_repo.get_json(key, or_source_id=True) is None
+        assert api_repo.get_by_source_id(key) is None
+        assert api_repo.get_json_by_source_id(key) is None
+    assert api_repo.get(stored["id"]) is not None
+
+
 def test_get_json_or_source_id_prefers_the_id_then_the_newest_source_id_holder(
     repo: CustomerRepository,
 ) -> None:

@@ -106,6 +106,11 @@ def test_every_list_query_answers_what_the_documented_api_answers(
     ({"page": "100"}, "page"), ({"page": "0"}, "page"), ({"order": "name"}, "order"),
     ({"starting_after": "yesterday"}, "starting_after"),
     ({"created_at[before]": "2024-13-01T00:00:00Z"}, "created_at[before]"),
+    # What no column or timestamp can hold: NUL, a lone surrogate, a year 0 or 10000 in UTC.
+    ({"email": "a\x00@example.com"}, "email"), ({"name": "Ann \udcff"}, "name"),
+    ({"city": "\ud800"}, "city"),
+    ({"updated_at[after]": "0001-01-01T03:00:00+05:00"}, "updated_at[after]"),
+    ({"starting_after": "9999-12-31T23:30:00-00:45"}, "starting_after"),
 ])
 def test_parameters_out_of_the_documented_range_are_refused_by_name(
     params: dict[str, str], name: str
