@@ -65,7 +65,7 @@ def read_routes(
         same_token = hmac.compare_digest(given[1], expected[1])
         if not (same_id and same_token):
             return error_response(401, "unauthorized", "Unauthorized",
-                          "Missing or invalid X-App-Id / X-App-Token")
+                                  "Missing or invalid X-App-Id / X-App-Token")
         return None
 
     async def one(request: Request) -> Response:
