@@ -18,7 +18,6 @@ from repository import (
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
     MAX_PAGE_SIZE,
-    MAX_TEXT_LENGTH,
     CustomerFilter,
     CustomerRepository,
     InvalidArgument,
@@ -42,8 +41,8 @@ _OPTIONS = {
 def add_commands(commands: Any) -> None:
     find = commands.add_parser(
         "find", help="search customers; prints matches as JSON Lines, ordered by id",
-        description="Search customers. Text options take at most "
-        f"{MAX_TEXT_LENGTH} characters. --email and --name-prefix ignore case: both sides "
+        description="Search customers. Text options take values of any length. --email "
+        "and --name-prefix ignore case: both sides "
         "are compared after Unicode NFKC normalisation and full case folding (ß matches ss, "
         "a full-width \uff21 matches A), the same on SQLite and PostgreSQL.",
     )

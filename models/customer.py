@@ -29,14 +29,13 @@ __all__ = [
     "Summary",
 ]
 
-# Text that takes part in a primary key or an index is capped, in characters and in UTF-8
-# bytes, so that an over-long value is refused here rather than deep inside the database:
-# a B-tree entry holds at most 2,704 bytes on PostgreSQL, keys of two columns included
-# ((customer id, campaign key), (campaign key, loyalty tier)).
+# The customer id is capped, in characters and in UTF-8 bytes: it is stored whole in every
+# table's primary key, and a PostgreSQL B-tree entry holds at most 2,704 bytes. Every other
+# text is kept whatever its length: indexes hold a prefix or a key of it
+# (``models.long_text``, ``repository.mapping.campaign_key``).
 CustomerId = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=255), MaxBytes(1000)
 ]
-IndexedText = Annotated[str, StringConstraints(strict=True, max_length=500), MaxBytes(1200)]
 
 
 class _Shape(BaseModel):
@@ -88,19 +87,19 @@ class Summary(_Shape):
 
 class LoyaltyCampaign(_Shape):
     points: Int64 | None = None
-    loyalty_tier: IndexedText | None = None
+    loyalty_tier: str | None = None
     referred_customers: Int64 | None = None
 
 
 class Loyalty(_Shape):
     points: Int64 | None = None
     referred_customers: Int64 | None = None
-    campaigns: dict[IndexedText, LoyaltyCampaign] | None = None
+    campaigns: dict[str, LoyaltyCampaign] | None = None
 
 
 class ReferralEntry(_Shape):
     campaign_id: str | None = None
-    referrer_id: IndexedText | None = None
+    referrer_id: str | None = None
     related_object_id: str | None = None
     related_object_type: str | None = None
     date: WireDateTime | None = None
@@ -118,10 +117,10 @@ class Assets(_Shape):
 
 class Customer(_Shape):
     id: CustomerId
-    source_id: IndexedText | None = None
-    name: IndexedText | None = None
+    source_id: str | None = None
+    name: str | None = None
     description: str | None = None
-    email: IndexedText | None = None
+    email: str | None = None
     phone: str | None = None
     birthday: WireDate | None = None
     birthdate: WireDate | None = None

@@ -14,8 +14,8 @@ __all__ = [
     "json_path",
 ]
 
-#: Longest map key shown whole in a JSON path (every key the shape allows, campaign names
-#: of up to 500 characters included); longer ones are cut short.
+#: Longest map key shown whole in a JSON path; longer ones (a campaign name can have any
+#: length) are cut short.
 _KEY_PREVIEW = 1000
 
 _EXPECTED = {

@@ -15,6 +15,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, SmallInteger, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, JSONDocument, SortedText, UTCDateTime
+from models.long_text import indexed_prefix
 
 __all__ = [
     "CustomerAddressRow",
@@ -95,8 +96,8 @@ class CustomerRow(Base):
 
     __table_args__ = (
         # Orders of the read API's list, ties broken by id, and their filters and cursors
-        # (revision 0007; before it, one-column indexes).
-        Index("ix_customers_source_id_id", "source_id", "id"),
+        # (revision 0007; before it, one-column indexes). The source_id one is below the
+        # class.
         Index("ix_customers_created_at_id", "created_at", "id"),
         Index("ix_customers_updated_at_id", "updated_at", "id"),
         # The indexes behind repository.queries' filters (revisions 0004 and 0005), with
@@ -107,6 +108,10 @@ class CustomerRow(Base):
         Index(None, "name_folded", postgresql_ops={"name_folded": "text_pattern_ops"}),
     )
 
+
+# Indexes over text Voucherify sends hold its first characters (models.long_text), never
+# the whole value: no length of value is refused (revision 0009).
+Index("ix_customers_source_id_prefix_id", indexed_prefix(CustomerRow.source_id), CustomerRow.id)
 
 Index(
     "ix_customers_metadata_gin",
@@ -129,17 +134,25 @@ class CustomerAddressRow(Base):
     absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
 
-    #: The read API's ``city`` filter (revision 0007).
-    __table_args__ = (Index(None, "city"),)
+
+#: The read API's ``city`` filter (revision 0007; a prefix since 0009).
+Index("ix_customer_addresses_city_prefix", indexed_prefix(CustomerAddressRow.city))
 
 
 class LoyaltyCampaignRow(Base):
-    """One entry of ``loyalty.campaigns``, keyed by the map key (the campaign name)."""
+    """One entry of ``loyalty.campaigns``, keyed by the map key (the campaign name).
+
+    ``campaign`` is the name's key (``repository.mapping.campaign_key``): the name itself
+    up to 1,200 UTF-8 bytes, beyond that its start and a digest of the whole, so that the
+    primary key holds any name and still tells names apart. ``campaign_name`` holds such a
+    long name whole, and is NULL whenever ``campaign`` is the name (revision 0009).
+    """
 
     __tablename__ = "customer_loyalty_campaigns"
 
     customer_id: Mapped[str] = _customer_fk()
     campaign: Mapped[str] = mapped_column(SortedText, primary_key=True)
+    campaign_name: Mapped[str | None]
     points: Mapped[int | None]
     loyalty_tier: Mapped[str | None]
     referred_customers: Mapped[int | None]
@@ -148,8 +161,14 @@ class LoyaltyCampaignRow(Base):
 
     __table_args__ = (
         Index("ix_customer_loyalty_campaigns_campaign_points", "campaign", "points"),
-        Index("ix_customer_loyalty_campaigns_campaign_tier", "campaign", "loyalty_tier"),
     )
+
+
+Index(
+    "ix_customer_loyalty_campaigns_campaign_tier_prefix",
+    LoyaltyCampaignRow.campaign,
+    indexed_prefix(LoyaltyCampaignRow.loyalty_tier),
+)
 
 
 class ReferralEntryRow(Base):
@@ -167,7 +186,10 @@ class ReferralEntryRow(Base):
     absent_mask: Mapped[int] = mapped_column(SmallInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
 
-    __table_args__ = (Index(None, "referrer_id"),)
+
+Index(
+    "ix_customer_referral_entries_referrer_id_prefix", indexed_prefix(ReferralEntryRow.referrer_id)
+)
 
 
 class CustomerTombstoneRow(Base):

@@ -42,11 +42,14 @@ from models.customer import (
 __all__ = [
     "ADDRESS_COLUMNS",
     "CAMPAIGN_COLUMNS",
+    "CAMPAIGN_KEY_BYTES",
     "CUSTOMER_COLUMNS",
     "FOLD_LIMIT",
     "REFERRAL_COLUMNS",
     "SEARCH_KEY_COLUMNS",
     "CustomerRows",
+    "campaign_key",
+    "campaign_name",
     "customer_from_rows",
     "customer_to_rows",
     "customer_value_from_rows",
@@ -169,7 +172,9 @@ CUSTOMER_COLUMNS = [
     *_CUSTOMER_LEAVES, "version_at", "null_mask", *_BOOKKEEPING, *SEARCH_KEY_COLUMNS
 ]
 ADDRESS_COLUMNS = ["customer_id", *_ADDRESS_LEAVES, *_BOOKKEEPING]
-CAMPAIGN_COLUMNS = ["customer_id", "campaign", *_CAMPAIGN_LEAVES, *_BOOKKEEPING]
+CAMPAIGN_COLUMNS = [
+    "customer_id", "campaign", "campaign_name", *_CAMPAIGN_LEAVES, *_BOOKKEEPING
+]
 REFERRAL_COLUMNS = ["customer_id", "position", *_REFERRAL_LEAVES, *_BOOKKEEPING]
 
 
@@ -221,8 +226,11 @@ def customer_to_rows(customer: Customer) -> CustomerRows:
         rows.address = _flat_row(_ADDRESS_LEVEL, _ADDRESS_LEAVES, address, customer_id=customer_id)
     campaigns = enc.children.get("loyalty.campaigns") or {}
     rows.campaigns = [
-        _flat_row(_CAMPAIGN_LEVEL, _CAMPAIGN_LEAVES, entry, customer_id=customer_id, campaign=key)
-        for key, entry in campaigns.items()
+        _flat_row(
+            _CAMPAIGN_LEVEL, _CAMPAIGN_LEAVES, entry, customer_id=customer_id,
+            **_campaign_columns(name),
+        )
+        for name, entry in campaigns.items()
     ]
     referrals = enc.children.get("referrals.campaigns") or []
     rows.referrals = [
@@ -262,8 +270,42 @@ def email_key(email: str | None) -> str | None:
     folded = fold(email)
     if len(folded) <= FOLD_LIMIT:
         return folded
-    digest = hashlib.sha256(folded.encode("utf-8")).hexdigest()
-    return f"{folded[:FOLD_LIMIT]}#{digest}"
+    return _with_digest(folded[:FOLD_LIMIT], folded)
+
+
+#: Longest campaign name, in UTF-8 bytes, that is its own key: beside a customer id (at most
+#: 1,000 bytes) a key stays within PostgreSQL's B-tree entry limit (2,704 bytes).
+CAMPAIGN_KEY_BYTES = 1200
+
+
+def campaign_key(name: str) -> str:
+    """``customer_loyalty_campaigns.campaign``: the campaign name (a key of
+    ``loyalty.campaigns``) as the primary key holds it. A name of up to
+    :data:`CAMPAIGN_KEY_BYTES` is its own key; a longer one keeps its start within that
+    many bytes and gains a digest of the whole, which makes its key longer than any name
+    that is its own key, so distinct names keep distinct keys."""
+    if len(name) <= CAMPAIGN_KEY_BYTES // 4:
+        return name
+    encoded = name.encode("utf-8")
+    if len(encoded) <= CAMPAIGN_KEY_BYTES:
+        return name
+    return _with_digest(encoded[:CAMPAIGN_KEY_BYTES].decode("utf-8", "ignore"), name)
+
+
+def _campaign_columns(name: str) -> dict[str, str | None]:
+    key = campaign_key(name)
+    return {"campaign": key, "campaign_name": None if key == name else name}
+
+
+def campaign_name(row: Mapping[str, Any]) -> str:
+    """The campaign name of a ``customer_loyalty_campaigns`` row (see :func:`campaign_key`)."""
+    name: str = row["campaign_name"] if row["campaign_name"] is not None else row["campaign"]
+    return name
+
+
+def _with_digest(start: str, whole: str) -> str:
+    """``start`` of a text too long for an index, and the SHA-256 digest of ``whole``."""
+    return f"{start}#{hashlib.sha256(whole.encode('utf-8')).hexdigest()}"
 
 
 def name_key(name: str | None) -> str | None:
@@ -312,7 +354,7 @@ def _rebuild(
         "address": _flat_value(build, _ADDRESS_LEVEL, address)
         if address is not None else None,
         "loyalty.campaigns": {
-            row["campaign"]: _flat_value(build, _CAMPAIGN_LEVEL, row)
+            campaign_name(row): _flat_value(build, _CAMPAIGN_LEVEL, row)
             for row in campaigns
         },
         "referrals.campaigns": [

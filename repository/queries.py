@@ -33,10 +33,11 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
+from models.long_text import equals_indexed
 from models.storability import text_problem
 from models.wire import INT64_MAX, INT64_MIN
 from repository.engine import dialect_of
-from repository.mapping import FOLD_LIMIT, email_key, fold
+from repository.mapping import FOLD_LIMIT, campaign_key, email_key, fold
 from repository.reads import customer_select, decode_customer
 from repository.tables import campaigns, customers, referrals
 
@@ -44,7 +45,6 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "MAX_METADATA_TERMS",
     "MAX_PAGE_SIZE",
-    "MAX_TEXT_LENGTH",
     "CustomerFilter",
     "InvalidArgument",
     "InvalidCursor",
@@ -56,9 +56,6 @@ __all__ = [
 ]
 
 MAX_PAGE_SIZE = 1000
-#: Longest text argument in characters: no stored email, name, source_id, campaign key,
-#: loyalty tier or referrer id is longer (``models.customer.IndexedText``).
-MAX_TEXT_LENGTH = 500
 #: How deep ``metadata_contains`` may nest (``{"a": [1]}`` is 2 deep) and how many object
 #: keys and array elements it may hold in all. On SQLite every key is a table of a join
 #: (at most 64) and every array a nested subquery (SQLite's parser takes about 8 levels).
@@ -93,7 +90,8 @@ class CustomerFilter:
     """What to look for; every field is optional and all given fields must hold.
 
     Arguments are checked when the filter is made and refused with :class:`InvalidArgument`:
-    text with U+0000 or a lone surrogate or longer than :data:`MAX_TEXT_LENGTH`, a time
+    text with U+0000 or a lone surrogate, a ``name_prefix`` longer than
+    :data:`repository.mapping.FOLD_LIMIT` once case-folded, a time
     without a zone, an integer beyond 64 bits, metadata that is not JSON (NaN, infinities)
     or that nests deeper than :data:`MAX_METADATA_DEPTH` or holds more than
     :data:`MAX_METADATA_TERMS` keys and elements.
@@ -198,10 +196,6 @@ def _check_text(name: str, value: object) -> None:
     problem = text_problem(value)
     if problem:
         raise InvalidArgument(name, problem)
-    if len(value) > MAX_TEXT_LENGTH:
-        raise InvalidArgument(
-            name, f"longer than {MAX_TEXT_LENGTH} characters, which no stored value is"
-        )
 
 
 def _check_moment(name: str, value: object) -> None:
@@ -280,7 +274,7 @@ def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
     if f.email is not None:
         parts.append(c.email_folded == email_key(f.email))
     if f.source_id is not None:
-        parts.append(c.source_id == f.source_id)
+        parts.append(equals_indexed(c.source_id, f.source_id))
     if f.name_prefix is not None:
         parts.append(_starts_with(c.name_folded, fold(f.name_prefix), dialect))
     if f.created_from is not None:
@@ -294,14 +288,16 @@ def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
     if f.metadata_contains is not None:
         parts.append(_metadata_contains(f.metadata_contains, dialect))
     if f.campaign is not None:
-        entry = [campaigns.c.customer_id == c.id, campaigns.c.campaign == f.campaign]
+        entry = [campaigns.c.customer_id == c.id, campaigns.c.campaign == campaign_key(f.campaign)]
         if f.min_points is not None:
             entry.append(campaigns.c.points >= f.min_points)
         if f.loyalty_tier is not None:
-            entry.append(campaigns.c.loyalty_tier == f.loyalty_tier)
+            entry.append(equals_indexed(campaigns.c.loyalty_tier, f.loyalty_tier))
         parts.append(exists().where(*entry))
     if f.referred_by is not None:
-        referral = [referrals.c.customer_id == c.id, referrals.c.referrer_id == f.referred_by]
+        referral = [
+            referrals.c.customer_id == c.id, equals_indexed(referrals.c.referrer_id, f.referred_by)
+        ]
         parts.append(exists().where(*referral))
     if f.orders_since is not None:
         since = f.orders_since

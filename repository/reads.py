@@ -26,6 +26,7 @@ from sqlalchemy import (
 
 from models.base import UTCDateTime, in_utc
 from models.customer import Customer
+from models.long_text import equals_indexed
 from repository.mapping import (
     ADDRESS_COLUMNS,
     CAMPAIGN_COLUMNS,
@@ -97,7 +98,7 @@ def get_by_key_statement(dialect: str) -> Select[Any]:
 def _newest_with_source_id(source_id: ColumnElement[Any]) -> ScalarSelect[Any]:
     return (
         select(customers.c.id)
-        .where(customers.c.source_id == source_id)
+        .where(equals_indexed(customers.c.source_id, source_id))
         .order_by(customers.c.version_at.desc().nulls_last(), customers.c.id.desc())
         .limit(1)
         .scalar_subquery()

@@ -9,7 +9,9 @@ the customers before it; with ``order=created_at`` or ``updated_at``, those afte
 Voucherify's documentation is silent, the choices are: comparisons are strict; ties are
 ordered by id in the order's direction; a customer without ``updated_at`` never matches an
 ``updated_at`` filter or cursor and sorts last in ``updated_at`` (first in ``-updated_at``);
-the ``source_id`` orders keep the default meaning of ``starting_after`` (created before it).
+the ``source_id`` orders keep the default meaning of ``starting_after`` (created before it)
+and compare the first 200 characters of each source_id, as its index holds them (longer
+source_ids that share those follow each other by id).
 
 A page is two statements: the ids (an index range scan plus at most 9,800 skipped entries
 for page 99), then the whole customers by id. ``total`` counts the filtered customers and is
@@ -30,6 +32,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
+from models.long_text import equals_indexed, indexed_prefix
 from models.storability import text_problem
 from repository.engine import dialect_of
 from repository.mapping import email_key, name_key
@@ -223,13 +226,16 @@ def _filters(query: ListQuery) -> ColumnElement[bool]:
         conditions.append(customers.c.name == query.name)
     if query.city is not None:
         conditions.append(exists().where(
-            addresses.c.customer_id == customers.c.id, addresses.c.city == query.city
+            addresses.c.customer_id == customers.c.id, equals_indexed(addresses.c.city, query.city)
         ))
     return and_(True, *conditions)
 
 
 def _order_column(order: str) -> ColumnElement[Any]:
-    return customers.c[order.lstrip("-")]
+    column = customers.c[order.lstrip("-")]
+    # The start of a source_id, as its index holds it (revision 0009): the same order for
+    # any source_id of up to INDEX_PREFIX characters, longer ones sharing theirs by id.
+    return indexed_prefix(column) if column.name == "source_id" else column
 
 
 def _cursor(query: ListQuery, column: ColumnElement[Any]) -> ColumnElement[bool] | None:

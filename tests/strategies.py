@@ -262,9 +262,9 @@ def _summaries(date_times: SearchStrategy[Any], *, dense: bool) -> SearchStrateg
     return _object({}, {"redemptions": redemptions, "orders": orders}, dense=dense)
 
 
-# Campaign keys are refused above 500 characters. The property keeps them at most 400:
-# a 255-character id and a 500-character key of four-byte characters overflow
-# PostgreSQL's index entry limit (see test_roundtrip_property.test_the_longest_...).
+# Campaign keys have no length limit. 400 characters, of four-byte characters up to 1,600
+# bytes, reach past the 1,200 bytes beyond which the stored key is a digest
+# (repository.mapping.campaign_key).
 _CAMPAIGN_KEY_MAX = 400
 
 

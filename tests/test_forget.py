@@ -230,7 +230,7 @@ def test_forget_leaves_nothing_personal_and_keeps_the_other_customer(store: Stor
     assert tombstone is not None
     assert datetime.now(UTC) - timedelta(minutes=5) < tombstone <= datetime.now(UTC)
     (row,) = store.tombstone_rows()
-    assert set(row) == {"customer_id", "deleted_at", "forgotten"}
+    assert set(row) == {"customer_id", "deleted_at", "forgotten", "swept"}
     assert row["customer_id"] == person.id and row["forgotten"] in (True, 1)
 
     # A late delivery (sent before the erasure, newer than any stored version) is stale.

@@ -124,9 +124,12 @@ def revision(engine: Engine) -> str | None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_at_0002(request: pytest.FixtureRequest, make_database: Any) -> Iterator[str]:
-    """A database at 0002 holding customers, tombstones and events. They are written by
-    the current code (which needs the newest schema) and the schema is then taken back."""
+def store_at_0002(
+    request: pytest.FixtureRequest, make_database: Any
+) -> Iterator[tuple[str, Snapshot]]:
+    """A database at 0002 holding customers, tombstones and events, and their snapshot. They
+    are written and read by the current code (which needs the newest schema: a customer's
+    campaign rows gained a column in 0009) and the schema is then taken back."""
     url: str = make_database(request.param)
     command.upgrade(alembic_config(url), "head")
     engine = make_engine(url)
@@ -139,18 +142,20 @@ def store_at_0002(request: pytest.FixtureRequest, make_database: Any) -> Iterato
         assert report.applied > 0
         outcomes = {ingest_delivery(sessions, body).outcome.value for body in example_bodies()}
         assert {"applied", "ignored"} <= outcomes
+        before = snapshot(engine)
     finally:
         engine.dispose()
     command.downgrade(alembic_config(url), BEFORE)
-    yield url
+    yield url, before
 
 
-def test_data_survives_upgrade_downgrade_and_upgrade_again(store_at_0002: str) -> None:
-    url = store_at_0002
+def test_data_survives_upgrade_downgrade_and_upgrade_again(
+    store_at_0002: tuple[str, Snapshot],
+) -> None:
+    url, before = store_at_0002
     engine = make_engine(url)
     try:
         assert revision(engine) == BEFORE and PROBE_INDEX not in indexes(engine)
-        before = snapshot(engine)
         assert before.customers and before.events and before.tombstones
 
         command.upgrade(alembic_config(url), "head")
@@ -162,7 +167,6 @@ def test_data_survives_upgrade_downgrade_and_upgrade_again(store_at_0002: str) -
         command.downgrade(alembic_config(url), BEFORE)
         engine.dispose()
         assert revision(engine) == BEFORE and PROBE_INDEX not in indexes(engine)
-        assert snapshot(engine) == before
 
         command.upgrade(alembic_config(url), "head")
         engine.dispose()
@@ -342,6 +346,9 @@ def test_adding_the_folded_search_keys_does_not_block_writers(
     engine = make_engine(url)
     try:
         assert_search_keys_fill_every_row(engine, BULK_CUSTOMERS)
+        # The current code reads whole customers at head (0009 added a column they read);
+        # the later revisions leave the search keys as 0005 filled them.
+        command.upgrade(alembic_config(url), "head")
         assert_found_by_folded_email_and_name(engine)
         assert {"ix_customers_email_folded", "ix_customers_name_folded"} <= valid_indexes(engine)
         assert not {"ix_customers_email_lower", "ix_customers_name_lower_prefix"} & indexes(

@@ -25,7 +25,6 @@ from repository.queries import (
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
     MAX_PAGE_SIZE,
-    MAX_TEXT_LENGTH,
     InvalidArgument,
     cursor_after,
     customer_select_for,
@@ -465,10 +464,8 @@ WEST_OF_UTC = timezone(timedelta(hours=-1))
 HOSTILE_FILTERS: list[tuple[dict[str, Any], str]] = [
     ({"email": "a\x00b"}, "email"),
     ({"email": "\udcff@example.com"}, "email"),
-    ({"email": "x" * (MAX_TEXT_LENGTH + 1)}, "email"),
     ({"email": 5}, "email"),
     ({"source_id": "\x00"}, "source_id"),
-    ({"source_id": "s" * 10_000}, "source_id"),
     ({"name_prefix": "\ud800"}, "name_prefix"),
     ({"referred_by": "cust_\x00"}, "referred_by"),
     ({"campaign": "\udc80", "min_points": 1}, "campaign"),
@@ -532,7 +529,7 @@ def test_filters_at_the_limits_are_taken_on_both_databases(repo: CustomerReposit
         filters = CustomerFilter(metadata_contains=metadata)
         assert _ids(repo.find(filters, cursor=cursor_after(""))) == [f"cust_limit{i}"]
     extremes = CustomerFilter(
-        campaign="c", min_points=-(2**63), email="e" * MAX_TEXT_LENGTH,
+        campaign="c", min_points=-(2**63), email="e" * 6000,
         metadata_contains={"big": 2**63 - 1, "small": -(2**63), "tiny": 5e-324, "huge": 1e308},
         created_from=datetime.min.replace(tzinfo=UTC),
         created_before=datetime.max.replace(tzinfo=UTC),
@@ -607,14 +604,14 @@ def _compile_explain(element: Explain, compiler: Any, **kw: Any) -> str:
 
 PLAN_INDEXES = {
     "email ignoring case": "ix_customers_email_folded",
-    "source_id": "ix_customers_source_id_id",
+    "source_id": "ix_customers_source_id_prefix_id",
     "name prefix ignoring case": "ix_customers_name_folded",
     "created range": "ix_customers_created_at_id",
     "updated from": "ix_customers_updated_at_id",
     "metadata scalar": "ix_customers_metadata_gin",
     "points in a campaign": "ix_customer_loyalty_campaigns_campaign_points",
-    "tier in a campaign": "ix_customer_loyalty_campaigns_campaign_tier",
-    "referred by": "ix_customer_referral_entries_referrer_id",
+    "tier in a campaign": "ix_customer_loyalty_campaigns_campaign_tier_prefix",
+    "referred by": "ix_customer_referral_entries_referrer_id_prefix",
     "orders since": "ix_customers_orders_last_order_date",
 }
 SELECTIVE = {

@@ -138,9 +138,9 @@ def _xfail_on(request: pytest.FixtureRequest, backend: str, wanted: str, reason:
 
 
 def test_the_longest_accepted_id_and_campaign_key_round_trip(repo: CustomerRepository) -> None:
-    # Distinct CJK Extension B characters: four UTF-8 bytes each, hard to compress. The
-    # caps are 1,000 bytes for an id and 1,200 for a campaign key or loyalty tier, so the
-    # widest index entries, (customer id, key) and (key, tier), fit PostgreSQL's B-tree.
+    # Distinct CJK Extension B characters: four UTF-8 bytes each, hard to compress. An id
+    # has at most 1,000 bytes; a campaign key of 1,200 bytes is the longest stored as
+    # itself, so the widest primary key entry, (customer id, key), fits PostgreSQL's B-tree.
     customer_id = "".join(chr(0x20000 + 7 * i) for i in range(250))
     key = "".join(chr(0x21000 + 11 * i) for i in range(300))
     tier = "".join(chr(0x22000 + 13 * i) for i in range(300))

@@ -35,6 +35,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
+from migrations.online import alter_without_queueing_writers, drop_if_invalid, sqlstate
 from repository.mapping import email_key, name_key
 
 revision: str = "0005"
@@ -44,12 +45,8 @@ depends_on: str | Sequence[str] | None = None
 
 #: Rows filled per statement (and per transaction on PostgreSQL).
 BATCH_SIZE = 500
-#: How long the ALTER TABLE may wait for its lock (writers wait behind it meanwhile).
-LOCK_TIMEOUT = "500ms"
-LOCK_ATTEMPTS = 120
 #: Deadlocks and serialization failures with concurrent writers: the batch is run again.
 _RETRY_SQLSTATES = {"40P01", "40001"}
-_LOCK_NOT_AVAILABLE = "55P03"
 
 # (name, column, PostgreSQL operator class)
 NEW_INDEXES: list[tuple[str, str, str | None]] = [
@@ -99,10 +96,10 @@ def upgrade() -> None:
             op.execute(_ADD_COLUMNS)
             op.execute(_REFUSE_OFFLINE_WITH_DATA)
         else:
-            _alter_without_queueing_writers(op.get_bind(), _ADD_COLUMNS)
+            alter_without_queueing_writers(op.get_bind(), "customers", _ADD_COLUMNS)
             _fill(op.get_bind())
         for name, column, ops in NEW_INDEXES:
-            _drop_if_invalid(name)
+            drop_if_invalid(name, "customers")
             op.create_index(
                 name, "customers", [column], postgresql_concurrently=True, if_not_exists=True,
                 postgresql_ops={column: ops} if ops else {},
@@ -124,7 +121,7 @@ def downgrade() -> None:
         return
     with op.get_context().autocommit_block():
         for name, expression, ops in OLD_INDEXES:
-            _drop_if_invalid(name)
+            drop_if_invalid(name, "customers")
             op.create_index(
                 name, "customers", [sa.text(expression)], postgresql_concurrently=True,
                 if_not_exists=True, postgresql_ops={expression: ops} if ops else {},
@@ -135,7 +132,7 @@ def downgrade() -> None:
         if op.get_context().as_sql:
             op.execute(_DROP_COLUMNS)
         else:
-            _alter_without_queueing_writers(op.get_bind(), _DROP_COLUMNS)
+            alter_without_queueing_writers(op.get_bind(), "customers", _DROP_COLUMNS)
 
 
 def _fill(connection: Connection) -> None:
@@ -230,46 +227,6 @@ def _run_retrying_conflicts(connection: Connection, statement: sa.Update, parame
             connection.execute(statement, parameters)
             return
         except sa.exc.OperationalError as exc:
-            if _sqlstate(exc) not in _RETRY_SQLSTATES or attempt == 9:
+            if sqlstate(exc) not in _RETRY_SQLSTATES or attempt == 9:
                 raise
             time.sleep(0.05 * (attempt + 1))
-
-
-def _alter_without_queueing_writers(connection: Connection, ddl: str) -> None:
-    """Run an ALTER TABLE on customers (it needs the table to itself) so that writers never
-    wait long behind it: waiting for its lock, it makes every later writer wait too, so it
-    gives up after ``LOCK_TIMEOUT`` and tries again a little later.
-
-    The timeout is ``SET LOCAL`` in the same query as the ALTER (one implicit transaction):
-    behind a transaction pooler (``?pgbouncer=true``) a session ``SET`` would stay on
-    whichever server connection ran it, for other clients, and the ALTER could run on
-    another one without it."""
-    for attempt in range(LOCK_ATTEMPTS):
-        try:
-            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; {ddl}")
-            return
-        except sa.exc.OperationalError as exc:
-            if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
-                raise
-        time.sleep(min(0.05 * 2**attempt, 2.0))
-    raise RuntimeError(
-        f"customers stayed locked by other transactions through {LOCK_ATTEMPTS} attempts "
-        "to alter it: run the upgrade again when long transactions have ended"
-    )
-
-
-def _drop_if_invalid(name: str) -> None:
-    """Drop an index an interrupted ``CREATE INDEX CONCURRENTLY`` left invalid: ``IF NOT
-    EXISTS`` would otherwise keep it, unused, for good."""
-    if op.get_context().as_sql:
-        return
-    valid = op.get_bind().execute(
-        sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)"),
-        {"name": name},
-    ).scalar()
-    if valid is False:
-        op.drop_index(name, table_name="customers", postgresql_concurrently=True, if_exists=True)
-
-
-def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
-    return getattr(exc.orig, "sqlstate", None)
