@@ -16,14 +16,16 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
 
 __all__ = ["DeadlineTransport"]
+
+_T = TypeVar("_T")
 
 #: httpcore's failures, turned into httpx's exception of the same name.
 _HTTPCORE_ERRORS = (
@@ -125,15 +127,27 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._local.deadline = time.monotonic() + seconds
         self._local.seconds = seconds
 
-    def left(self, timeout: float | None, error: type[Exception]) -> float:
-        """What an operation may take: its own ``timeout``, cut to the time left."""
+    def within(
+        self, operation: Callable[[float | None], _T], timeout: float | None,
+        error: type[Exception],
+    ) -> _T:
+        """``operation(timeout)``, its ``timeout`` cut to what is left of the deadline; a
+        timeout once the deadline has passed is said to be the deadline's."""
         deadline: float | None = getattr(self._local, "deadline", None)
         if deadline is None:
             raise RuntimeError("a request's deadline was not started")
         left = deadline - time.monotonic()
         if left <= 0:
-            raise error(f"no complete answer within {self._local.seconds:g} s")
-        return left if timeout is None else min(timeout, left)
+            raise error(self._missed())
+        try:
+            return operation(left if timeout is None else min(timeout, left))
+        except httpcore.TimeoutException:
+            if time.monotonic() >= deadline:
+                raise error(self._missed()) from None
+            raise
+
+    def _missed(self) -> str:
+        return f"no complete answer within {self._local.seconds:g} s"
 
     def connect_tcp(
         self,
@@ -143,9 +157,10 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(
-            host, port, self.left(timeout, httpcore.ConnectTimeout), local_address,
-            socket_options,
+        stream = self.within(
+            lambda left: self._inner.connect_tcp(host, port, left, local_address,
+                                                 socket_options),
+            timeout, httpcore.ConnectTimeout,
         )
         return _DeadlineStream(stream, self)
 
@@ -153,8 +168,9 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self, path: str, timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_unix_socket(
-            path, self.left(timeout, httpcore.ConnectTimeout), socket_options
+        stream = self.within(
+            lambda left: self._inner.connect_unix_socket(path, left, socket_options),
+            timeout, httpcore.ConnectTimeout,
         )
         return _DeadlineStream(stream, self)
 
@@ -168,10 +184,14 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._backend = backend
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._backend.left(timeout, httpcore.ReadTimeout))
+        return self._backend.within(
+            lambda left: self._inner.read(max_bytes, left), timeout, httpcore.ReadTimeout
+        )
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._backend.left(timeout, httpcore.WriteTimeout))
+        self._backend.within(
+            lambda left: self._inner.write(buffer, left), timeout, httpcore.WriteTimeout
+        )
 
     def close(self) -> None:
         self._inner.close()
@@ -182,8 +202,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        stream = self._inner.start_tls(
-            ssl_context, server_hostname, self._backend.left(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.within(
+            lambda left: self._inner.start_tls(ssl_context, server_hostname, left),
+            timeout, httpcore.ConnectTimeout,
         )
         return _DeadlineStream(stream, self._backend)
 

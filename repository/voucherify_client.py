@@ -366,13 +366,12 @@ def _integer(value: str | None) -> int | None:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP date, clamped at
-    :data:`_LARGEST_COUNT`; None when it means nothing."""
+    """``Retry-After`` in seconds: delta-seconds or an HTTP date (past: none); None when it
+    means nothing. Any wait is capped later, where it is told."""
     when = _http_date(value) if value and not value.strip().isdigit() else None
     if when is not None:
         return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-    number = _number(value)
-    return None if number is None else min(number, _LARGEST_COUNT)
+    return _number(value)
 
 
 def _unix_time(value: str | None) -> float | None:
