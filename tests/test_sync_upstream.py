@@ -237,6 +237,22 @@ def test_an_upstream_that_always_stalls_ends_the_run_and_the_next_run_goes_on(
     assert stored(sessions) == listed(fake)
 
 
+def test_a_proxy_named_by_the_environment_is_used_under_the_same_deadline(
+    fake: FakeVoucherify, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream forwards absolute-form requests too: a forward proxy for http:// URLs.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", upstream.url)
+    upstream.stall = 1
+    started = time.monotonic()
+    with VoucherifyClient(app_id=APP_ID, app_token=APP_TOKEN, api_url=fake.url,
+                          timeout=0.5) as client:
+        page = client.list_customers({"limit": "5"})
+    assert len(page.customers) == 5 and upstream.requests == 2
+    assert time.monotonic() - started < 5
+
+
 def test_the_timeout_option_is_checked(upstream: Upstream, tmp_path: Path) -> None:
     for wrong in ("0", "nan", "soon"):
         result = sync_cli(f"sqlite:///{tmp_path}/none.db", upstream.url, "--timeout", wrong)
