@@ -42,6 +42,7 @@ __all__ = [
     "open_engine",
     "open_input",
     "open_output",
+    "read_secret",
     "require_schema",
     "require_text_arguments",
     "safe_url",
@@ -77,6 +78,29 @@ def require_text_arguments(args: argparse.Namespace) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise CommandError(f"argument {name}: not valid UTF-8 text", EXIT_USAGE) from None
+
+
+#: What a key or token may hold once stripped: printable ASCII without spaces, as an HTTP
+#: header can carry it and a client can type it.
+_SECRET_TEXT = re.compile(r"[\x21-\x7e]+")
+
+
+def read_secret(variable: str) -> str:
+    """A key or token from the environment variable ``variable``, surrounding whitespace
+    stripped (one read from a file or a Kubernetes secret ends in a newline); ``""`` when
+    unset or empty. Anything else that is still no usable key (only whitespace; inner
+    whitespace, control or non-ASCII characters) is a usage error naming the variable,
+    never its value."""
+    raw = os.environ.get(variable, "")
+    value = raw.strip()
+    if raw and not value:
+        raise CommandError(f"{variable} holds only whitespace: expected a key", EXIT_USAGE)
+    if value and not _SECRET_TEXT.fullmatch(value):
+        raise CommandError(
+            f"{variable} holds whitespace, control or non-ASCII characters: expected "
+            "printable ASCII without spaces", EXIT_USAGE,
+        )
+    return value
 
 
 def int_between(minimum: int, maximum: int) -> Callable[[str], int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -12,12 +13,21 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from customer_store.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError, int_between
+from customer_store.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    int_between,
+    read_secret,
+)
 from customer_store.progress import print_message, progress_bar
 from repository import (
     DEFAULT_API_URL,
+    DEFAULT_MAX_WAIT,
     DEFAULT_OVERLAP,
     DEFAULT_RESERVE,
+    DEFAULT_TIMEOUT,
     Rejection,
     SyncReport,
     VoucherifyClient,
@@ -69,6 +79,12 @@ def add_commands(commands: Any) -> None:
         help="how far an incremental run reaches back before its checkpoint (default "
         f"{int(DEFAULT_OVERLAP.total_seconds())})",
     )
+    sync.add_argument(
+        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="the most one request may take, from connecting to its last byte, before it "
+        f"is retried (default {DEFAULT_TIMEOUT:g}); no wait between requests lasts longer "
+        f"than {DEFAULT_MAX_WAIT:g} s",
+    )
     sync.set_defaults(run=_sync)
 
 
@@ -82,9 +98,21 @@ def _share(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds, got {text[:40]!r}"
+        ) from None
+    if not (math.isfinite(value) and 0.1 <= value <= 3600):
+        raise argparse.ArgumentTypeError(f"expected 0.1 to 3600 seconds, got {text[:40]}")
+    return value
+
+
 def _sync(engine: Engine, args: argparse.Namespace) -> int:
-    app_id = os.environ.get(APP_ID_VARIABLE, "")
-    app_token = os.environ.get(APP_TOKEN_VARIABLE, "")
+    app_id = read_secret(APP_ID_VARIABLE)
+    app_token = read_secret(APP_TOKEN_VARIABLE)
     if not app_id or not app_token:
         raise CommandError(
             f"set {APP_ID_VARIABLE} and {APP_TOKEN_VARIABLE} to the project's application keys",
@@ -111,7 +139,7 @@ def _sync(engine: Engine, args: argparse.Namespace) -> int:
     try:
         with VoucherifyClient(
             app_id=app_id, app_token=app_token, api_url=api_url, reserve=args.reserve,
-            max_requests=args.max_requests,
+            max_requests=args.max_requests, timeout=args.timeout, on_wait=print_message,
         ) as client:
             report = sync_customers(
                 make_session_factory(engine), client, full=args.full, dry_run=args.dry_run,

@@ -28,6 +28,7 @@ from customer_store.common import (
     CommandError,
     int_between,
     open_binary_input,
+    read_secret,
 )
 from customer_store.progress import print_message, progress_bar
 from models import EventOutcome, MalformedDelivery, parse_secrets
@@ -190,8 +191,8 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
     # The receiver runs on the async API; the sync engine only checked the schema. The URL
     # as given: the engine's lacks ?pgbouncer=.
     async_engine = make_async_engine(args.database_url)
-    app_id = os.environ.get(READ_APP_ID_VARIABLE, "")
-    app_token = os.environ.get(READ_APP_TOKEN_VARIABLE, "")
+    app_id = read_secret(READ_APP_ID_VARIABLE)
+    app_token = read_secret(READ_APP_TOKEN_VARIABLE)
     if bool(app_id) != bool(app_token):
         raise CommandError(
             f"set both {READ_APP_ID_VARIABLE} and {READ_APP_TOKEN_VARIABLE} to serve the "

@@ -71,7 +71,9 @@ from repository.sync import DEFAULT_OVERLAP, SyncReport, TieOverflow, sync_custo
 from repository.sync_state import SyncState, sync_states
 from repository.voucherify_client import (
     DEFAULT_API_URL,
+    DEFAULT_MAX_WAIT,
     DEFAULT_RESERVE,
+    DEFAULT_TIMEOUT,
     ApiUnavailable,
     AuthenticationFailed,
     BudgetExhausted,
@@ -139,8 +141,10 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "replay_rejected",
     # sync from Voucherify's API
     "DEFAULT_API_URL",
+    "DEFAULT_MAX_WAIT",
     "DEFAULT_OVERLAP",
     "DEFAULT_RESERVE",
+    "DEFAULT_TIMEOUT",
     "ApiUnavailable",
     "AuthenticationFailed",
     "BudgetExhausted",

@@ -268,10 +268,14 @@ class _Run:
 
     def _server_time(self) -> datetime:
         """The server's clock at its last answer (the ``Date`` header, rounded down): what
-        existed before then was listed, whatever this machine's clock says."""
-        now = self.client.last_server_time
+        existed before then was listed. Never later than this machine's clock: a ``Date``
+        in the future would become a checkpoint after which every later run finds nothing,
+        while a checkpoint too early only makes the next run read a little again (so no
+        allowance is made for the server's clock being ahead)."""
+        now = datetime.now(UTC)
+        server = self.client.last_server_time
         # No Date header: this machine's clock, held back for a possible skew.
-        return now if now is not None else datetime.now(UTC) - timedelta(minutes=5)
+        return min(server, now) if server is not None else now - timedelta(minutes=5)
 
     # -- storing -----------------------------------------------------------------------
 

@@ -3,9 +3,16 @@
 Voucherify blocks a whole project once it exceeds its request limit, the customer service's
 own calls included. So the client reads ``X-Rate-Limit-Remaining`` from every response and,
 when only the reserve (a share of ``X-Rate-Limit-Limit``) is left, waits until
-``X-Rate-Limit-Retry`` instead of causing a ``429``. Server errors, dropped connections and
-an occasional ``429`` are retried with backoff (``Retry-After`` honoured); a refused key or
-an exhausted billing cycle stops at once.
+``X-Rate-Limit-Retry`` instead of causing a ``429``. Server errors, dropped connections,
+answers that miss their deadline and an occasional ``429`` are retried with backoff
+(``Retry-After`` honoured); a refused key or an exhausted billing cycle stops at once.
+
+An upstream may stall or lie, so nothing it sends can hold the client for long: each
+request has one deadline from connecting to its last byte (:mod:`repository.http_deadline`),
+headers that make no sense (not finite, negative, absurdly large) are ignored or clamped,
+and no single wait lasts longer than ``max_wait``; a long or capped wait is told through
+``on_wait``. A rate-limit window that renews later than that stops the run cleanly
+(:class:`RequestLimitReached`): the next run goes on from its checkpoint.
 
 httpx does the HTTP: the official SDK's models drop unknown keys and re-format dates, and
 the store keeps the API's JSON exactly as it was sent.
@@ -20,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tenacity import (
     RetryCallState,
@@ -37,7 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_API_URL",
+    "DEFAULT_MAX_WAIT",
     "DEFAULT_RESERVE",
+    "DEFAULT_TIMEOUT",
     "ApiUnavailable",
     "AuthenticationFailed",
     "BudgetExhausted",
@@ -50,8 +60,19 @@ __all__ = [
 DEFAULT_API_URL = "https://api.voucherify.io"
 #: Share of the per-window limit left to the service's own calls.
 DEFAULT_RESERVE = 0.25
-#: The longest a single wait for the rate-limit window may be (a sandbox's window is an hour).
-_MAX_WAIT = 3600.0
+#: Seconds a whole request may take, from connecting to its last byte.
+DEFAULT_TIMEOUT = 60.0
+#: The longest any single wait may be (Retry-After, a rate-limit window, backoff).
+DEFAULT_MAX_WAIT = 300.0
+#: A wait at least this long is told through ``on_wait``.
+_LONG_WAIT = 10.0
+#: The longest rate-limit window (a sandbox's is an hour): a budget spent until later than
+#: this is the billing cycle's.
+_LONGEST_WINDOW = 3600.0
+#: Header numbers beyond this are clamped to it (a count of requests, seconds).
+_LARGEST_COUNT = 10**9
+#: ``X-Rate-Limit-Retry`` is a Unix time; later than this (year 9999) it means nothing.
+_LATEST_UNIX_TIME = 253_402_300_799.0
 
 
 class VoucherifyError(Exception):
@@ -96,7 +117,9 @@ class VoucherifyClient:
     """``GET /v1/customers`` with pacing, retries and a request cap. Use as a context manager.
 
     ``reserve`` is the share of ``X-Rate-Limit-Limit`` never used (at least one request);
-    ``max_requests`` caps the requests of this client (:class:`RequestLimitReached` after).
+    ``max_requests`` caps the requests of this client (:class:`RequestLimitReached` after);
+    ``timeout`` is the deadline of each whole request, in seconds; ``max_wait`` caps every
+    wait, and ``on_wait`` is told, in one line, of each wait that is long or capped.
     """
 
     def __init__(
@@ -107,20 +130,28 @@ class VoucherifyClient:
         api_url: str = DEFAULT_API_URL,
         reserve: float = DEFAULT_RESERVE,
         max_requests: int | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_wait: float = DEFAULT_MAX_WAIT,
         attempts: int = 6,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         if not 0 <= reserve < 1:
             raise ValueError("reserve must be a share from 0 to below 1")
+        if not (math.isfinite(timeout) and timeout > 0 and math.isfinite(max_wait)
+                and max_wait >= 0):
+            raise ValueError("timeout must be positive and max_wait not negative, both finite")
         self.api_url = api_url.rstrip("/")
         self.reserve = reserve
         self.max_requests = max_requests
         self.requests = 0
         #: The server's clock at the last answer (its ``Date`` header, whole seconds).
         self.last_server_time: datetime | None = None
+        self.timeout = timeout
+        self.max_wait = max_wait
         self._sleep = sleep
+        self._on_wait = on_wait
         self._limit: int | None = None
         self._remaining: int | None = None
         self._retry_at: float | None = None
@@ -129,20 +160,39 @@ class VoucherifyClient:
         # is a tenth of a second of everyone's start-up.
         import httpx
 
+        from repository.http_deadline import DeadlineTransport
+
         self._transport_error = httpx.TransportError
+        self._unsendable = httpx.LocalProtocolError
+        keys = {"X-App-Id": app_id, "X-App-Token": app_token}
+        if not all(value.isascii() and value.isprintable() for value in keys.values()):
+            # httpx would fail with the value in its message.
+            raise AuthenticationFailed(
+                "the application keys must be printable ASCII: check VOUCHERIFY_APP_ID and "
+                "VOUCHERIFY_APP_TOKEN"
+            )
+        if transport is None:
+            try:
+                transport = DeadlineTransport(timeout, proxy=_environment_proxy(self.api_url))
+            except ValueError as exc:
+                raise VoucherifyError(f"cannot reach {self.api_url}: {exc}") from None
         self._http = httpx.Client(
             base_url=self.api_url,
-            headers={"X-App-Id": app_id, "X-App-Token": app_token, "Accept": "application/json"},
+            headers={**keys, "Accept": "application/json"},
             timeout=timeout,
             transport=transport,
         )
         self._retrying = Retrying(
             retry=retry_if_exception_type(_Transient),
             stop=stop_after_attempt(attempts),
-            wait=_wait_for(wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)),
-            sleep=sleep,
+            wait=self._wait_for(
+                wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 0.5)
+            ),
+            sleep=self._sleep_told,
             reraise=True,
         )
+        #: What the next retry's wait is for, and the seconds asked before the cap.
+        self._next_wait: tuple[str, float] = ("", 0.0)
 
     def __enter__(self) -> VoucherifyClient:
         return self
@@ -169,7 +219,11 @@ class VoucherifyClient:
         self.requests += 1
         try:
             response = self._http.get("/v1/customers", params=dict(params))
-        except self._transport_error as exc:  # connection refused or dropped, timeouts
+        except self._unsendable:
+            # Its message quotes the offending header, which may be a key.
+            raise VoucherifyError("the request could not be sent: a header value is not "
+                                  "allowed (check the application keys)") from None
+        except self._transport_error as exc:  # connection refused or dropped, deadlines
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
         self._learn_budget(response.headers)
         self.last_server_time = _http_date(response.headers.get("Date")) or self.last_server_time
@@ -182,7 +236,7 @@ class VoucherifyClient:
         if status == 429:
             return self._refused(response)
         if status >= 500:
-            raise _Transient(f"HTTP {status}", _seconds(response.headers.get("Retry-After")))
+            raise _Transient(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
         if status != 200:
             raise ApiUnavailable(f"{self.api_url} answered {status}: {_error_text(response)}")
         return _page(response)
@@ -194,7 +248,7 @@ class VoucherifyClient:
                 "Voucherify's request budget for this billing cycle is spent "
                 "(429, api_calls_cycle): sync again when the cycle renews"
             )
-        retry_after = _seconds(response.headers.get("Retry-After"))
+        retry_after = _retry_after(response.headers.get("Retry-After"))
         raise _Transient(f"HTTP 429 {kind}".rstrip(), retry_after)
 
     def _learn_budget(self, headers: httpx.Headers) -> None:
@@ -204,8 +258,7 @@ class VoucherifyClient:
             self._limit = limit
         if remaining is not None:
             self._remaining = remaining
-        retry = _seconds(headers.get("X-Rate-Limit-Retry"))
-        self._retry_at = retry
+        self._retry_at = _unix_time(headers.get("X-Rate-Limit-Retry"))
 
     def _pace(self) -> None:
         """Wait, when the next request would dip into the reserve, until the window renews."""
@@ -216,33 +269,53 @@ class VoucherifyClient:
             self._probe_wait = 1.0
             return
         now = time.time()
-        if self._retry_at is not None and self._retry_at - now > _MAX_WAIT:
-            renews = datetime.fromtimestamp(self._retry_at, UTC).isoformat(timespec="seconds")
-            raise BudgetExhausted(
-                f"the request budget is spent until {renews} (X-Rate-Limit-Retry), beyond any "
-                "rate-limit window: the billing cycle's budget; sync again when it renews"
-            )
         if self._retry_at is not None and self._retry_at > now:
-            self._sleep(self._retry_at - now + 0.5)
+            renews = datetime.fromtimestamp(self._retry_at, UTC).isoformat(timespec="seconds")
+            if self._retry_at - now > _LONGEST_WINDOW:
+                raise BudgetExhausted(
+                    f"the request budget is spent until {renews} (X-Rate-Limit-Retry), beyond "
+                    "any rate-limit window: the billing cycle's budget; sync again when it "
+                    "renews"
+                )
+            if self._retry_at - now > self.max_wait:
+                raise RequestLimitReached(
+                    f"the API's rate-limit window renews at {renews}, later than a wait may "
+                    f"last ({self.max_wait:g} s)"
+                )
+            self._wait(self._retry_at - now + 0.5, "for the API's rate-limit window")
         else:
             # The header says "now" although the budget is low: the window's end is unknown,
             # so wait longer each time before spending one more request to find out.
-            self._sleep(self._probe_wait)
+            self._wait(self._probe_wait, "for the API's request budget")
             self._probe_wait = min(self._probe_wait * 2, 60.0)
         self._remaining = None
 
+    def _wait(self, seconds: float, why: str) -> None:
+        """Sleep ``seconds``, at most ``max_wait``; a long or capped wait is told first."""
+        wait = min(seconds, self.max_wait)
+        if self._on_wait is not None and (wait < seconds or wait >= _LONG_WAIT):
+            capped = f" (capped: {_count(seconds)} s asked)" if wait < seconds else ""
+            self._on_wait(f"waiting {wait:.0f} s {why}{capped}")
+        self._sleep(wait)
 
-def _wait_for(backoff: Any) -> Callable[[RetryCallState], float]:
-    """Tenacity wait: the server's ``Retry-After`` where it gave one, else ``backoff``."""
+    def _wait_for(self, backoff: Any) -> Callable[[RetryCallState], float]:
+        """Tenacity wait: the server's ``Retry-After`` where it gave one, else ``backoff``;
+        noted for :meth:`_sleep_told`, which tenacity calls only when it does retry."""
 
-    def wait(state: RetryCallState) -> float:
-        outcome = state.outcome
-        error = outcome.exception() if outcome is not None else None
-        if isinstance(error, _Transient) and error.retry_after is not None:
-            return min(max(error.retry_after, 0.0), _MAX_WAIT)
-        return float(backoff(state))
+        def wait(state: RetryCallState) -> float:
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            if isinstance(error, _Transient) and error.retry_after is not None:
+                self._next_wait = (f"to retry after {error} (Retry-After)", error.retry_after)
+            else:
+                self._next_wait = (f"to retry after {error}", float(backoff(state)))
+            return min(self._next_wait[1], self.max_wait)
 
-    return wait
+        return wait
+
+    def _sleep_told(self, _capped: float) -> None:
+        why, seconds = self._next_wait
+        self._wait(seconds, why)
 
 
 def _page(response: httpx.Response) -> CustomerPage:
@@ -274,18 +347,53 @@ def _error_text(response: httpx.Response) -> str:
     return response.text[:200]
 
 
+def _number(value: str | None) -> float | None:
+    """A header's finite, non-negative number; None for anything else (absent, ``nan``,
+    ``inf``, negative, not a number). Thousands of digits parse, as a float, to ``inf``."""
+    if value is None or len(value) > 400:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 def _integer(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
+    """A count of requests, at most :data:`_LARGEST_COUNT`."""
+    number = _number(value)
+    return None if number is None else int(min(number, _LARGEST_COUNT))
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds or an HTTP date (past: none); None when it
+    means nothing. Any wait is capped later, where it is told."""
+    when = _http_date(value) if value and not value.strip().isdigit() else None
+    if when is not None:
+        return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return _number(value)
+
+
+def _unix_time(value: str | None) -> float | None:
+    """``X-Rate-Limit-Retry``: a Unix time a date can stand for, else None."""
+    number = _number(value)
+    return number if number is not None and number <= _LATEST_UNIX_TIME else None
+
+
+def _count(seconds: float) -> str:
+    return f"{seconds:.0f}" if seconds < 1e15 else f"{seconds:.3g}"
+
+
+def _environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``ALL_PROXY``, ...;
+    ``NO_PROXY`` honoured), as httpx's own transport would take it."""
+    import urllib.request  # only here: it is slow to import, and few commands need it
+
+    split = urlsplit(url)
+    if urllib.request.proxy_bypass(split.hostname or ""):
         return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(split.scheme) or proxies.get("all")
 
 
 def _http_date(value: str | None) -> datetime | None:
