@@ -25,7 +25,13 @@ from models.tables import (
     ReferralEntryRow,
 )
 from models.validation import parse_customer
-from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
+from models.webhook import (
+    CUSTOMER_CHANGE_EVENTS,
+    Envelope,
+    MalformedDelivery,
+    UnsupportedEncoding,
+    parse_envelope,
+)
 from models.wire import INT64_MAX, INT64_MIN, format_datetime, json_text, parse_datetime
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "SignatureMatch",
     "SyncListedRow",
     "SyncStateRow",
+    "UnsupportedEncoding",
     "WebhookEventRow",
     "compact_json",
     "format_datetime",
