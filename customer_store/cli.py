@@ -27,6 +27,7 @@ from customer_store.common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    checked,
     db_message,
     int_between,
     mask_passwords,
@@ -48,6 +49,7 @@ from repository import (
     import_records,
     make_session_factory,
     read_records,
+    require_customer_id,
     upgrade_to_head,
 )
 
@@ -116,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", help="print one customer as JSON")
     which = get.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", help="the Voucherify customer id (cust_...)")
+    which.add_argument(
+        "id", nargs="?", metavar="ID", type=checked(require_customer_id),
+        help="the Voucherify customer id (cust_...)",
+    )
     which.add_argument("--source-id", help="look the customer up by source_id instead")
     get.set_defaults(run=_get)
 

@@ -35,6 +35,7 @@ __all__ = [
     "CommandError",
     "CountingReader",
     "InputFile",
+    "checked",
     "db_message",
     "int_between",
     "mask_passwords",
@@ -77,6 +78,19 @@ def require_text_arguments(args: argparse.Namespace) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise CommandError(f"argument {name}: not valid UTF-8 text", EXIT_USAGE) from None
+
+
+def checked(check: Callable[[str], None]) -> Callable[[str], str]:
+    """An argparse type from one of the library's checks (which raise ValueError)."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
 
 
 def int_between(minimum: int, maximum: int) -> Callable[[str], int]:

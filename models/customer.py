@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from models.ids import CustomerId
 from models.wire import Int64, MaxBytes, WireDate, WireDateTime
 
 __all__ = [
@@ -32,10 +33,7 @@ __all__ = [
 # Text that takes part in a primary key or an index is capped, in characters and in UTF-8
 # bytes, so that an over-long value is refused here rather than deep inside the database:
 # a B-tree entry holds at most 2,704 bytes on PostgreSQL, keys of two columns included
-# ((customer id, campaign key), (campaign key, loyalty tier)).
-CustomerId = Annotated[
-    str, StringConstraints(strict=True, min_length=1, max_length=255), MaxBytes(1000)
-]
+# ((customer id, campaign key), (campaign key, loyalty tier)). The id's rule: models.ids.
 IndexedText = Annotated[str, StringConstraints(strict=True, max_length=500), MaxBytes(1200)]
 
 

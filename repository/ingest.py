@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.customer import Customer
 from models.errors import CustomerValidationError
 from models.events import EventOutcome
+from models.ids import customer_id_problem
 from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
@@ -186,7 +187,7 @@ def _plan(envelope: Envelope) -> _Action:
 def _plan_deletion(envelope: Envelope, customer: dict[str, Any]) -> _Action:
     customer_id = envelope.customer_id
     if customer_id is None:
-        return _Reject("$.data.customer.id: expected a customer id string")
+        return _Reject(f"$.data.customer.id: {customer_id_problem(customer.get('id'))}")
     times = [envelope.created_at] if envelope.created_at is not None else []
     for key in ("updated_at", "created_at"):
         value = customer.get(key)
