@@ -43,6 +43,7 @@ from repository.ingest import (
     IngestResult,
     ingest_delivery,
     ingest_delivery_async,
+    ingest_or_record_refusal,
 )
 from repository.lookups import CustomerReader
 from repository.mapping import FOLD_LIMIT, fold
@@ -134,6 +135,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "IngestResult",
     "count_events",
     "ingest_delivery",
+    "ingest_or_record_refusal",
     "ingest_delivery_async",
     "iter_events",
     "list_events",

@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, and_, bindparam, case, literal, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +31,12 @@ from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcom
 from repository.driver import Sent, pipelined, send
 from repository.engine import dialect_of, native_insert
 from repository.locks import lock_customers
-from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
+from repository.retry import (
+    RetryListener,
+    database_refusal,
+    run_in_transaction,
+    run_in_transaction_async,
+)
 from repository.tables import events, tombstones
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "ingest",
     "ingest_delivery",
     "ingest_delivery_async",
+    "ingest_or_record_refusal",
     "is_forgotten",
 ]
 
@@ -96,14 +103,16 @@ def ingest(
     *,
     received_at: datetime | None = None,
     count_delivery: bool = True,
+    refused: str | None = None,
 ) -> IngestResult:
     """Record and process one delivery in the caller's transaction.
 
     Raises :class:`MalformedDelivery` (and records nothing) when the body is not a JSON
-    object with an event id.
+    object with an event id. With ``refused`` (why the database refused the delivery's
+    change), it is recorded as rejected with that error, and nothing else is written.
     """
     envelope = parse_envelope(body)
-    action = _plan(envelope)
+    action = _Reject(refused) if refused is not None else _plan(envelope)
     now = received_at or datetime.now(UTC)
     provisional = _provisional_outcome(action)
     error = _storable_text(action.error) if isinstance(action, _Reject) else None
@@ -147,6 +156,20 @@ def ingest_delivery(
     """
     work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
     return run_in_transaction(sessions, work, timeout=timeout, on_retry=on_retry)
+
+
+def ingest_or_record_refusal(sessions: sessionmaker[Session], body: bytes) -> IngestResult:
+    """:func:`ingest_delivery`, except that a delivery whose change the database refuses
+    (a value it cannot hold, not a transient failure) is recorded as rejected with the
+    database's reason, in a transaction of its own: ``replay`` processes it again once the
+    cause is mended, and a file of deliveries goes on past it."""
+    try:
+        return ingest_delivery(sessions, body)
+    except DBAPIError as exc:
+        reason = database_refusal(exc)
+        if reason is None:
+            raise
+    return run_in_transaction(sessions, partial(ingest, body=body, refused=reason))
 
 
 async def ingest_delivery_async(
