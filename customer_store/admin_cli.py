@@ -16,6 +16,7 @@ from customer_store.progress import progress_bar
 from repository import (
     ErasureReport,
     GrantReport,
+    MissingPrivilege,
     forget_customer,
     grant_app_role,
     make_session_factory,
@@ -74,6 +75,8 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
 
     try:
         report = run_in_transaction(make_session_factory(engine), work)
+    except MissingPrivilege as exc:
+        raise CommandError(str(exc)) from None
     except psycopg.Error as exc:
         # Statements composed on the driver's cursor fail with the driver's own errors;
         # their first line is the server's message, never the statement.
@@ -85,6 +88,7 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{'created role' if report.created else 'role'} {report.role}"
+        f"{' (it exists already; not created)' if report.existed else ''}"
         f"{' with a new password' if password is not None else ''}: read and write on "
         f"{len(report.read_write)} tables, read on {len(report.read_only)}, "
         f"in {report.database}.{report.schema}",

@@ -47,7 +47,13 @@ from repository.ingest import (
 )
 from repository.lookups import CustomerReader
 from repository.mapping import FOLD_LIMIT, fold
-from repository.privileges import GrantReport, InvalidRoleName, grant_app_role, require_role_name
+from repository.privileges import (
+    GrantReport,
+    InvalidRoleName,
+    MissingPrivilege,
+    grant_app_role,
+    require_role_name,
+)
 from repository.queries import (
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
@@ -177,6 +183,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "GrantReport",
     "InvalidCustomerId",
     "InvalidRoleName",
+    "MissingPrivilege",
     "StoreStats",
     "estimate_customer_count",
     "forget_customer",
