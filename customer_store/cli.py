@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(url)
         engine = open_engine(url)
         try:
-            require_schema(engine)
+            require_schema(engine, url)
             status: int = args.run(engine, args)
             return status
         finally:
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _migrate(url: str) -> int:
-    engine = open_engine(url)
+    engine = open_engine(url, create=True)
     try:
         upgrade_to_head(url)
         revision = current_revision(engine)

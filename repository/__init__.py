@@ -17,6 +17,7 @@ from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
     DEFAULT_DATABASE_URL,
     POOLER_PARAMETER,
+    NoDatabaseFile,
     behind_pooler,
     make_async_engine,
     make_async_session_factory,
@@ -108,6 +109,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     # behind a transaction pooler (?pgbouncer=true)
     "POOLER_HINT",
     "POOLER_PARAMETER",
+    "NoDatabaseFile",
     "behind_pooler",
     "is_pooler_clash",
     # customers
