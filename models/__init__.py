@@ -7,6 +7,7 @@ from models.base import Base
 from models.customer import Customer
 from models.errors import CustomerValidationError, FieldError
 from models.events import EventOutcome, WebhookEventRow
+from models.ids import InvalidCustomerId, customer_id_problem, require_customer_id
 from models.json_decoding import loads_json
 from models.signature import (
     SIGNATURE_HEADER,
@@ -48,6 +49,7 @@ __all__ = [
     "Envelope",
     "EventOutcome",
     "FieldError",
+    "InvalidCustomerId",
     "LoyaltyCampaignRow",
     "MalformedDelivery",
     "ReferralEntryRow",
@@ -57,6 +59,7 @@ __all__ = [
     "UnsupportedEncoding",
     "WebhookEventRow",
     "compact_json",
+    "customer_id_problem",
     "format_datetime",
     "json_text",
     "loads_json",
@@ -64,6 +67,7 @@ __all__ = [
     "parse_datetime",
     "parse_envelope",
     "parse_secrets",
+    "require_customer_id",
     "sign",
     "verify_signature",
 ]
