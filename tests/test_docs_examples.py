@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from repository import CustomerRepository, make_engine, make_session_factory
+from repository import CustomerRepository, current_revision, make_engine, make_session_factory
 from repository.schema import upgrade_to_head
 from tests.servers import ROOT, running_server
 from tests.voucherify_api import FakeVoucherify, make_customers
@@ -170,3 +174,27 @@ def fresh_url(request: pytest.FixtureRequest, make_database: Any) -> Iterator[st
 @pytest.mark.parametrize("example", examples(), ids=str)
 def test_the_example_runs(example: Example, fresh_url: str, tmp_path: Path) -> None:
     runner_of(example)(example, fresh_url, tmp_path)
+
+
+def test_the_documented_downgrade_one_liner_says_where_the_schema_is(fresh_url_any: str) -> None:
+    (line,) = [
+        line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("python -c ") and "command.downgrade" in line
+    ]
+    env = {**os.environ, "DATABASE_URL": fresh_url_any}
+    command = line.replace("python -c ", f"{shlex.quote(sys.executable)} -c ", 1)
+
+    done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+    assert done.returncode == 0, done.stderr
+    revisions = sorted(p.name[:4] for p in (ROOT / "migrations" / "versions").glob("0*.py"))
+    assert done.stdout.strip() == f"schema at revision {revisions[-2]}", done.stdout
+    assert current_revision(make_engine(fresh_url_any)) == revisions[-2]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url_any(request: pytest.FixtureRequest, make_database: Any) -> str:
+    url: str = make_database(request.param)
+    upgrade_to_head(url)
+    return url

@@ -103,3 +103,20 @@ def test_ingest_goes_on_after_a_malformed_line_and_a_refused_update(store: Store
         "ingested 3 events: 1 applied, 1 rejected, 1 malformed"
     ), str(ingested)
     assert store.customer(kept["id"]) == kept
+
+
+def test_stats_keeps_duplicate_deliveries_apart_from_the_events_outcomes(store: Store) -> None:
+    once, thrice = customer_of("cust_StatsOnce0001"), customer_of("cust_StatsThrice01")
+    first = delivery("customer.created", {"customer": once}, T0, ascii_only=False)
+    second = delivery("customer.created", {"customer": thrice}, T0, ascii_only=False)
+    ingested = store.cli("ingest", store.write_lines(
+        "events.jsonl", [first, second, second, first, second]
+    ))
+    assert ingested.returncode == 0, str(ingested)
+
+    stats = store.cli("stats")
+
+    assert stats.returncode == 0, str(stats)
+    figures = json.loads(stats.output)
+    assert figures["events"] == {"applied": 2}, str(stats)
+    assert figures["duplicate_deliveries"] == 3, str(stats)
