@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
-from models.signature import SIGNATURE_HEADER, sign
+from models.signature import sign
 from repository import CustomerRepository, list_events, make_engine
 from repository.schema import upgrade_to_head
 from tests.conftest import alter_database
@@ -387,10 +387,10 @@ class TestReceiver:
         self, receiver: Receiver, charset: str
     ) -> None:
         body = encode(envelope("customer.created", {"customer": created_customer()}))
-        headers = {"Content-Type": f"application/json; charset={charset}",
-                   SIGNATURE_HEADER: sign(body, SECRET.encode())}
 
-        reply = receiver.server.post("/webhooks/voucherify", body, headers)
+        reply = receiver.server.deliver(
+            body, content_type=f"application/json; charset={charset}"
+        )
 
         assert reply.status == 415, reply.body
         assert "is not utf-8" in reply.json()["error"]
@@ -399,10 +399,8 @@ class TestReceiver:
     def test_a_utf8_charset_is_accepted(self, receiver: Receiver) -> None:
         customer = created_customer()
         body = encode(envelope("customer.created", {"customer": customer}))
-        headers = {"Content-Type": 'application/json; Charset="UTF-8"',
-                   SIGNATURE_HEADER: sign(body, SECRET.encode())}
 
-        reply = receiver.server.post("/webhooks/voucherify", body, headers)
+        reply = receiver.server.deliver(body, content_type='application/json; Charset="UTF-8"')
 
         assert reply.status == 200, reply.body
         assert receiver.store.customer_json(customer["id"]) == customer
