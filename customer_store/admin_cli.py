@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from sqlalchemy import Engine
 
-from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError
+from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, checked
 from customer_store.progress import progress_bar
 from repository import (
     ErasureReport,
     GrantReport,
+    MissingPrivilege,
     forget_customer,
     grant_app_role,
     make_session_factory,
@@ -36,7 +36,7 @@ def add_commands(commands: Any) -> None:
         "(run as the owner that ran the migrations)",
     )
     grant.add_argument(
-        "role", metavar="NAME", type=_checked(require_role_name),
+        "role", metavar="NAME", type=checked(require_role_name),
         help="the role the service connects as",
     )
     grant.add_argument("--create", action="store_true", help="create the role (LOGIN)")
@@ -53,23 +53,10 @@ def add_commands(commands: Any) -> None:
         "(a tombstone with the id and the time remains)",
     )
     forget.add_argument(
-        "id", metavar="ID", type=_checked(require_customer_id),
-        help="the Voucherify customer id (cust_...)",
+        "id", metavar="ID", type=checked(require_customer_id),
+        help="the Voucherify customer id (cust_...), as it was stored",
     )
     forget.set_defaults(run=_forget)
-
-
-def _checked(check: Callable[[str], None]) -> Callable[[str], str]:
-    """An argparse type from one of the library's checks (which raise ValueError)."""
-
-    def parse(text: str) -> str:
-        try:
-            check(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
-
-    return parse
 
 
 def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
@@ -88,6 +75,8 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
 
     try:
         report = run_in_transaction(make_session_factory(engine), work)
+    except MissingPrivilege as exc:
+        raise CommandError(str(exc)) from None
     except psycopg.Error as exc:
         # Statements composed on the driver's cursor fail with the driver's own errors;
         # their first line is the server's message, never the statement.
@@ -99,6 +88,7 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{'created role' if report.created else 'role'} {report.role}"
+        f"{' (it exists already; not created)' if report.existed else ''}"
         f"{' with a new password' if password is not None else ''}: read and write on "
         f"{len(report.read_write)} tables, read on {len(report.read_only)}, "
         f"in {report.database}.{report.schema}",

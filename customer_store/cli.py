@@ -27,6 +27,7 @@ from customer_store.common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    checked,
     db_message,
     int_between,
     mask_passwords,
@@ -48,6 +49,7 @@ from repository import (
     import_records,
     make_session_factory,
     read_records,
+    require_customer_id,
     upgrade_to_head,
 )
 
@@ -116,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", help="print one customer as JSON")
     which = get.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", help="the Voucherify customer id (cust_...)")
+    which.add_argument(
+        "id", nargs="?", metavar="ID", type=checked(require_customer_id),
+        help="the Voucherify customer id (cust_...)",
+    )
     which.add_argument("--source-id", help="look the customer up by source_id instead")
     get.set_defaults(run=_get)
 
@@ -145,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(url)
         engine = open_engine(url)
         try:
-            require_schema(engine)
+            require_schema(engine, url)
             status: int = args.run(engine, args)
             return status
         finally:
@@ -164,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _migrate(url: str) -> int:
-    engine = open_engine(url)
+    engine = open_engine(url, create=True)
     try:
         upgrade_to_head(url)
         revision = current_revision(engine)

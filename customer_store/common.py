@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import (
     POOLER_HINT,
+    NoDatabaseFile,
     current_revision,
     head_revision,
     is_pooler_clash,
@@ -35,6 +36,7 @@ __all__ = [
     "CommandError",
     "CountingReader",
     "InputFile",
+    "checked",
     "db_message",
     "int_between",
     "mask_passwords",
@@ -103,6 +105,19 @@ def read_secret(variable: str) -> str:
     return value
 
 
+def checked(check: Callable[[str], None]) -> Callable[[str], str]:
+    """An argparse type from one of the library's checks (which raise ValueError)."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
+
+
 def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
     """An argparse type: a whole number from ``minimum`` to ``maximum``."""
 
@@ -120,18 +135,26 @@ def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, create: bool = False) -> Engine:
+    """The engine of a command. Only ``migrate`` passes ``create=True``: every other
+    command needs a migrated database, and never creates a SQLite file."""
     try:
-        return make_engine(url)
+        return make_engine(url, must_exist=not create)
+    except NoDatabaseFile as exc:
+        raise CommandError(
+            f"no database at {exc.path}: run `customer-store migrate` to create one there "
+            "(or give --database-url)"
+        ) from None
     except (ValueError, ArgumentError) as exc:
         raise CommandError(f"bad database URL: {exc}", EXIT_USAGE) from None
 
 
-def require_schema(engine: Engine) -> None:
+def require_schema(engine: Engine, url: str) -> None:
+    """Refuse a database whose schema is not at head (``url``: as the user gave it)."""
     current, head = current_revision(engine), head_revision()
     if current != head:
         raise CommandError(
-            f"the schema of {safe_url(engine.url)} is at revision {current or 'none'}, "
+            f"the schema of {safe_url(url)} is at revision {current or 'none'}, "
             f"not {head}: run `customer-store migrate` first"
         )
 

@@ -1,7 +1,9 @@
 """The HTTP receiver for Voucherify webhooks: a small Starlette app, served by uvicorn.
 
 ``POST /webhooks/voucherify`` answers 401 for a missing or wrong signature, 413 for a body
-over the limit, 400 for a body that is not an envelope, 2xx once the delivery is recorded
+over the limit, 415 for a body that is not UTF-8 JSON (UTF-16 or UTF-32, or a
+``Content-Type`` charset other than utf-8: RFC 8259), 400 for a body that is not an
+envelope, 2xx once the delivery is recorded
 (applied, stale, duplicate or ignored), 422 for a recorded rejection, and 503 with
 ``Retry-After`` when the database cannot be reached or the delivery cannot be recorded
 within its time bound, so that Voucherify delivers it again later.
@@ -44,6 +46,7 @@ from models import (
     EventOutcome,
     MalformedDelivery,
     SignatureMatch,
+    UnsupportedEncoding,
     verify_signature,
 )
 from repository import (
@@ -112,6 +115,7 @@ def create_app(
                 match = await _check_signature(
                     body, request.headers.get(SIGNATURE_HEADER), secrets
                 )
+            _check_charset(request.headers.get("content-type"))
             remaining = delivery_timeout - (time.monotonic() - started)
             if remaining <= 0:
                 raise DeadlineExceeded(delivery_timeout)
@@ -129,6 +133,9 @@ def create_app(
         except _Refused as refused:
             answered(refused.status, "refused", started, reason=refused.reason)
             return JSONResponse({"error": refused.reason}, status_code=refused.status)
+        except UnsupportedEncoding as exc:
+            answered(415, "refused", started, reason=str(exc))
+            return JSONResponse({"error": str(exc)}, status_code=415)
         except MalformedDelivery as exc:
             answered(400, "malformed", started, reason=str(exc))
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -206,6 +213,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise _Refused(413, f"body over {limit} bytes")
     return bytes(body)
+
+
+def _check_charset(content_type: str | None) -> None:
+    """Refuse a body declared in a charset other than UTF-8 (a body in UTF-16 or UTF-32
+    without one is refused where it is decoded: models.json_decoding)."""
+    for parameter in (content_type or "").split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        charset = value.strip().strip('"').lower()
+        if charset not in ("utf-8", "utf8"):
+            raise _Refused(415, f"charset {charset[:40]!r} is not utf-8: JSON is UTF-8 (RFC 8259)")
 
 
 async def _check_signature(

@@ -37,7 +37,7 @@ from repository import (
     DEFAULT_MAX_BODY_BYTES,
     IngestResult,
     count_events,
-    ingest_delivery,
+    ingest_or_record_refusal,
     iter_events,
     make_async_engine,
     make_async_session_factory,
@@ -155,7 +155,7 @@ def _ingest(engine: Engine, args: argparse.Namespace) -> int:
             if not body.strip():
                 continue
             try:
-                result = ingest_delivery(sessions, body)
+                result = ingest_or_record_refusal(sessions, body)
             except MalformedDelivery as exc:
                 counts["malformed"] += 1
                 print_message(f"malformed line {number}: {exc}")

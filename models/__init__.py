@@ -7,6 +7,7 @@ from models.base import Base
 from models.customer import Customer
 from models.errors import CustomerValidationError, FieldError
 from models.events import EventOutcome, WebhookEventRow
+from models.ids import InvalidCustomerId, customer_id_problem, require_customer_id
 from models.json_decoding import loads_json
 from models.signature import (
     SIGNATURE_HEADER,
@@ -25,7 +26,13 @@ from models.tables import (
     ReferralEntryRow,
 )
 from models.validation import parse_customer
-from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
+from models.webhook import (
+    CUSTOMER_CHANGE_EVENTS,
+    Envelope,
+    MalformedDelivery,
+    UnsupportedEncoding,
+    parse_envelope,
+)
 from models.wire import INT64_MAX, INT64_MIN, format_datetime, json_text, parse_datetime
 
 __all__ = [
@@ -42,14 +49,17 @@ __all__ = [
     "Envelope",
     "EventOutcome",
     "FieldError",
+    "InvalidCustomerId",
     "LoyaltyCampaignRow",
     "MalformedDelivery",
     "ReferralEntryRow",
     "SignatureMatch",
     "SyncListedRow",
     "SyncStateRow",
+    "UnsupportedEncoding",
     "WebhookEventRow",
     "compact_json",
+    "customer_id_problem",
     "format_datetime",
     "json_text",
     "loads_json",
@@ -57,6 +67,7 @@ __all__ = [
     "parse_datetime",
     "parse_envelope",
     "parse_secrets",
+    "require_customer_id",
     "sign",
     "verify_signature",
 ]

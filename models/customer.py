@@ -8,11 +8,12 @@ integer coercion, no fractions in integer fields.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict
 
-from models.wire import Int64, MaxBytes, WireDate, WireDateTime
+from models.ids import CustomerId
+from models.wire import Int64, WireDate, WireDateTime
 
 __all__ = [
     "Address",
@@ -29,13 +30,9 @@ __all__ = [
     "Summary",
 ]
 
-# The customer id is capped, in characters and in UTF-8 bytes: it is stored whole in every
-# table's primary key, and a PostgreSQL B-tree entry holds at most 2,704 bytes. Every other
-# text is kept whatever its length: indexes hold a prefix or a key of it
-# (``models.long_text``, ``repository.mapping.campaign_key``).
-CustomerId = Annotated[
-    str, StringConstraints(strict=True, min_length=1, max_length=255), MaxBytes(1000)
-]
+# The customer id's rule (a capped length: it is stored whole in every table's primary key)
+# lives in models.ids. Every other text is kept whatever its length: indexes hold a prefix or
+# a key of it (``models.long_text``, ``repository.mapping.campaign_key``).
 
 
 class _Shape(BaseModel):

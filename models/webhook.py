@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from models.json_decoding import loads_json
+from models.ids import customer_id_problem
+from models.json_decoding import NotUtf8, loads_json, utf8_json_text
 from models.storability import text_problem
 from models.wire import parse_datetime
 
@@ -20,6 +21,7 @@ __all__ = [
     "CUSTOMER_CHANGE_EVENTS",
     "Envelope",
     "MalformedDelivery",
+    "UnsupportedEncoding",
     "parse_envelope",
 ]
 
@@ -32,6 +34,11 @@ MAX_EVENT_ID = 255
 
 class MalformedDelivery(ValueError):
     """The body cannot be recorded: it is not a JSON object with an event id."""
+
+
+class UnsupportedEncoding(MalformedDelivery):
+    """The body is JSON in UTF-16 or UTF-32, not UTF-8: refused before anything is stored,
+    since erasure could not find a customer's data in it (the receiver answers 415)."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +63,18 @@ class Envelope:
     @property
     def customer_id(self) -> str | None:
         customer = self.customer
-        value = _storable(customer.get("id") if isinstance(customer, dict) else None)
-        return value if value is not None and len(value) <= MAX_EVENT_ID else None
+        value = customer.get("id") if isinstance(customer, dict) else None
+        return value if customer_id_problem(value) is None else None
 
 
 def parse_envelope(body: bytes) -> Envelope:
     """Read a delivery's raw body."""
     try:
-        # Decoded as json.loads decodes bytes, once: the customer's validation reads the text.
-        text = body.decode(json.detect_encoding(body), "surrogatepass")
+        # Decoded once: the customer's validation reads the text.
+        text = utf8_json_text(body)
         document = loads_json(text)
+    except NotUtf8 as exc:
+        raise UnsupportedEncoding(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise MalformedDelivery(f"the body is not JSON: {exc.msg}") from None
     except UnicodeDecodeError:

@@ -17,6 +17,7 @@ from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
     DEFAULT_DATABASE_URL,
     POOLER_PARAMETER,
+    NoDatabaseFile,
     behind_pooler,
     make_async_engine,
     make_async_session_factory,
@@ -43,10 +44,17 @@ from repository.ingest import (
     IngestResult,
     ingest_delivery,
     ingest_delivery_async,
+    ingest_or_record_refusal,
 )
 from repository.lookups import CustomerReader
 from repository.mapping import FOLD_LIMIT, fold
-from repository.privileges import GrantReport, InvalidRoleName, grant_app_role, require_role_name
+from repository.privileges import (
+    GrantReport,
+    InvalidRoleName,
+    MissingPrivilege,
+    grant_app_role,
+    require_role_name,
+)
 from repository.queries import (
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
@@ -102,6 +110,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     # behind a transaction pooler (?pgbouncer=true)
     "POOLER_HINT",
     "POOLER_PARAMETER",
+    "NoDatabaseFile",
     "behind_pooler",
     "is_pooler_clash",
     # customers
@@ -134,6 +143,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "IngestResult",
     "count_events",
     "ingest_delivery",
+    "ingest_or_record_refusal",
     "ingest_delivery_async",
     "iter_events",
     "list_events",
@@ -177,6 +187,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "GrantReport",
     "InvalidCustomerId",
     "InvalidRoleName",
+    "MissingPrivilege",
     "StoreStats",
     "estimate_customer_count",
     "forget_customer",

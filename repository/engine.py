@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import weakref
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,6 +26,7 @@ from repository.jsonb import dumps_for_jsonb
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "POOLER_PARAMETER",
+    "NoDatabaseFile",
     "behind_pooler",
     "dialect_of",
     "is_read_only",
@@ -55,6 +58,14 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _BUSY_TIMEOUT_CHANGED = "customer_store.busy_timeout_changed"
 #: Engines made with ``read_only=True``, whose connections are in autocommit from the start.
 _READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class NoDatabaseFile(FileNotFoundError):
+    """A SQLite URL names a file that does not exist, and the engine must not create it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no database at {path}")
+        self.path = path
 
 
 def normalize_url(url: str, *, asynchronous: bool = False) -> str:
@@ -116,7 +127,11 @@ def without_pooler_flag(url: str) -> tuple[str, bool]:
 
 
 def make_engine(
-    url: str = DEFAULT_DATABASE_URL, *, read_only: bool = False, **kwargs: Any
+    url: str = DEFAULT_DATABASE_URL,
+    *,
+    read_only: bool = False,
+    must_exist: bool = False,
+    **kwargs: Any,
 ) -> Engine:
     """Create an engine for ``postgresql://…``, ``postgresql+psycopg://…`` or ``sqlite:///path``.
 
@@ -132,8 +147,15 @@ def make_engine(
     parameter is taken off the URL and the connections prepare no statements on the server
     (``prepare_threshold=None``). Without it, psycopg prepares a statement run five times
     on a connection, which saves the server planning it again.
+
+    ``must_exist=True`` opens a SQLite file only if it exists (:class:`NoDatabaseFile`
+    otherwise), and never creates it: its connections open the file with SQLite's
+    ``mode=rw``. Commands other than ``migrate`` use it, so that a wrong directory or path
+    leaves no empty database behind.
     """
-    url, options = _engine_arguments(url, read_only, kwargs, asynchronous=False)
+    url, options = _engine_arguments(
+        url, read_only, kwargs, asynchronous=False, must_exist=must_exist
+    )
     engine = create_engine(url, **options)
     _configure(engine)
     if options.get("isolation_level") == "AUTOCOMMIT":
@@ -190,7 +212,12 @@ def set_sqlite_busy_timeout(connection: Connection, milliseconds: int) -> None:
 
 
 def _engine_arguments(
-    url: str, read_only: bool, kwargs: dict[str, Any], *, asynchronous: bool
+    url: str,
+    read_only: bool,
+    kwargs: dict[str, Any],
+    *,
+    asynchronous: bool,
+    must_exist: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The URL and options both kinds of engine are created with."""
     url, pooled = without_pooler_flag(normalize_url(url, asynchronous=asynchronous))
@@ -201,6 +228,8 @@ def _engine_arguments(
     # bound values: they are customers' data, a client's filter, a webhook body.
     options.setdefault("hide_parameters", True)
     if make_url(url).get_backend_name() == "sqlite":
+        if must_exist:
+            url = _existing_sqlite_file(url)
         options.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         return url, options
     # No pre-ping on checkout (a round trip per request): a connection found dead is
@@ -217,6 +246,23 @@ def _engine_arguments(
         connect_args["prepare_threshold"] = None
         options["connect_args"] = connect_args
     return url, options
+
+
+def _existing_sqlite_file(url: str) -> str:
+    """``url`` opening its file with ``mode=rw`` (SQLite then never creates it), after
+    checking that the file is there. An in-memory database, or a URL that is already a
+    SQLite URI (``?uri=true``), is left as given."""
+    parsed = make_url(url)
+    path = parsed.database
+    if not path or path == ":memory:" or parsed.query.get("uri") is not None:
+        return url
+    if not os.path.isfile(path):
+        raise NoDatabaseFile(path)
+    # A URI filename: the path percent-encoded, as SQLite decodes it (?, # and % included).
+    uri = parsed.set(database=f"file:{quote(path)}").update_query_dict(
+        {"mode": "rw", "uri": "true"}
+    )
+    return uri.render_as_string(hide_password=False)
 
 
 def _configure(engine: Engine) -> None:

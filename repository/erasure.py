@@ -13,6 +13,7 @@ a source_id ``10000`` does not match an amount of 10000.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
+from models.ids import InvalidCustomerId, require_customer_id
 from models.json_decoding import loads_json
 from repository.customers import CustomerRepository, DeleteOutcome
 from repository.keyset import keyset_pages
@@ -30,26 +32,16 @@ from repository.mapping import fold
 from repository.tables import events, tombstones
 
 __all__ = [
-    "MAX_CUSTOMER_ID_LENGTH",
-    "MIN_CUSTOMER_ID_LENGTH",
     "ErasureReport",
     "InvalidCustomerId",
     "forget_customer",
     "require_customer_id",
 ]
 
-#: The shortest id in Voucherify's published examples (``cust_ID``).
-MIN_CUSTOMER_ID_LENGTH = 7
-#: The longest id the store keeps (models.customer.CustomerId).
-MAX_CUSTOMER_ID_LENGTH = 255
-#: Email, source_id and phone values shorter than this are too common to be searched for in
-#: other customers' events (the customer's own events go whatever they hold).
+#: Ids, emails, source_ids and phones shorter than this are too common to be searched for
+#: in other customers' events (the customer's own events go whatever they hold).
 _MIN_IDENTIFIER = 5
 _SCAN_PAGE = 500
-
-
-class InvalidCustomerId(ValueError):
-    """The id given to erase by does not look like a Voucherify customer id."""
 
 
 @dataclass(frozen=True)
@@ -77,38 +69,24 @@ class _Identifiers:
         if isinstance(email, str) and len(email) >= _MIN_IDENTIFIER:
             self.emails.add(fold(email))
 
-    def may_be_in(self, body: bytes) -> bool:
+    def may_be_in(self, text: str) -> bool:
         """A quick screen that never misses a body :meth:`is_in` would find."""
         # Escapes can spell any value (\u0041 for A): only parsing can tell.
-        return b"\\" in body or self._mentioned(body)
+        return "\\" in text or self._mentioned(text)
 
-    def is_in(self, body: bytes) -> bool:
+    def is_in(self, text: str) -> bool:
         try:
-            document = loads_json(body)
+            document = loads_json(text)
         except (ValueError, RecursionError):
-            return self._mentioned(body)  # not JSON (never recorded so): by its text
+            return self._mentioned(text)  # not JSON (never recorded so): by its text
         return any(self._names(value) for value in _string_values(document))
 
-    def _mentioned(self, body: bytes) -> bool:
-        text = fold(body.decode("utf-8", "replace"))
-        return any(fold(value) in text for value in self.exact | self.emails)
+    def _mentioned(self, text: str) -> bool:
+        folded = fold(text)
+        return any(fold(value) in folded for value in self.exact | self.emails)
 
     def _names(self, value: str) -> bool:
         return value in self.exact or fold(value) in self.emails
-
-
-def require_customer_id(customer_id: str) -> None:
-    """Refuse ids that could not be a customer's (empty, blank-padded, too short)."""
-    if (
-        not MIN_CUSTOMER_ID_LENGTH <= len(customer_id) <= MAX_CUSTOMER_ID_LENGTH
-        or not customer_id.startswith("cust_")
-        or customer_id != customer_id.strip()
-        or not customer_id.isprintable()
-    ):
-        raise InvalidCustomerId(
-            f"{customer_id[:60]!r} is not a customer id: expected cust_… of "
-            f"{MIN_CUSTOMER_ID_LENGTH} to {MAX_CUSTOMER_ID_LENGTH} characters, no blanks around it"
-        )
 
 
 def forget_customer(
@@ -120,13 +98,17 @@ def forget_customer(
 ) -> ErasureReport:
     """Remove the customer, its child rows, its events, and every other event whose body
     names it (see the module docstring); ``on_progress`` gets the number of bodies read.
+    Any id a customer can be stored with can be forgotten (:mod:`models.ids`); another
+    raises :class:`InvalidCustomerId`.
 
     The identifiers come from the stored row and from the customer's own events.
     """
     require_customer_id(customer_id)
     # Taken first: a delivery about this customer committing meanwhile would be missed.
     lock_customers(session, [customer_id])
-    identifiers = _Identifiers({customer_id})
+    # An id as short as the values too common to search for (possible outside Voucherify's
+    # own ids) would match unrelated events: the customer's own events go all the same.
+    identifiers = _Identifiers({customer_id} if len(customer_id) >= _MIN_IDENTIFIER else set())
     repo = CustomerRepository(session)
     stored = repo.get(customer_id)
     if stored is not None:
@@ -170,8 +152,8 @@ def _events_naming(
     scanned = 0
     for page in keyset_pages(fetch, itemgetter(0), size=_SCAN_PAGE):
         for event_id, body in page:
-            raw = bytes(body)
-            if raw and identifiers.may_be_in(raw) and identifiers.is_in(raw):
+            text = _stored_text(bytes(body))
+            if text and identifiers.may_be_in(text) and identifiers.is_in(text):
                 found.append(event_id)
         scanned += len(page)
         if on_progress is not None:
@@ -179,9 +161,16 @@ def _events_naming(
     return found
 
 
+def _stored_text(body: bytes) -> str:
+    """A recorded body as text. The receiver takes UTF-8 only (models.json_decoding), but
+    bodies recorded before it refused UTF-16 and UTF-32 are read in their own encoding, so
+    that the customer's data is found in them too."""
+    return body.decode(json.detect_encoding(body), "replace")
+
+
 def _customer_in(body: bytes, customer_id: str) -> Any:
     try:
-        document = loads_json(body)
+        document = loads_json(_stored_text(body))
     except (ValueError, RecursionError):
         return None
     data = document.get("data") if isinstance(document, dict) else None

@@ -29,11 +29,10 @@ from models.validation import parse_customer
 from repository.bulk import Laid
 from repository.copy import copy_ready
 from repository.customers import CustomerRepository, UpsertOutcome
-from repository.driver import is_pooler_clash
 from repository.engine import dialect_of
 from repository.mapping import customer_to_rows
 from repository.records import Record, decode_line
-from repository.retry import is_retryable, run_in_transaction
+from repository.retry import database_refusal, run_in_transaction
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
 
@@ -291,7 +290,7 @@ def _write_batch(
         )
     except DBAPIError as exc:
         # Prepared statements clashing behind a pooler are no record's fault: stop, saying so.
-        if is_retryable(exc) or is_pooler_clash(exc):
+        if database_refusal(exc) is None:
             raise
     # The database refused something in the batch: find which record, one at a time.
     result = _BatchResult()
@@ -299,9 +298,9 @@ def _write_batch(
         try:
             result.applied.append(run_in_transaction(sessions, partial(_upsert_one, rows=one)))
         except DBAPIError as single:
-            if is_retryable(single) or is_pooler_clash(single):
+            reason = database_refusal(single)
+            if reason is None:
                 raise
-            reason = f"the database refused it: {_first_line(single.orig)}"
             result.refused.append(Rejection(location, reason))
     return result
 
@@ -323,8 +322,3 @@ def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
     iterator = iter(records)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error).strip() if error is not None else ""
-    return text.splitlines()[0] if text else "unknown error"

@@ -16,12 +16,14 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, and_, bindparam, case, literal, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
 from models.errors import CustomerValidationError
 from models.events import EventOutcome
+from models.ids import customer_id_problem
 from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
@@ -29,7 +31,12 @@ from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcom
 from repository.driver import Sent, pipelined, send
 from repository.engine import dialect_of, native_insert
 from repository.locks import lock_customers
-from repository.retry import RetryListener, run_in_transaction, run_in_transaction_async
+from repository.retry import (
+    RetryListener,
+    database_refusal,
+    run_in_transaction,
+    run_in_transaction_async,
+)
 from repository.tables import events, tombstones
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "ingest",
     "ingest_delivery",
     "ingest_delivery_async",
+    "ingest_or_record_refusal",
     "is_forgotten",
 ]
 
@@ -95,14 +103,16 @@ def ingest(
     *,
     received_at: datetime | None = None,
     count_delivery: bool = True,
+    refused: str | None = None,
 ) -> IngestResult:
     """Record and process one delivery in the caller's transaction.
 
     Raises :class:`MalformedDelivery` (and records nothing) when the body is not a JSON
-    object with an event id.
+    object with an event id. With ``refused`` (why the database refused the delivery's
+    change), it is recorded as rejected with that error, and nothing else is written.
     """
     envelope = parse_envelope(body)
-    action = _plan(envelope)
+    action = _Reject(refused) if refused is not None else _plan(envelope)
     now = received_at or datetime.now(UTC)
     provisional = _provisional_outcome(action)
     error = _storable_text(action.error) if isinstance(action, _Reject) else None
@@ -148,6 +158,20 @@ def ingest_delivery(
     return run_in_transaction(sessions, work, timeout=timeout, on_retry=on_retry)
 
 
+def ingest_or_record_refusal(sessions: sessionmaker[Session], body: bytes) -> IngestResult:
+    """:func:`ingest_delivery`, except that a delivery whose change the database refuses
+    (a value it cannot hold, not a transient failure) is recorded as rejected with the
+    database's reason, in a transaction of its own: ``replay`` processes it again once the
+    cause is mended, and a file of deliveries goes on past it."""
+    try:
+        return ingest_delivery(sessions, body)
+    except DBAPIError as exc:
+        reason = database_refusal(exc)
+        if reason is None:
+            raise
+    return run_in_transaction(sessions, partial(ingest, body=body, refused=reason))
+
+
 async def ingest_delivery_async(
     sessions: async_sessionmaker[AsyncSession],
     body: bytes,
@@ -186,7 +210,7 @@ def _plan(envelope: Envelope) -> _Action:
 def _plan_deletion(envelope: Envelope, customer: dict[str, Any]) -> _Action:
     customer_id = envelope.customer_id
     if customer_id is None:
-        return _Reject("$.data.customer.id: expected a customer id string")
+        return _Reject(f"$.data.customer.id: {customer_id_problem(customer.get('id'))}")
     times = [envelope.created_at] if envelope.created_at is not None else []
     for key in ("updated_at", "created_at"):
         value = customer.get(key)

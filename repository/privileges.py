@@ -15,10 +15,12 @@ wire nor into the server's statement log; the verifier is composed in as a liter
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import sql
+from psycopg import errors, sql
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
@@ -29,6 +31,7 @@ __all__ = [
     "VERSION_TABLE",
     "GrantReport",
     "InvalidRoleName",
+    "MissingPrivilege",
     "grant_app_role",
     "require_role_name",
 ]
@@ -48,6 +51,10 @@ _MAX_ROLE_BYTES = 63
 
 class InvalidRoleName(ValueError):
     """The name cannot be given the service's privileges safely."""
+
+
+class MissingPrivilege(ValueError):
+    """The role running the grant lacks a privilege it needs (the message names it)."""
 
 
 def require_role_name(role: str) -> None:
@@ -76,6 +83,8 @@ class GrantReport:
     database: str
     schema: str
     created: bool
+    #: ``create`` was asked for, and the role was there already (it is left as it is).
+    existed: bool = False
     #: Tables the role may read and write, and those it may only read.
     read_write: list[str] = field(default_factory=list)
     read_only: list[str] = field(default_factory=list)
@@ -94,7 +103,9 @@ def grant_app_role(
 
     Runs in the caller's transaction (the caller commits). With ``create=True`` the role
     is created (LOGIN, NOINHERIT, no superuser, CREATEDB, CREATEROLE, replication or RLS
-    bypass); otherwise it must exist, and a given password replaces its password.
+    bypass) unless it exists already, so that a deploy script can run it again; otherwise it
+    must exist. A given password replaces the role's password. Creating a role or setting
+    its password needs CREATEROLE: :class:`MissingPrivilege` says so when it is lacking.
     """
     require_role_name(role)
     pg = _driver_connection(session_or_connection)
@@ -104,22 +115,27 @@ def grant_app_role(
         database, schema = cursor.fetchone() or (None, None)
         if database is None or schema is None:
             raise ValueError("no current schema: the search_path names no existing schema")
-        if create:
-            cursor.execute(
-                sql.SQL(
-                    "CREATE ROLE {} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE"
-                    " NOREPLICATION NOBYPASSRLS"
-                ).format(ident)
-            )
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        existed = cursor.fetchone() is not None
+        created = create and not existed
+        if created:
+            with _needing("CREATEROLE", f"create the role {role!r}"):
+                cursor.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} WITH LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                        " NOREPLICATION NOBYPASSRLS"
+                    ).format(ident)
+                )
         if password is not None:
             verifier = pg.pgconn.encrypt_password(
                 password.encode("utf-8"), role.encode("utf-8"), b"scram-sha-256"
             )
-            cursor.execute(
-                sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
-                    ident, sql.Literal(verifier.decode("ascii"))
+            with _needing("CREATEROLE", f"set the password of {role!r}"):
+                cursor.execute(
+                    sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                        ident, sql.Literal(verifier.decode("ascii"))
+                    )
                 )
-            )
         schema_ident = sql.Identifier(schema)
         cursor.execute(
             sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
@@ -161,9 +177,23 @@ def grant_app_role(
         )
         warnings = _excess_privileges(cursor, role, schema)
     return GrantReport(
-        role=role, database=str(database), schema=str(schema), created=create,
+        role=role, database=str(database), schema=str(schema), created=created,
+        existed=create and existed,
         read_write=read_write, read_only=read_only, warnings=warnings,
     )
+
+
+@contextmanager
+def _needing(privilege: str, action: str) -> Iterator[None]:
+    """Say which privilege the running role lacks when the server refuses ``action``."""
+    try:
+        yield
+    except errors.InsufficientPrivilege:
+        raise MissingPrivilege(
+            f"permission denied to {action}: the role running grant-app-role needs the "
+            f"{privilege} privilege (ALTER ROLE ... {privilege} as a superuser), or run "
+            "it as a superuser"
+        ) from None
 
 
 def _driver_connection(session_or_connection: Session | Connection) -> Any:

@@ -33,12 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
+from repository.driver import is_pooler_clash
 from repository.engine import set_sqlite_busy_timeout
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
     "DeadlineExceeded",
     "RetryListener",
+    "database_refusal",
     "is_retryable",
     "run_in_transaction",
     "run_in_transaction_async",
@@ -81,6 +83,16 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     message = str(exc.orig).lower()
     return "database is locked" in message or "database table is locked" in message
+
+
+def database_refusal(exc: BaseException) -> str | None:
+    """Why the database refused what a transaction wrote, when ``exc`` (raised once its
+    retries were spent) says so: not a transient failure, nor prepared statements clashing
+    behind a pooler (no record's fault). One line, the driver's first, never a statement."""
+    if not isinstance(exc, DBAPIError) or is_retryable(exc) or is_pooler_clash(exc):
+        return None
+    text = str(exc.orig).strip() if exc.orig is not None else ""
+    return f"the database refused it: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def run_in_transaction(

@@ -26,7 +26,11 @@ __all__ = ["StoreStats", "estimate_customer_count", "last_applied_at", "store_st
 class StoreStats:
     customers: int
     deleted: int
+    #: Recorded events by their outcome (applied, stale, ignored, rejected): one per event.
     events: dict[str, int]
+    #: Deliveries of an event already recorded, each answered as a duplicate: a count of
+    #: deliveries, not of events, so it is kept apart from the outcomes.
+    duplicate_deliveries: int
     #: Bytes on disk per table, indexes included; ``None`` where the database cannot say.
     table_bytes: dict[str, int | None]
     #: Per API synced from: the last completed sync (ISO time), the customers it repaired,
@@ -35,10 +39,13 @@ class StoreStats:
 
 
 def store_stats(session: Session) -> StoreStats:
+    events = count_events(session)
+    duplicates = events.pop(EventOutcome.DUPLICATE.value, 0)
     return StoreStats(
         customers=queries.count(session),
         deleted=int(session.scalar(select(func.count()).select_from(tombstones)) or 0),
-        events=count_events(session),
+        events=events,
+        duplicate_deliveries=duplicates,
         table_bytes={table: _table_bytes(session, table) for table in Base.metadata.tables},
         syncs=[
             {

@@ -194,10 +194,11 @@ class Server:
         unsigned: bool = False,
         chunk_size: int | None = None,
         connection: http.client.HTTPConnection | None = None,
+        content_type: str = "application/json",
     ) -> Reply:
         """POST ``body`` to the webhook endpoint, signed with the server's secret unless
         ``signature`` is given (or ``unsigned``); in chunks of ``chunk_size`` if given."""
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": content_type}
         if not unsigned:
             if signature is None:
                 assert self.secret is not None, "the server was started without a secret"

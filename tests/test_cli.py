@@ -710,6 +710,42 @@ def test_without_any_database_url_customers_db_is_created_in_the_working_directo
     assert (tmp_path / "customers.db").is_file()
 
 
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [*((args, "default") for args in [
+        ("get", "cust_NoFileHere1"), ("get", "--source-id", "nobody@example.test"), ("stats",),
+        ("find", "--email", "a@b.example"), ("export",), ("events", "--limit", "1"),
+        ("import", "-"), ("forget", "cust_NoFileHere2")]),
+     *((("get", "cust_NoFileHere3"), where) for where in ["relative", "absolute", "odd name"])],
+)
+def test_commands_other_than_migrate_never_create_a_sqlite_file(
+    tmp_path: Path, args: tuple[str, ...], where: str
+) -> None:
+    names = {"default": "customers.db", "relative": "sub/store.db",
+             "absolute": str(tmp_path / "abs.db"), "odd name": "we ird#1%.db"}
+    (tmp_path / "sub").mkdir()
+    path = names[where]
+    url = None if where == "default" else f"sqlite:///{path}"
+
+    run = cli(*args, url=url, cwd=tmp_path, stdin=b"")
+
+    assert run.returncode == 1, describe(run)
+    assert run.stderr.strip() == (
+        f"customer-store: no database at {path}: run `customer-store migrate` to create one "
+        "there (or give --database-url)"
+    ), describe(run)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["sub"]
+
+
+def test_an_existing_sqlite_file_is_used_as_it_is_by_a_read_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'we ird#1%.db'}"
+    migrate(url, tmp_path)
+
+    run = cli("get", "cust_NotStoredYet", url=url, cwd=tmp_path)
+
+    assert run.returncode == 1 and "no customer with id" in run.stderr, describe(run)
+
+
 def test_a_password_in_a_postgresql_url_never_appears_in_the_output(tmp_path: Path) -> None:
     password = "s3cr3t-pw"
     url = f"postgresql://postgres:{password}@127.0.0.1:1/nope"

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, MetaData, select
+from sqlalchemy import Engine, MetaData, select, update
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
 
 from repository import CustomerRepository, list_events, make_engine
 from repository.schema import upgrade_to_head
+from repository.tables import events
 from tests.test_secrets import Run, cli
 from tests.webhook_streams import envelope, iso
 
@@ -342,10 +343,9 @@ def test_forget_erases_an_email_in_any_case_from_other_customers_events(store: S
     assert "zelda.q@forget.example" not in json.dumps(store.events_bodies()).casefold()
 
 
+# Ids no customer can be stored with (models.ids): forget refuses them as import does.
 @pytest.mark.parametrize(
-    "customer_id",
-    ["", " ", "e", "cust_", "cust_A", " cust_Ann", "cust_Ann ", "ann.lee@forget.example",
-     "cust_\tAnn", "cust_\udcffAnn"],
+    "customer_id", ["", "c" * 256, "\U0001d11e" * 251, "cust_\udcffAnn"],
 )
 def test_forget_refuses_an_id_that_does_not_look_like_one_and_changes_nothing(
     store: Store, customer_id: str
@@ -403,3 +403,95 @@ def test_every_delivery_after_erasure_is_recorded_without_body_or_error_and_not_
     assert replayed.returncode == 0, str(replayed)
     assert "replayed 0 events" in replayed.output, str(replayed)
     assert occurrences(store.engine, person) == []
+
+
+# Ids Voucherify's documentation allows (a string it assigns) and import stores, though
+# unlike its own: what can be stored can be read and forgotten.
+UNUSUAL_IDS = ["q", "plainid", "cust_z", "  cust_padded2  ", "cust_\ttabbed", " ", "-"]
+
+
+def test_every_id_import_stores_can_be_got_and_forgotten(store: Store) -> None:
+    customers = [customer_of(customer_id) for customer_id in UNUSUAL_IDS]
+    imported = store.cli("import", store.write_lines(
+        "customers.jsonl", [json.dumps(c) for c in customers]
+    ))
+    assert imported.returncode == 0, str(imported)
+    assert f"{len(UNUSUAL_IDS)} applied" in imported.output, str(imported)
+
+    for customer in customers:
+        got = store.cli("get", customer["id"])
+        assert got.returncode == 0, str(got)
+        assert json.loads(got.output) == customer
+
+        forgotten = store.cli("forget", customer["id"])
+
+        assert forgotten.returncode == 0, str(forgotten)
+        assert "customer removed" in forgotten.output, str(forgotten)
+        assert store.customer(customer["id"]) is None
+        assert store.cli("get", customer["id"]).returncode == 1
+
+
+def test_an_id_no_customer_can_have_is_refused_by_get_as_by_import(store: Store) -> None:
+    too_long = "g" * 256
+    imported = store.cli("import", store.write_lines(
+        "customers.jsonl", [json.dumps(customer_of(too_long))]
+    ))
+    assert imported.returncode == 1 and "1 rejected" in imported.output, str(imported)
+
+    refused = store.cli("get", too_long)
+
+    assert refused.returncode == 2, str(refused)
+    assert "argument ID: not a customer id" in refused.output, str(refused)
+    assert len(refused.output.strip().splitlines()) == 1, str(refused)
+
+
+def test_a_webhook_stores_and_deletes_any_id_import_stores(store: Store) -> None:
+    created = [
+        delivery("customer.created", {"customer": customer_of(customer_id)}, T0,
+                 ascii_only=False)
+        for customer_id in UNUSUAL_IDS
+    ]
+    later = T0 + timedelta(hours=1)
+    deleted = [
+        delivery("customer.deleted", {"customer": customer_of(customer_id, updated_at=iso(later))},
+                 later, ascii_only=False)
+        for customer_id in UNUSUAL_IDS[:3]
+    ]
+    ingested = store.cli("ingest", store.write_lines("events.jsonl", created + deleted))
+
+    assert ingested.returncode == 0, str(ingested)
+    assert f"{len(created) + len(deleted)} applied" in ingested.output, str(ingested)
+    assert {v[0] for v in store.events().values()} == set(UNUSUAL_IDS)
+    for customer_id in UNUSUAL_IDS[:3]:
+        assert store.customer(customer_id) is None
+        assert store.tombstone(customer_id) is not None
+    for customer_id in UNUSUAL_IDS[3:]:
+        assert store.customer(customer_id) is not None
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16", "utf-32-be"])
+def test_forget_erases_a_body_recorded_in_utf16_or_utf32_before_they_were_refused(
+    store: Store, codec: str
+) -> None:
+    person, other = make_person("wide"), make_person("narrow")
+    noise = delivery("voucher.published", {"voucher": {"code": "GIFT-W"}, "publication": {
+        "customer": {"email": person.email.upper(), "name": person.name}}}, T0,
+        ascii_only=False)
+    kept = delivery("customer.created", {"customer": other.customer(T0)}, T0, ascii_only=False)
+    assert store.cli("import", store.write_lines(
+        "customers.jsonl", [json.dumps(person.customer(T0))]
+    )).returncode == 0
+    assert store.cli("ingest", store.write_lines("events.jsonl", [noise, kept])).returncode == 0
+    noise_id = json.loads(noise)["event"]["id"]
+    # As a receiver that took UTF-16 and UTF-32 bodies recorded them.
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(events).where(events.c.event_id == noise_id)
+            .values(body=noise.encode(codec))
+        )
+
+    forgotten = store.cli("forget", person.id)
+
+    assert forgotten.returncode == 0, str(forgotten)
+    assert "1 webhook events removed" in forgotten.output, str(forgotten)
+    assert [v[0] for v in store.events().values()] == [other.id]

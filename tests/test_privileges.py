@@ -408,3 +408,58 @@ def test_grant_on_sqlite_is_refused_before_the_name_is_used(tmp_path: Path) -> N
               cwd=tmp_path)
     assert run.returncode == 2, str(run)
     assert "Traceback" not in run.output
+
+
+# --- running it again, and without CREATEROLE ---------------------------------------------
+
+
+def test_grant_with_create_run_twice_succeeds_and_says_the_role_exists(
+    app_role: AppRole, tmp_path: Path
+) -> None:
+    name = f"cs_rerun_{uuid.uuid4().hex[:10]}"
+    grant = ["--database-url", app_role.owner_url, "grant-app-role", name, "--create"]
+    try:
+        first = cli(grant, cwd=tmp_path)
+        assert first.returncode == 0, str(first)
+        assert f"created role {name}" in first.output, str(first)
+
+        again = cli([*grant, "--password-env", PASSWORD_ENV], cwd=tmp_path,
+                    env={PASSWORD_ENV: "pw-second-run"})
+
+        assert again.returncode == 0, str(again)
+        assert f"role {name} (it exists already; not created) with a new password" \
+            in again.output, str(again)
+        assert "created role" not in again.output, str(again)
+        assert name in table_grantees(app_role.owner_url)
+    finally:
+        drop_role([app_role.owner_url], name)
+
+
+def test_grant_without_createrole_names_the_privilege_it_needs(
+    app_role: AppRole, tmp_path: Path
+) -> None:
+    runner = f"cs_nocreaterole_{uuid.uuid4().hex[:8]}"
+    wanted = f"cs_wanted_{uuid.uuid4().hex[:8]}"
+    owner = create_engine(app_role.owner_url, isolation_level="AUTOCOMMIT")
+    try:
+        with owner.connect() as connection:
+            connection.execute(text(f'CREATE ROLE "{runner}" LOGIN NOCREATEROLE NOSUPERUSER'))
+            connection.execute(text(f'GRANT SELECT ON alembic_version TO "{runner}"'))
+        runner_url = make_url(app_role.owner_url).set(username=runner).render_as_string(
+            hide_password=False
+        )
+
+        run = cli(["--database-url", runner_url, "grant-app-role", wanted, "--create"],
+                  cwd=tmp_path)
+
+        assert run.returncode == 1, str(run)
+        assert len(run.output.strip().splitlines()) == 1, str(run)
+        assert "needs the CREATEROLE privilege" in run.output, str(run)
+        assert "Traceback" not in run.output, str(run)
+        with owner.connect() as connection:
+            assert connection.scalar(
+                text("SELECT count(*) FROM pg_roles WHERE rolname = :r"), {"r": wanted}
+            ) == 0
+    finally:
+        owner.dispose()
+        drop_role([app_role.owner_url], runner)

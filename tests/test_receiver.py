@@ -325,7 +325,7 @@ class TestReceiver:
         [
             pytest.param(b'{"event": {"id": "evcus_1", ', id="truncated-json"),
             pytest.param(b"not json", id="not-json"),
-            pytest.param(b"\xff\xfe{}", id="not-utf8"),
+            pytest.param(b"{\xff\xfe}", id="not-utf8"),
             pytest.param(b"", id="empty"),
             pytest.param(b'[{"event": {"id": "evcus_1"}}]', id="array"),
             pytest.param(b'"evcus_1"', id="string"),
@@ -361,6 +361,49 @@ class TestReceiver:
         assert reply.status == 400
         assert reply.json()["error"]
         assert_nothing_stored(receiver.store)
+
+    @pytest.mark.parametrize(
+        ("codec", "bom"),
+        [("utf-16-le", b""), ("utf-16-be", b"\xfe\xff"), ("utf-16", b""),
+         ("utf-32-le", b""), ("utf-32-be", b"\x00\x00\xfe\xff")],
+    )
+    def test_signed_body_in_utf16_or_utf32_is_refused_with_415_and_nothing_stored(
+        self, receiver: Receiver, codec: str, bom: bytes
+    ) -> None:
+        # ("utf-16" writes its own BOM.) Signed over its bytes, as a sender would sign it.
+        customer = {**created_customer(), "email": "wide.chars@encoding.example"}
+        text = json.dumps(envelope("customer.created", {"customer": customer}),
+                          ensure_ascii=False)
+        body = bom + text.encode(codec)
+
+        reply = receiver.server.deliver(body)
+
+        assert reply.status == 415, reply.body
+        assert "not UTF-8" in reply.json()["error"]
+        assert_nothing_stored(receiver.store)
+
+    @pytest.mark.parametrize("charset", ["utf-16", "ISO-8859-1", '"latin1"'])
+    def test_a_charset_other_than_utf8_is_refused_with_415_and_nothing_stored(
+        self, receiver: Receiver, charset: str
+    ) -> None:
+        body = encode(envelope("customer.created", {"customer": created_customer()}))
+
+        reply = receiver.server.deliver(
+            body, content_type=f"application/json; charset={charset}"
+        )
+
+        assert reply.status == 415, reply.body
+        assert "is not utf-8" in reply.json()["error"]
+        assert_nothing_stored(receiver.store)
+
+    def test_a_utf8_charset_is_accepted(self, receiver: Receiver) -> None:
+        customer = created_customer()
+        body = encode(envelope("customer.created", {"customer": customer}))
+
+        reply = receiver.server.deliver(body, content_type='application/json; Charset="UTF-8"')
+
+        assert reply.status == 200, reply.body
+        assert receiver.store.customer_json(customer["id"]) == customer
 
     def test_customer_updated_with_invalid_customer_is_rejected_with_422_naming_the_path(
         self, receiver: Receiver
