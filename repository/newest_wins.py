@@ -20,6 +20,7 @@ from sqlalchemy import (
     cast,
     delete,
     exists,
+    false,
     or_,
     select,
 )
@@ -73,10 +74,9 @@ def older_tombstone(version_at: Any) -> ColumnElement[bool]:
     A dated deletion (a ``customer.deleted`` webhook) gives way only to a newer payload.
     An erasure on request (``forgotten``) never does.
     """
-    return and_(
-        or_(tombstones.c.swept.is_(True), tombstones.c.deleted_at < version_at),
-        tombstones.c.forgotten.is_(False),
-    )
+    # A payload without a version is older than any dated deletion.
+    newer = tombstones.c.deleted_at < version_at if version_at is not None else false()
+    return and_(or_(tombstones.c.swept.is_(True), newer), tombstones.c.forgotten.is_(False))
 
 
 def clear_older_tombstones(customer_id: Any, version_at: Any) -> Delete:
