@@ -194,7 +194,7 @@ def test_the_same_payload_twice_is_idempotent(repo: CustomerRepository) -> None:
     session = repo.session
     payload = _customer()
     assert repo.upsert(payload) is UpsertOutcome.APPLIED
-    assert repo.upsert(copy.deepcopy(payload)) is UpsertOutcome.APPLIED
+    assert repo.upsert(copy.deepcopy(payload)) is UpsertOutcome.UNCHANGED
     assert _stored(repo, "cust_test0001") == payload
     assert session.scalar(select(func.count()).select_from(LoyaltyCampaignRow)) == 1
     assert session.scalar(select(func.count()).select_from(ReferralEntryRow)) == 1
