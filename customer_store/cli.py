@@ -189,10 +189,7 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
             print_message(f"rejected {rejection.location}: {rejection.reason}")
 
         def on_progress(report: ImportReport) -> None:
-            bar.set_postfix_str(
-                f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
-                refresh=False,
-            )
+            bar.set_postfix_str(_import_counts(report), refresh=False)
             bar.update(source.bytes_read - bar.n)
 
         # The writer thread waits on the database and the reading thread keeps the
@@ -219,7 +216,7 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
             bar.close()
     print(
         f"imported {report.total} records in {time.monotonic() - started:.1f}s: "
-        f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected",
+        f"{_import_counts(report)}",
         file=sys.stderr,
     )
     if report.stopped is not None:
@@ -230,6 +227,11 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if report.rejected else EXIT_OK
+
+
+def _import_counts(report: ImportReport) -> str:
+    return (f"{report.applied} applied, {report.unchanged} unchanged, {report.stale} stale, "
+            f"{report.forgotten} forgotten, {report.rejected} rejected")
 
 
 def _default_workers(size: int | None) -> int:

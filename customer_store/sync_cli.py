@@ -29,6 +29,7 @@ from repository import (
     DEFAULT_RESERVE,
     DEFAULT_TIMEOUT,
     Rejection,
+    SweepRefused,
     SyncReport,
     VoucherifyClient,
     VoucherifyError,
@@ -84,6 +85,11 @@ def add_commands(commands: Any) -> None:
         help="the most one request may take, from connecting to its last byte, before it "
         f"is retried (default {DEFAULT_TIMEOUT:g}); no wait between requests lasts longer "
         f"than {DEFAULT_MAX_WAIT:g} s",
+    )
+    sync.add_argument(
+        "--max-deletions", type=int_between(0, 100_000_000), metavar="N",
+        help="with --full: delete nothing when more than N stored customers would go "
+        "(default: 10%% of the stored customers, at least 10)",
     )
     sync.set_defaults(run=_sync)
 
@@ -143,9 +149,12 @@ def _sync(engine: Engine, args: argparse.Namespace) -> int:
         ) as client:
             report = sync_customers(
                 make_session_factory(engine), client, full=args.full, dry_run=args.dry_run,
-                overlap=timedelta(seconds=args.overlap),
+                overlap=timedelta(seconds=args.overlap), max_deletions=args.max_deletions,
                 on_progress=on_progress, on_reject=on_reject,
             )
+    except SweepRefused as exc:
+        bar.close()
+        raise CommandError(f"sync --full stopped: {exc}; the next --full lists again") from None
     except VoucherifyError as exc:
         bar.close()
         raise CommandError(f"sync stopped: {exc}; the next run goes on from the last page "
@@ -165,5 +174,5 @@ def _sync(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _counts(report: SyncReport) -> str:
-    return (f"{report.applied} applied, {report.stale} stale, {report.rejected} rejected, "
-            f"{report.deleted} deleted")
+    return (f"{report.applied} applied, {report.unchanged} unchanged, {report.stale} stale, "
+            f"{report.forgotten} forgotten, {report.rejected} rejected, {report.deleted} deleted")

@@ -44,13 +44,17 @@ class AsyncCustomerRepository:
         """See :meth:`CustomerRepository.upsert_many` (``COPY`` on PostgreSQL here too)."""
         return await self._run(CustomerRepository.upsert_many, list(customers))
 
-    async def upsert_rows(self, batch: Sequence[Laid]) -> list[bool]:
+    async def upsert_rows(self, batch: Sequence[Laid]) -> list[UpsertOutcome]:
         """See :meth:`CustomerRepository.upsert_rows`."""
         return await self._run(CustomerRepository.upsert_rows, batch)
 
-    async def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
+    async def delete(
+        self, customer_id: str, *, deleted_at: datetime, swept: bool = False
+    ) -> DeleteOutcome:
         """See :meth:`CustomerRepository.delete`."""
-        return await self._run(CustomerRepository.delete, customer_id, deleted_at=deleted_at)
+        return await self._run(
+            CustomerRepository.delete, customer_id, deleted_at=deleted_at, swept=swept
+        )
 
     async def get(self, customer_id: str) -> Customer | None:
         """See :meth:`CustomerRepository.get`."""

@@ -12,8 +12,10 @@ multi-row upserts. The child rows of the customers that were applied are then re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import Connection, column, delete, exists, select, table, text
+from sqlalchemy import Boolean, Connection, column, delete, exists, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -22,7 +24,12 @@ from repository.copy import CopyReady, copy_ready, copy_text
 from repository.engine import dialect_of
 from repository.locks import lock_customers
 from repository.mapping import CUSTOMER_COLUMNS, CustomerRows
-from repository.newest_wins import clear_older_tombstones, upsert_newest
+from repository.newest_wins import (
+    UpsertOutcome,
+    clear_older_tombstones,
+    upsert_newest,
+    upsert_outcome,
+)
 from repository.tables import customers, tombstones
 
 __all__ = ["bulk_upsert"]
@@ -32,20 +39,39 @@ __all__ = ["bulk_upsert"]
 Laid = CustomerRows | CopyReady
 
 
-def bulk_upsert(session: Session, batch: Sequence[Laid]) -> list[bool]:
-    """Upsert a batch of validated customers; for each, whether it was applied.
+@dataclass
+class _Merged:
+    """What a merge did: the ids it wrote, and what it found before writing."""
+
+    applied: set[str] = field(default_factory=set)
+    #: The versions stored before the merge, by id (stored customers only).
+    stored: dict[str, datetime | None] = field(default_factory=dict)
+    #: Ids erased on request (``forget``).
+    forgotten: set[str] = field(default_factory=set)
+
+
+def bulk_upsert(session: Session, batch: Sequence[Laid]) -> list[UpsertOutcome]:
+    """Upsert a batch of validated customers; for each, what was done with it.
 
     Within a batch, the newest version of an id wins (the later one among equals), as if
-    the batch had been upserted one by one; the others count as not applied.
+    the batch had been upserted one by one; the others count as stale (or forgotten).
     """
     if not batch:
         return []
     if dialect_of(session) == "postgresql":
-        applied = _merge_postgresql(session, batch)
+        merged = _merge_postgresql(session, batch)
     else:
-        applied = _merge_sqlite(session, [_rows_of(laid) for laid in batch])
+        merged = _merge_sqlite(session, [_rows_of(laid) for laid in batch])
     winners = _winners(batch)
-    return [index in winners and rows.id in applied for index, rows in enumerate(batch)]
+    return [
+        upsert_outcome(
+            written=index in winners and rows.id in merged.applied,
+            incoming=rows.version_at,
+            stored=merged.stored.get(rows.id),
+            forgotten=rows.id in merged.forgotten,
+        )
+        for index, rows in enumerate(batch)
+    ]
 
 
 def _rows_of(laid: Laid) -> CustomerRows:
@@ -72,7 +98,7 @@ def _at_least_as_new(incoming: Laid, stored: Laid) -> bool:
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> set[str]:
+def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> _Merged:
     winners = [
         laid if isinstance(laid, CopyReady) else copy_ready(laid)
         for laid in (batch[i] for i in sorted(_winners(batch)))
@@ -82,17 +108,24 @@ def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> set[str]:
     # Customers neither stored nor deleted are copied straight into the table. Checking
     # first is safe only because every writer holds the customer's lock (taken above) while
     # it writes: no one can store or delete these ids before this transaction ends.
-    known = set(connection.execute(_KNOWN, {"ids": [rows.id for rows in winners]}).scalars())
+    merged, known = _Merged(), set[str]()
+    for row in connection.execute(_KNOWN, {"ids": [rows.id for rows in winners]}):
+        known.add(row.id)
+        if row.tombstone:
+            if row.forgotten:
+                merged.forgotten.add(row.id)
+        else:
+            merged.stored[row.id] = row.version_at
     new = [rows for rows in winners if rows.id not in known]
     copy_text(connection, "customers", CUSTOMER_COLUMNS, [rows.customer for rows in new])
-    applied = {rows.id for rows in new}
+    merged.applied = {rows.id for rows in new}
     stored = [rows for rows in winners if rows.id in known]  # or remembered as deleted
     if stored:
-        applied |= _merge_staged(connection, stored)
+        merged.applied |= _merge_staged(connection, stored)
     # A payload carries the whole customer: the stored versions' child rows all go.
-    delete_children(session, [rows.id for rows in stored if rows.id in applied])
-    copy_children(connection, [rows for rows in winners if rows.id in applied])
-    return applied
+    delete_children(session, [rows.id for rows in stored if rows.id in merged.applied])
+    copy_children(connection, [rows for rows in winners if rows.id in merged.applied])
+    return merged
 
 
 def _merge_staged(connection: Connection, winners: Sequence[CopyReady]) -> set[str]:
@@ -114,10 +147,18 @@ def _merge_staged(connection: Connection, winners: Sequence[CopyReady]) -> set[s
 
 # Joined with the ids rather than ``= ANY(:ids)``, which the planner may answer with a
 # sequential scan of the whole table when the list is long.
+# Each stored customer with its version, each tombstone with whether it is an erasure's.
 _KNOWN = text(
-    "SELECT c.id FROM unnest(CAST(:ids AS text[])) AS k(id) JOIN customers c ON c.id = k.id"
-    " UNION ALL SELECT t.customer_id FROM unnest(CAST(:ids AS text[])) AS k(id)"
+    "SELECT c.id, c.version_at, false AS tombstone, false AS forgotten"
+    " FROM unnest(CAST(:ids AS text[])) AS k(id) JOIN customers c ON c.id = k.id"
+    " UNION ALL SELECT t.customer_id, NULL, true, t.forgotten"
+    " FROM unnest(CAST(:ids AS text[])) AS k(id)"
     " JOIN customer_tombstones t ON t.customer_id = k.id"
+).columns(
+    column("id", customers.c.id.type),
+    column("version_at", customers.c.version_at.type),
+    column("tombstone", Boolean),
+    column("forgotten", Boolean),
 )
 _STAGE = table("_stage_customers", *(column(name) for name in CUSTOMER_COLUMNS))
 _MERGE_CUSTOMERS = upsert_newest(
@@ -135,26 +176,29 @@ _MERGE_CUSTOMERS = upsert_newest(
 _SQLITE_ROWS_PER_STATEMENT = 200
 
 
-def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> set[str]:
+def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> _Merged:
     # SQLite has one writer at a time, so the batch needs no per-customer locks; the first
     # statement is a write so the write lock is taken before anything is read.
     winners = [batch[i] for i in sorted(_winners(batch))]
     for rows in winners:
-        if rows.version_at is not None:
-            session.execute(clear_older_tombstones(rows.id, rows.version_at))
+        session.execute(clear_older_tombstones(rows.id, rows.version_at))
     ids = [rows.id for rows in winners]
-    blocked = set(session.scalars(
-        select(tombstones.c.customer_id).where(tombstones.c.customer_id.in_(ids))
-    ))
+    blocked = {cid: forgotten for cid, forgotten in session.execute(
+        select(tombstones.c.customer_id, tombstones.c.forgotten)
+        .where(tombstones.c.customer_id.in_(ids))
+    )}
+    merged = _Merged(forgotten={cid for cid, forgotten in blocked.items() if forgotten})
     candidates = [rows for rows in winners if rows.id not in blocked]
     if not candidates:
-        return set()
-    applied: set[str] = set()
+        return merged
+    merged.stored = {cid: version for cid, version in session.execute(
+        select(customers.c.id, customers.c.version_at)
+        .where(customers.c.id.in_([rows.id for rows in candidates]))
+    )}
     # Few enough rows per statement to stay under SQLite's limit of bound parameters.
     for start in range(0, len(candidates), _SQLITE_ROWS_PER_STATEMENT):
         chunk = candidates[start:start + _SQLITE_ROWS_PER_STATEMENT]
         upsert = upsert_newest(sqlite.insert(customers).values([r.customer for r in chunk]))
-        applied.update(session.scalars(upsert))
-    replace_children(session, [rows for rows in candidates if rows.id in applied])
-    return applied
-
+        merged.applied.update(session.scalars(upsert))
+    replace_children(session, [rows for rows in candidates if rows.id in merged.applied])
+    return merged

@@ -19,8 +19,11 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    and_,
     bindparam,
+    case,
     delete,
+    or_,
     select,
 )
 from sqlalchemy.orm import Session
@@ -37,22 +40,17 @@ from repository.locks import lock_customers
 from repository.lookups import Lookups, supported_dialect
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import (
+    UpsertOutcome,
     clear_older_tombstones,
     upsert_one_statement,
     upsert_one_unless_deleted_postgresql,
+    upsert_outcome,
 )
 from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer
 from repository.tables import customers, tombstones
 
 __all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
-
-
-class UpsertOutcome(enum.StrEnum):
-    """What an upsert did: stored the payload, or kept a newer stored state."""
-
-    APPLIED = "applied"
-    STALE = "stale"
 
 
 class DeleteOutcome(enum.StrEnum):
@@ -66,14 +64,23 @@ class DeleteOutcome(enum.StrEnum):
 
 @dataclass
 class UpsertSummary:
+    """How many payloads had each :class:`UpsertOutcome`."""
+
     applied: int = 0
     stale: int = 0
+    unchanged: int = 0
+    forgotten: int = 0
+
+    def count(self, outcome: UpsertOutcome) -> None:
+        setattr(self, outcome.value, getattr(self, outcome.value) + 1)
 
 
 # The statements of a single write's tombstone check, built once (a write runs both).
 _P_ID = bindparam("p_id", type_=tombstones.c.customer_id.type)
 _P_VERSION_AT = bindparam("p_version_at", type_=tombstones.c.deleted_at.type)
 _DELETED_AT = select(tombstones.c.deleted_at).where(tombstones.c.customer_id == _P_ID)
+_FORGOTTEN = select(tombstones.c.forgotten).where(tombstones.c.customer_id == _P_ID)
+_STORED_VERSION = select(customers.c.version_at).where(customers.c.id == _P_ID)
 _CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
 
 
@@ -103,32 +110,44 @@ class CustomerRepository(Lookups):
         All are validated before the first is written. Within the batch the newest version
         of an id wins (the later one among equals); the versions it supersedes count as stale.
         """
-        applied = self.upsert_rows([customer_to_rows(parse_customer(c)) for c in customers])
-        return UpsertSummary(applied=sum(applied), stale=len(applied) - sum(applied))
+        summary = UpsertSummary()
+        for outcome in self.upsert_rows([customer_to_rows(parse_customer(c)) for c in customers]):
+            summary.count(outcome)
+        return summary
 
-    def upsert_rows(self, batch: Sequence[Laid]) -> list[bool]:
+    def upsert_rows(self, batch: Sequence[Laid]) -> list[UpsertOutcome]:
         """:meth:`upsert_many` of customers already validated and mapped to rows, or on
         PostgreSQL to ``COPY`` text (:func:`repository.copy.copy_ready`; what an import
-        pipelines): for each, whether it was applied."""
+        pipelines): for each, what was done with it."""
         return bulk_upsert(self.session, batch)
 
-    def delete(self, customer_id: str, *, deleted_at: datetime) -> DeleteOutcome:
+    def delete(
+        self, customer_id: str, *, deleted_at: datetime, swept: bool = False
+    ) -> DeleteOutcome:
         """Delete a customer and remember the deletion, so older updates cannot revive it.
 
         The tombstone is kept (or moved later) even when the customer was never stored:
-        its creation may still be on its way.
+        its creation may still be on its way. ``swept``: the deletion is only a full sync's
+        finding that Voucherify no longer lists the customer, which any later payload of it
+        undoes (:func:`repository.newest_wins.older_tombstone`); a deletion that is not
+        swept makes a swept tombstone final.
         """
         if deleted_at.tzinfo is None:
             raise ValueError("deleted_at must carry a time zone")
         self._lock(customer_id)
         ins = native_insert(self.session, tombstones).values(
-            customer_id=customer_id, deleted_at=deleted_at
+            customer_id=customer_id, deleted_at=deleted_at, swept=swept
         )
+        later = ins.excluded.deleted_at > tombstones.c.deleted_at
         remembered = self.session.execute(
             ins.on_conflict_do_update(
                 index_elements=[tombstones.c.customer_id],
-                set_={"deleted_at": ins.excluded.deleted_at},
-                where=ins.excluded.deleted_at > tombstones.c.deleted_at,
+                set_={
+                    "deleted_at": case((later, ins.excluded.deleted_at),
+                                       else_=tombstones.c.deleted_at),
+                    "swept": and_(tombstones.c.swept, ins.excluded.swept),
+                },
+                where=or_(later, and_(tombstones.c.swept, ~ins.excluded.swept)),
             ).returning(tombstones.c.customer_id)
         ).first()
         removed = self.session.execute(
@@ -187,29 +206,39 @@ class CustomerRepository(Lookups):
         if self._dialect == "postgresql" and rows.version_at is not None:
             # One round trip for the tombstones, the row and the old child rows.
             statement = upsert_one_unless_deleted_postgresql()
-            if fetch_first(connection, statement, rows.customer) is None:
-                return UpsertOutcome.STALE
-            replace_children(self.session, (), new=[rows])
-            return UpsertOutcome.APPLIED
-        if self._blocked_by_tombstone(rows):
-            return UpsertOutcome.STALE
-        upsert = upsert_one_statement(self._dialect)
-        if fetch_first(connection, upsert, rows.customer) is None:
-            return UpsertOutcome.STALE
-        replace_children(self.session, [rows])
-        return UpsertOutcome.APPLIED
+            found = fetch_first(connection, statement, rows.customer)
+            assert found is not None  # a SELECT without FROM: always one row
+            written = found["written"] is not None
+            if written:
+                replace_children(self.session, (), new=[rows])
+            return upsert_outcome(
+                written=written, incoming=rows.version_at, stored=found["stored"],
+                forgotten=bool(found["forgotten"]),
+            )
+        blocking = self._blocking_tombstone(rows)
+        stored = connection.scalar(_STORED_VERSION, {"p_id": rows.id})
+        written = blocking is None and fetch_first(
+            connection, upsert_one_statement(self._dialect), rows.customer
+        ) is not None
+        if written:
+            replace_children(self.session, [rows])
+        return upsert_outcome(
+            written=written, incoming=rows.version_at, stored=stored, forgotten=bool(blocking)
+        )
 
-    def _blocked_by_tombstone(self, rows: CustomerRows) -> bool:
-        """Whether a deletion at least as new as this payload is remembered.
+    def _blocking_tombstone(self, rows: CustomerRows) -> bool | None:
+        """A deletion that blocks this payload: None if there is none, else whether it is
+        an erasure's (``forgotten``).
 
-        A payload newer than the deletion clears the tombstone. The first statement is a
-        write so that SQLite takes its write lock here, before the check is read.
+        The tombstones the payload clears (:func:`~repository.newest_wins.older_tombstone`)
+        go first. That statement is a write so that SQLite takes its write lock here, before
+        the check is read.
         """
-        if rows.version_at is None:
-            return self.is_deleted(rows.id) is not None
+        connection = self.session.connection()
         params = {"p_id": rows.id, "p_version_at": rows.version_at}
-        self.session.connection().execute(_CLEAR_OLDER, params)
-        return self.is_deleted(rows.id) is not None
+        connection.execute(_CLEAR_OLDER, params)
+        forgotten: bool | None = connection.scalar(_FORGOTTEN, {"p_id": rows.id})
+        return forgotten
 
     def _lock(self, customer_id: str) -> None:
         lock_customers(self.session, [customer_id])

@@ -1,4 +1,5 @@
-"""Bulk import: every record is stored, counted stale, or rejected with its reason.
+"""Bulk import: every record is stored, counted unchanged, stale or forgotten, or rejected
+with its reason.
 
 Records are validated one by one (a bad record never reaches the database) and written in
 batches with :meth:`CustomerRepository.upsert_rows` (the write behind ``upsert_many``), one
@@ -52,6 +53,10 @@ class ImportReport:
     applied: int = 0
     stale: int = 0
     rejected: int = 0
+    #: Records of the very version already stored (written again as they were).
+    unchanged: int = 0
+    #: Records of customers erased on request (``forget``): never stored again.
+    forgotten: int = 0
     rejections: list[Rejection] = field(default_factory=list, repr=False)
     #: Reading stopped at this error (also counted as rejected): the rest of the input
     #: was not imported.
@@ -59,18 +64,15 @@ class ImportReport:
 
     @property
     def total(self) -> int:
-        return self.applied + self.stale + self.rejected
+        return self.applied + self.unchanged + self.stale + self.forgotten + self.rejected
 
     def count(self, outcome: UpsertOutcome) -> None:
-        if outcome is UpsertOutcome.APPLIED:
-            self.applied += 1
-        else:
-            self.stale += 1
+        setattr(self, outcome.value, getattr(self, outcome.value) + 1)
 
 
 @dataclass
 class _BatchResult:
-    applied: list[bool] = field(default_factory=list)
+    outcomes: list[UpsertOutcome] = field(default_factory=list)
     refused: list[Rejection] = field(default_factory=list)
 
 
@@ -115,8 +117,8 @@ def import_records(
     def collect(result: _BatchResult) -> None:
         if collection is not None:
             collection.tick()
-        for was_applied in result.applied:
-            report.count(UpsertOutcome.APPLIED if was_applied else UpsertOutcome.STALE)
+        for outcome in result.outcomes:
+            report.count(outcome)
         for rejection in result.refused:
             reject(rejection)
         if on_progress is not None:
@@ -286,7 +288,7 @@ def _write_batch(
         return _BatchResult()
     try:
         return _BatchResult(
-            applied=run_in_transaction(sessions, partial(_upsert_rows, batch=rows))
+            outcomes=run_in_transaction(sessions, partial(_upsert_rows, batch=rows))
         )
     except DBAPIError as exc:
         # Prepared statements clashing behind a pooler are no record's fault: stop, saying so.
@@ -296,7 +298,7 @@ def _write_batch(
     result = _BatchResult()
     for location, one in zip(locations, rows, strict=True):
         try:
-            result.applied.append(run_in_transaction(sessions, partial(_upsert_one, rows=one)))
+            result.outcomes.append(run_in_transaction(sessions, partial(_upsert_one, rows=one)))
         except DBAPIError as single:
             reason = database_refusal(single)
             if reason is None:
@@ -305,11 +307,11 @@ def _write_batch(
     return result
 
 
-def _upsert_rows(session: Session, *, batch: list[Laid]) -> list[bool]:
+def _upsert_rows(session: Session, *, batch: list[Laid]) -> list[UpsertOutcome]:
     return CustomerRepository(session).upsert_rows(batch)
 
 
-def _upsert_one(session: Session, *, rows: Laid) -> bool:
+def _upsert_one(session: Session, *, rows: Laid) -> UpsertOutcome:
     return _upsert_rows(session, batch=[rows])[0]
 
 

@@ -358,6 +358,8 @@ def _perform(session: Session, action: _Action) -> EventOutcome:
     repo = CustomerRepository(session)
     if isinstance(action, _Upsert):
         upserted = repo.upsert(action.customer)
-        return EventOutcome.APPLIED if upserted is UpsertOutcome.APPLIED else EventOutcome.STALE
+        # The event's version is stored (written now, or held already), or it is not.
+        stored = upserted in (UpsertOutcome.APPLIED, UpsertOutcome.UNCHANGED)
+        return EventOutcome.APPLIED if stored else EventOutcome.STALE
     deleted = repo.delete(action.customer_id, deleted_at=action.deleted_at)
     return EventOutcome.STALE if deleted is DeleteOutcome.STALE else EventOutcome.APPLIED

@@ -1,4 +1,4 @@
-"""The newest-wins rule as SQL, shared by single and bulk writes.
+"""The newest-wins rule as SQL, shared by single and bulk writes, and what a write did.
 
 A stored customer is replaced only by a payload at least as new, compared by
 ``version_at`` (``updated_at``, else ``created_at``): a stored customer without a version
@@ -7,10 +7,23 @@ is replaced by anything, a payload without one replaces nothing that has one.
 
 from __future__ import annotations
 
+import enum
 import functools
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Delete, and_, bindparam, cast, delete, exists, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    false,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 
 from repository.engine import native_insert
@@ -18,18 +31,52 @@ from repository.mapping import CUSTOMER_COLUMNS
 from repository.tables import child_tables, customers, tombstones
 
 __all__ = [
+    "UpsertOutcome",
     "clear_older_tombstones",
     "older_tombstone",
     "upsert_newest",
     "upsert_one_statement",
     "upsert_one_unless_deleted_postgresql",
+    "upsert_outcome",
 ]
 
 
+class UpsertOutcome(enum.StrEnum):
+    """What an upsert did with a payload."""
+
+    #: Stored it: a new customer, or a version newer than the stored one.
+    APPLIED = "applied"
+    #: The store held this very version already (rewritten as it was: not a change).
+    UNCHANGED = "unchanged"
+    #: Kept a newer stored state, or a deletion at least as new.
+    STALE = "stale"
+    #: Refused: the customer was erased on request (``forget``) and is never stored again.
+    FORGOTTEN = "forgotten"
+
+
+def upsert_outcome(
+    *, written: bool, incoming: datetime | None, stored: datetime | None, forgotten: bool
+) -> UpsertOutcome:
+    """The outcome of a payload of version ``incoming``: ``written`` or not by the rule,
+    ``stored`` the version held before the write, ``forgotten`` whether an erasure's
+    tombstone is held."""
+    if written:
+        same = incoming is not None and stored is not None and incoming == stored
+        return UpsertOutcome.UNCHANGED if same else UpsertOutcome.APPLIED
+    return UpsertOutcome.FORGOTTEN if forgotten else UpsertOutcome.STALE
+
+
 def older_tombstone(version_at: Any) -> ColumnElement[bool]:
-    """Whether a tombstone is one a payload of ``version_at`` clears: a deletion older than
-    the payload, of a customer not erased on request (``forgotten``, never brought back)."""
-    return and_(tombstones.c.deleted_at < version_at, tombstones.c.forgotten.is_(False))
+    """Whether a tombstone is one a payload of ``version_at`` clears.
+
+    A sweep's (``swept``: a complete listing did not show the customer) gives way to any
+    payload, whatever its version (a null one too): Voucherify shows the customer again.
+    A dated deletion (a ``customer.deleted`` webhook) gives way only to a newer payload.
+    An erasure on request (``forgotten``) never does.
+    """
+    # A payload without a version is older than any dated deletion.
+    newer = tombstones.c.deleted_at < version_at if version_at is not None else false()
+    return and_(or_(tombstones.c.swept.is_(True), newer), tombstones.c.forgotten.is_(False))
 
 
 def clear_older_tombstones(customer_id: Any, version_at: Any) -> Delete:
@@ -69,9 +116,11 @@ def upsert_one_unless_deleted_postgresql() -> Any:
 
     Deletions older than the payload are forgotten (:func:`clear_older_tombstones`), any
     other blocks the insert, the row is upserted newest-wins, and the stored child rows of
-    the customer it wrote are deleted; it returns the id written, if any. The payload must
-    have a version (``version_at``): without one, any deletion blocks it. Parameters are
-    the customer row's columns by name, as for :func:`upsert_one_statement`.
+    the customer it wrote are deleted. It returns one row: ``written`` (the id written, or
+    null), ``stored`` (the version held before) and ``forgotten`` (whether an erasure
+    blocks the customer), what :func:`upsert_outcome` takes. The payload must have a
+    version (``version_at``): the guard reads a null one as no deletion. Parameters are the
+    customer row's columns by name, as for :func:`upsert_one_statement`.
     """
     def value(name: str) -> Any:
         column_type = customers.c[name].type
@@ -93,4 +142,13 @@ def upsert_one_unless_deleted_postgresql() -> Any:
         for i, table in enumerate(child_tables)
     ]
     cleared = clear_older_tombstones(value("id"), value("version_at")).cte("cleared")
-    return select(written.c.id).add_cte(cleared, *gone)
+    # Read in the statement's snapshot: the version held before the upsert.
+    stored = select(customers.c.version_at).where(customers.c.id == value("id"))
+    forgotten = exists().where(
+        tombstones.c.customer_id == value("id"), tombstones.c.forgotten.is_(True)
+    )
+    return select(
+        select(written.c.id).scalar_subquery().label("written"),
+        stored.scalar_subquery().label("stored"),
+        forgotten.label("forgotten"),
+    ).add_cte(cleared, *gone)

@@ -10,9 +10,17 @@ page shares one timestamp, that timestamp is read on its own by page number
 
 Each page is stored with the newest-wins rule (a newer webhook wins, an older one loses)
 in one transaction together with the checkpoint, so a run that is interrupted resumes at
-the last committed page. A full listing (the first run, or ``full=True``) notes every id it
-sees; ``full=True`` then records a deletion for every stored customer it did not see and
-that is older than the listing's start (on the server's clock).
+the last committed page. Every page must move forward: its customers in ascending order and
+after the cursor, else the run stops (:class:`ApiUnavailable`) rather than page on.
+
+A full listing (the first run, or ``full=True``) notes every id it sees; ``full=True`` then
+sweeps: it records a deletion (a ``swept`` tombstone, which any later payload of the
+customer undoes) for every stored customer it did not see and that is older than the
+listing's start (on the server's clock). It deletes only after a listing complete by every
+sign the API gives (well-formed answers, each page forward, as many customers seen as the
+``total`` reported, give or take :func:`listing_margin`), and only up to ``max_deletions``
+customers (:func:`default_max_deletions`); otherwise it deletes nothing and raises
+:class:`SweepRefused`.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import CustomerValidationError
@@ -33,9 +41,12 @@ from repository.customers import CustomerRepository, DeleteOutcome
 from repository.importer import Rejection
 from repository.keyset import keyset_pages
 from repository.mapping import CustomerRows, customer_to_rows
+from repository.newest_wins import UpsertOutcome, older_tombstone
 from repository.retry import run_in_transaction
 from repository.sync_state import (
     SyncState,
+    count_listed,
+    count_unlisted,
     forget_listed,
     load_sync_state,
     remember_listed,
@@ -51,7 +62,16 @@ from repository.voucherify_client import (
     VoucherifyError,
 )
 
-__all__ = ["DEFAULT_OVERLAP", "PAGE_SIZE", "SyncReport", "TieOverflow", "sync_customers"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "PAGE_SIZE",
+    "SweepRefused",
+    "SyncReport",
+    "TieOverflow",
+    "default_max_deletions",
+    "listing_margin",
+    "sync_customers",
+]
 
 T = TypeVar("T")
 
@@ -62,10 +82,33 @@ MAX_PAGE = 99
 DEFAULT_OVERLAP = timedelta(seconds=1)
 _TICK = timedelta(milliseconds=1)
 _SWEEP_PAGE = 500
+#: How far the customers a full listing saw may be from the ``total`` the API reported
+#: (customers deleted or created while it ran): this many, or this share of the total.
+LISTING_MARGIN = 10
+LISTING_MARGIN_SHARE = 0.001
+#: The sweep's default bound: this share of the stored customers, at least the minimum.
+MAX_DELETIONS_SHARE = 0.1
+MIN_MAX_DELETIONS = 10
 
 
 class TieOverflow(VoucherifyError):
     """More customers share one timestamp than the API can list (99 pages of 100)."""
+
+
+class SweepRefused(VoucherifyError):
+    """A full sync's sweep deleted nothing: its listing was not complete by every sign, or
+    it would have deleted more than ``max_deletions``. The customers it listed are stored;
+    the next full sync lists again."""
+
+
+def listing_margin(total: int) -> int:
+    """How far a full listing's count may be from the ``total`` reported for a sweep."""
+    return max(LISTING_MARGIN, int(total * LISTING_MARGIN_SHARE))
+
+
+def default_max_deletions(stored: int) -> int:
+    """The most customers a sweep deletes by default: 10 % of those stored, at least 10."""
+    return max(MIN_MAX_DELETIONS, int(stored * MAX_DELETIONS_SHARE))
 
 
 @dataclass
@@ -77,8 +120,13 @@ class SyncReport:
     #: The customers count the API reported for the listing (the progress bar's total).
     total: int | None = None
     listed: int = 0
+    #: Payloads stored: new customers, or newer versions than the stored ones.
     applied: int = 0
+    #: Versions the store already held (an incremental run's overlap re-reads them).
+    unchanged: int = 0
     stale: int = 0
+    #: Customers erased on request (``forget``): never stored again.
+    forgotten: int = 0
     rejected: int = 0
     deleted: int = 0
     #: With ``dry_run``: customers the store lacks, holds in an older version, or holds
@@ -116,13 +164,21 @@ def sync_customers(
     full: bool = False,
     dry_run: bool = False,
     overlap: timedelta = DEFAULT_OVERLAP,
+    max_deletions: int | None = None,
     on_progress: Callable[[SyncReport], None] | None = None,
     on_reject: Callable[[Rejection], None] | None = None,
 ) -> SyncReport:
-    """Bring the store level with Voucherify's customer list; see the module docstring."""
+    """Bring the store level with Voucherify's customer list; see the module docstring.
+
+    ``max_deletions``: the most customers a sweep may delete (default
+    :func:`default_max_deletions` of the customers stored); beyond it, none.
+    """
+    if max_deletions is not None and max_deletions < 0:
+        raise ValueError("max_deletions must not be negative")
     with sessions() as session:
         state = load_sync_state(session, client.api_url) or SyncState(client.api_url)
     run = _Run(sessions, client, state, dry_run, on_progress, on_reject)
+    run.max_deletions = max_deletions
     try:
         if full or state.listing_started_at is not None or state.created_cursor is None:
             run.listing(sweep=full)
@@ -152,14 +208,19 @@ class _Run:
         self.on_progress = on_progress
         self.on_reject = on_reject
         self.listed_ids: set[str] = set()  # dry run only: a full listing's ids, in memory
+        self.max_deletions: int | None = None
+        #: The ``total`` of the listing's latest answer (the whole list's count).
+        self.listing_total: int | None = None
 
     # -- the two kinds of run ----------------------------------------------------------
 
     def listing(self, *, sweep: bool) -> None:
         state = self.state
-        if state.listing_started_at is None or (sweep and not state.listing_sweeps):
+        if self.report.dry_run or state.listing_started_at is None or (
+            sweep and not state.listing_sweeps
+        ):
             # A new listing (a listing without a sweep is restarted to sweep: its ids
-            # were not noted).
+            # were not noted; a dry run notes its ids in memory, from the start).
             state.listing_started_at = None
             state.listing_cursor = None
             state.listing_sweeps = sweep
@@ -174,8 +235,10 @@ class _Run:
             state.listing_cursor = page.checkpoint or state.listing_cursor
             self._store(page, note_listed=sweeping)
         started = state.listing_started_at or self._server_time()
-        deleted = self._sweep(started) if sweeping else 0
-        self.report.deleted = deleted
+        if sweeping:
+            self._check_complete()
+            self._check_bound(started)
+            self.report.deleted = self._sweep(started)
         # Whatever changed since the listing began has a timestamp after its start.
         state.created_cursor = state.updated_cursor = started
         state.listing_started_at = state.listing_cursor = state.listing_sweeps = None
@@ -210,17 +273,24 @@ class _Run:
                 params["starting_after"] = format_datetime(cursor)
             answer = self.client.list_customers(params)
             number += 1
-            if count_total and self.report.total is None:
-                self.report.total = answer.total
+            if count_total:
+                if self.report.total is None:
+                    self.report.total = answer.total
+                self.listing_total = answer.total
             items = answer.customers
             stamps = [_stamp(c, order) for c in items]
             last = stamps[-1] if stamps else None
             where = f"page {number} of order={order}" + (
                 f" starting_after={params['starting_after']}" if cursor is not None else ""
             )
+            _check_forward(stamps, cursor, order, where)
             fresh = [c for c in items if _id(c) not in seen]
             if items and last is None and answer.has_more:
                 raise ApiUnavailable(f"customers without {order} on {where}: cannot page on")
+            if not items and answer.has_more:
+                raise ApiUnavailable(f"no customers but has_more on {where}: cannot page on")
+            if boundary is not None and last is not None and last < boundary:
+                raise ApiUnavailable(f"the cursor went backwards on {where}: stopped")
             if items and all(s == last for s in stamps) and last == boundary:
                 if len(items) < PAGE_SIZE or not answer.has_more:
                     if fresh:
@@ -237,7 +307,7 @@ class _Run:
                 continue
             if fresh or items:
                 yield _Page(fresh, _checkpoint(stamps), where)
-            if not answer.has_more or not items:
+            if not answer.has_more:
                 return
             seen = {_id(c) for c, s in zip(items, stamps, strict=True) if s == last} | (
                 seen if last == boundary else set()
@@ -255,12 +325,17 @@ class _Run:
         }
         for number in range(1, MAX_PAGE + 1):
             answer = self.client.list_customers({**base, "page": str(number)})
+            where = f"page {number} of {order}={format_datetime(at)}"
+            if any(_stamp(c, order) != at for c in answer.customers):
+                raise ApiUnavailable(f"customers at another {order} on {where}: stopped")
             fresh = [c for c in answer.customers if _id(c) not in seen]
             seen.update(_id(c) for c in fresh)
             if fresh:
-                yield _Page(fresh, at, f"page {number} of {order}={format_datetime(at)}")
+                yield _Page(fresh, at, where)
             if not answer.has_more:
                 return
+            if not fresh and number > 1:
+                raise ApiUnavailable(f"the page number does not advance on {where}: stopped")
         raise TieOverflow(
             f"more than {MAX_PAGE * PAGE_SIZE} customers share {order} {format_datetime(at)}: "
             "the API cannot list them all"
@@ -296,29 +371,31 @@ class _Run:
         else:
             state = self.state
 
-            def write(session: Session) -> list[bool]:
-                applied = CustomerRepository(session).upsert_rows(rows)
+            def write(session: Session) -> list[UpsertOutcome]:
+                outcomes = CustomerRepository(session).upsert_rows(rows)
                 if note_listed:
                     remember_listed(session, state.api_url, ids)
                 save_sync_state(session, state)
-                return applied
+                return outcomes
 
-            applied = self._commit(write)
-            report.applied += sum(applied)
-            report.stale += len(applied) - sum(applied)
+            for outcome in self._commit(write):
+                setattr(report, outcome.value, getattr(report, outcome.value) + 1)
         if self.on_progress is not None:
             self.on_progress(report)
 
     def _compare(self, rows: list[CustomerRows]) -> None:
+        if not rows:
+            return
         ids = [r.id for r in rows]
+        # Tombstones a payload would not clear (the rule of the upsert itself).
+        blocking = or_(*(
+            and_(tombstones.c.customer_id == r.id, ~older_tombstone(r.version_at)) for r in rows
+        ))
         with self.sessions() as session:
             stored = {cid: version for cid, version in session.execute(
                 select(customers.c.id, customers.c.version_at).where(customers.c.id.in_(ids))
             )}
-            deleted = {cid: at for cid, at in session.execute(
-                select(tombstones.c.customer_id, tombstones.c.deleted_at)
-                .where(tombstones.c.customer_id.in_(ids))
-            )}
+            blocked = set(session.scalars(select(tombstones.c.customer_id).where(blocking)))
         for rows_ in rows:
             if rows_.id in stored:
                 version = stored[rows_.id]
@@ -326,10 +403,61 @@ class _Run:
                     rows_.version_at is not None and rows_.version_at > version
                 ):
                     self.report.newer += 1
-            elif rows_.id not in deleted or (
-                rows_.version_at is not None and rows_.version_at > deleted[rows_.id]
-            ):
+            elif rows_.id not in blocked:
                 self.report.new += 1
+
+    def _check_complete(self) -> None:
+        """Refuse the sweep unless the listing saw as many customers as the API reported."""
+        total = self.listing_total
+        if self.report.dry_run:
+            seen = len(self.listed_ids)
+        else:
+            with self.sessions() as session:
+                seen = count_listed(session, self.state.api_url)
+        if total is None:
+            self._refuse(None, "the listing ended with no answer read: deleted nothing")
+        margin = listing_margin(total)
+        if abs(seen - total) > margin:
+            self._refuse(
+                None,
+                f"the listing is incomplete: {seen} customers listed, the API reported a "
+                f"total of {total} (at most {margin} apart): deleted nothing",
+            )
+
+    def _check_bound(self, started: datetime) -> None:
+        """Refuse the sweep when it would delete more than ``max_deletions`` customers."""
+        if self.report.dry_run:
+            return  # it deletes nothing: its ``missing`` says how many
+        with self.sessions() as session:
+            doomed = count_unlisted(session, self.state.api_url, started)
+            held = int(session.scalar(select(func.count()).select_from(customers)) or 0)
+        bound = self.max_deletions
+        if bound is None:
+            bound = default_max_deletions(held)
+        if doomed > bound:
+            self._refuse(
+                started,
+                f"the sweep would delete {doomed} of {held} stored customers, more than "
+                f"--max-deletions {bound}: deleted nothing (raise --max-deletions if "
+                "Voucherify really lost them)",
+            )
+
+    def _refuse(self, complete_at: datetime | None, reason: str) -> NoReturn:
+        """Give up the sweep, deleting nothing: the listing is closed (the next full run
+        lists again); ``complete_at``, the start of a listing found complete, is the
+        checkpoint the next incremental run goes on from (else the old one stays)."""
+        state = self.state
+        if not self.report.dry_run:
+            if complete_at is not None:
+                state.created_cursor = state.updated_cursor = complete_at
+            state.listing_started_at = state.listing_cursor = state.listing_sweeps = None
+
+            def close(session: Session) -> None:
+                forget_listed(session, state.api_url)
+                save_sync_state(session, state)
+
+            self._commit(close)
+        raise SweepRefused(reason)
 
     def _sweep(self, started: datetime) -> int:
         """Delete what the completed listing did not see (dry run: count it)."""
@@ -380,8 +508,10 @@ def _delete_unlisted(
 ) -> tuple[list[str], int]:
     ids = unlisted_customers(session, api_url, started, after=after, limit=_SWEEP_PAGE)
     repo = CustomerRepository(session)
-    # The tombstone is dated at the listing's start: a webhook newer than that still wins.
-    removed = sum(repo.delete(cid, deleted_at=started) is DeleteOutcome.REMOVED for cid in ids)
+    # Swept: any later payload of the customer brings it back (a webhook's deletion stays).
+    removed = sum(
+        repo.delete(cid, deleted_at=started, swept=True) is DeleteOutcome.REMOVED for cid in ids
+    )
     return ids, removed
 
 
@@ -396,6 +526,25 @@ def _stamp(customer: Any, order: str) -> datetime | None:
         return parse_datetime(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _check_forward(
+    stamps: list[datetime | None], cursor: datetime | None, order: str, where: str
+) -> None:
+    """Stop a page that does not move forward: its customers must come after the cursor
+    (``starting_after`` is strict), in ascending order, the ones without ``order`` last."""
+    low, strict, undated = cursor, True, False
+    for index, stamp in enumerate(stamps):
+        if stamp is None:
+            undated = True
+            continue
+        if undated or (low is not None and (stamp < low or (strict and stamp == low))):
+            raise ApiUnavailable(
+                f"the listing went backwards on {where}: customers[{index}]'s {order} "
+                f"{format_datetime(stamp)} is not after the cursor or the customer before "
+                "it: stopped"
+            )
+        low, strict = stamp, False
 
 
 def _checkpoint(stamps: list[datetime | None]) -> datetime | None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, exists, or_, select
+from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from repository.engine import native_insert
@@ -18,6 +18,8 @@ from repository.tables import customers, sync_listed, sync_state
 
 __all__ = [
     "SyncState",
+    "count_listed",
+    "count_unlisted",
     "forget_listed",
     "load_sync_state",
     "remember_listed",
@@ -74,6 +76,12 @@ def forget_listed(session: Session, api_url: str) -> None:
     session.execute(delete(sync_listed).where(sync_listed.c.api_url == api_url))
 
 
+def count_listed(session: Session, api_url: str) -> int:
+    """How many customers the full listing under way has seen (each once)."""
+    query = select(func.count()).select_from(sync_listed).where(sync_listed.c.api_url == api_url)
+    return int(session.scalar(query) or 0)
+
+
 def unlisted_customers(
     session: Session,
     api_url: str | None,
@@ -89,17 +97,25 @@ def unlisted_customers(
     is kept whatever the listing saw. ``api_url=None`` leaves out the recorded listing (a
     dry run keeps what it listed in memory): every customer older than the start.
     """
-    query = (
-        select(customers.c.id)
-        .where(or_(customers.c.version_at < started_at, customers.c.version_at.is_(None)))
-        .order_by(customers.c.id)
-        .limit(limit)
+    query = _unlisted(api_url, started_at).order_by(customers.c.id).limit(limit)
+    if after is not None:
+        query = query.where(customers.c.id > after)
+    return list(session.scalars(query))
+
+
+def count_unlisted(session: Session, api_url: str, started_at: datetime) -> int:
+    """How many customers :func:`unlisted_customers` gives in all: what a sweep deletes."""
+    query = select(func.count()).select_from(_unlisted(api_url, started_at).subquery())
+    return int(session.scalar(query) or 0)
+
+
+def _unlisted(api_url: str | None, started_at: datetime) -> Select[tuple[str]]:
+    query = select(customers.c.id).where(
+        or_(customers.c.version_at < started_at, customers.c.version_at.is_(None))
     )
     if api_url is not None:
         listed = exists().where(
             sync_listed.c.api_url == api_url, sync_listed.c.customer_id == customers.c.id
         )
         query = query.where(~listed)
-    if after is not None:
-        query = query.where(customers.c.id > after)
-    return list(session.scalars(query))
+    return query

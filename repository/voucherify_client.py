@@ -107,7 +107,7 @@ class CustomerPage:
     """One answer of ``GET /v1/customers``: the customers as decoded JSON, untouched."""
 
     customers: list[dict[str, Any]]
-    total: int | None
+    total: int
     has_more: bool
     #: The server's clock (``Date`` header), whole seconds.
     server_time: datetime | None
@@ -323,14 +323,22 @@ def _page(response: httpx.Response) -> CustomerPage:
         body = loads_json(response.content)
     except (ValueError, RecursionError) as exc:
         raise ApiUnavailable(f"the list answer is not JSON: {exc}") from None
-    customers = body.get("customers") if isinstance(body, dict) else None
-    if not isinstance(customers, list):
-        raise ApiUnavailable("the list answer has no customers array")
+    # Only a well-formed list object is read: a sync's sweep deletes by what it lists.
+    if not isinstance(body, dict) or body.get("object") != "list":
+        raise ApiUnavailable('the list answer is not a list object (expected "object": "list")')
+    customers = body.get("customers")
+    if not isinstance(customers, list) or not all(isinstance(c, dict) for c in customers):
+        raise ApiUnavailable("the list answer has no customers array of objects")
     total = body.get("total")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise ApiUnavailable("the list answer has no total (expected a count of customers)")
+    has_more = body.get("has_more")
+    if not isinstance(has_more, bool):
+        raise ApiUnavailable("the list answer has no has_more (expected true or false)")
     return CustomerPage(
         customers=customers,
-        total=total if isinstance(total, int) else None,
-        has_more=body.get("has_more") is True,
+        total=total,
+        has_more=has_more,
         server_time=_http_date(response.headers.get("Date")),
     )
 

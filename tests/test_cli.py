@@ -35,7 +35,8 @@ BACKENDS = ["sqlite", "postgresql"]
 INVALID_EXAMPLES = {"07-": "$.referrals.campaigns[0]", "59-": "$.birthdate"}
 
 SUMMARY_RE = re.compile(
-    r"^imported (\d+) records in [0-9.]+s: (\d+) applied, (\d+) stale, (\d+) rejected$",
+    r"^imported (\d+) records in [0-9.]+s: (\d+) applied, (\d+) unchanged, (\d+) stale, "
+    r"(\d+) forgotten, (\d+) rejected$",
     re.MULTILINE,
 )
 REJECTION_RE = re.compile(r"^rejected (.+?): (.+)$", re.MULTILINE)
@@ -128,11 +129,13 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
 
 
 def summary(run: Run) -> tuple[int, int, int, int]:
-    """(total, applied, stale, rejected) from the import's summary line."""
+    """(total, written, stale, rejected) from the import's summary line: written counts
+    the records applied and those of a version already stored (unchanged), stale those of
+    older versions and of erased customers (forgotten)."""
     matches = SUMMARY_RE.findall(run.stderr)
     assert len(matches) == 1, describe(run)
-    total, applied, stale, rejected = (int(n) for n in matches[0])
-    return total, applied, stale, rejected
+    total, applied, unchanged, stale, forgotten, rejected = (int(n) for n in matches[0])
+    return total, applied + unchanged, stale + forgotten, rejected
 
 
 def rejections(run: Run) -> dict[str, str]:
@@ -836,10 +839,10 @@ def redraws(terminal: str) -> list[str]:
 
 
 #: A bar over the bytes of a file at its end: ``100%|████| 3.02M/3.02M [00:03<00:00,
-#: 1.01MB/s, 2999 applied, 0 stale, 1 rejected]``.
+#: 1.01MB/s, 2999 applied, 0 unchanged, 0 stale, 0 forgotten, 1 rejected]``.
 FULL_BYTES_BAR_RE = re.compile(
     r"100%\|█+\| ([\d.]+[kMG]?)/\1 \[\d\d:\d\d<00:00, +[\d.?]+[kMG]?B/s, "
-    r"(\d+) applied, (\d+) stale, (\d+) rejected\] *"
+    r"(\d+) applied, (\d+) unchanged, (\d+) stale, (\d+) forgotten, (\d+) rejected\] *"
 )
 
 
@@ -868,7 +871,8 @@ def test_import_draws_a_bar_of_the_bytes_read_only_on_a_terminal(
     # The bar counted bytes up to the whole file, with the counts after it...
     finals = [m for m in map(FULL_BYTES_BAR_RE.fullmatch, drawn) if m is not None]
     assert finals, terminal
-    assert finals[-1].groups()[1:] == ("3000", "0", "1"), terminal
+    # (The file's customers are stored already: the same versions again.)
+    assert finals[-1].groups()[1:] == ("0", "3000", "0", "0", "1"), terminal
     assert any(re.match(r" +\d%\|", part) for part in drawn[:3]), terminal  # from 0%
     # ... the rejection was printed whole on a line of its own above it, and the summary,
     # unchanged, is the last line.

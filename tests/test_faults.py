@@ -45,8 +45,10 @@ from tests.webhook_streams import build_stream, envelope
 
 SECRET = f"whsec-faults-{uuid.uuid4().hex}"
 RETRY_LOG = "retrying transaction"
+#: (total, applied, unchanged, stale, rejected): no customer is forgotten in these imports.
 _IMPORT_SUMMARY = re.compile(
-    r"imported (\d+) records in [\d.]+s: (\d+) applied, (\d+) stale, (\d+) rejected"
+    r"imported (\d+) records in [\d.]+s: (\d+) applied, (\d+) unchanged, (\d+) stale, "
+    r"0 forgotten, (\d+) rejected"
 )
 _INGEST_SUMMARY = re.compile(r"(\d+) (applied|stale|duplicate|ignored|rejected|malformed)")
 
@@ -227,9 +229,9 @@ def test_import_survives_its_connection_being_terminated_twice(
     assert "Traceback" not in stderr
     summaries = _IMPORT_SUMMARY.findall(stderr)
     assert summaries, stderr[-2000:]
-    total, applied, stale, rejected = map(int, summaries[-1])
+    total, applied, unchanged, stale, rejected = map(int, summaries[-1])
     assert (total, rejected) == (40_000, 0)
-    assert applied + stale == 40_000
+    assert applied + unchanged + stale == 40_000
     retries = stderr.count(RETRY_LOG)
     assert retries >= len(hits)  # each kill cost the batch in flight one attempt
 
@@ -550,8 +552,9 @@ def test_sqlite_import_and_ingest_side_by_side_wait_out_a_held_write_lock(
         assert process.returncode == 0, err.decode()[-2000:]
         assert b"Traceback" not in err
         assert b"database is locked" not in err
-    total, applied, stale, rejected = map(int, _IMPORT_SUMMARY.findall(outputs[0][1].decode())[-1])
-    assert (total, applied + stale, rejected) == (1_500, 1_500, 0)
+    summary = _IMPORT_SUMMARY.findall(outputs[0][1].decode())[-1]
+    total, applied, unchanged, stale, rejected = map(int, summary)
+    assert (total, applied + unchanged + stale, rejected) == (1_500, 1_500, 0)
     expected = read_jsonl(source)
     assert not expected.keys() & stream.expected.keys()
     expected.update(stream.expected)

@@ -255,7 +255,8 @@ def cli(url: str, *args: str, cwd: Path) -> Run:
 
 
 SUMMARY = re.compile(
-    r"imported (\d+) records in [\d.]+s: (\d+) applied, (\d+) stale, (\d+) rejected"
+    r"imported (\d+) records in [\d.]+s: (\d+) applied, (\d+) unchanged, (\d+) stale, "
+    r"(\d+) forgotten, (\d+) rejected"
 )
 REJECTION = re.compile(r"^rejected line (\d+): (.+)$", re.MULTILINE)
 
@@ -263,8 +264,10 @@ REJECTION = re.compile(r"^rejected line (\d+): (.+)$", re.MULTILINE)
 def import_summary(run: Run) -> tuple[int, int, int, int]:
     match = SUMMARY.search(run.stderr)
     assert match, run.describe()
-    total, applied, stale, rejected = (int(g) for g in match.groups())
-    return total, applied, stale, rejected
+    # No customer is erased in these runs; a version already stored counts as written.
+    total, applied, unchanged, stale, forgotten, rejected = (int(g) for g in match.groups())
+    assert forgotten == 0, run.describe()
+    return total, applied + unchanged, stale, rejected
 
 
 def rejected_lines(run: Run) -> dict[int, str]:

@@ -24,6 +24,7 @@ from models import (
 )
 from repository import CustomerReader, CustomerRepository, UpsertOutcome, make_engine
 from repository.customers import DeleteOutcome
+from repository.erasure import forget_customer
 from repository.mapping import customer_to_rows
 from tests.conftest import load_example_customers
 
@@ -193,7 +194,7 @@ def test_the_same_payload_twice_is_idempotent(repo: CustomerRepository) -> None:
     session = repo.session
     payload = _customer()
     assert repo.upsert(payload) is UpsertOutcome.APPLIED
-    assert repo.upsert(copy.deepcopy(payload)) is UpsertOutcome.APPLIED
+    assert repo.upsert(copy.deepcopy(payload)) is UpsertOutcome.UNCHANGED
     assert _stored(repo, "cust_test0001") == payload
     assert session.scalar(select(func.count()).select_from(LoyaltyCampaignRow)) == 1
     assert session.scalar(select(func.count()).select_from(ReferralEntryRow)) == 1
@@ -449,9 +450,29 @@ def test_upsert_rows_writes_validated_rows_with_the_rule_of_upsert_many(
     newer = _customer("cust_a", updated_at="2024-06-01T00:00:00.000Z")
     older = _customer("cust_a", updated_at="2024-01-01T00:00:00.000Z", name="Older")
     batch = [customer_to_rows(parse_customer(c)) for c in (older, newer, _customer("cust_b"))]
-    assert repo.upsert_rows(batch) == [False, True, True]
-    assert repo.upsert_rows([customer_to_rows(parse_customer(older))]) == [False]
+    applied, stale = UpsertOutcome.APPLIED, UpsertOutcome.STALE
+    assert repo.upsert_rows(batch) == [stale, applied, applied]
+    assert repo.upsert_rows([customer_to_rows(parse_customer(older))]) == [stale]
     assert _stored(repo, "cust_a") == newer
+
+
+def test_a_stored_version_written_again_is_unchanged_and_an_erased_customer_forgotten(
+    session: Session,
+) -> None:
+    repo = CustomerRepository(session)
+    first = _customer("cust_same0001", updated_at="2024-03-01T00:00:00.000Z")
+    second = _customer("cust_same0002", updated_at="2024-03-02T00:00:00.000Z")
+    erased = _customer("cust_gone0001", updated_at="2024-03-03T00:00:00.000Z")
+    repo.upsert_many([first, second, erased])
+    forget_customer(repo.session, "cust_gone0001", forgotten_at=datetime(2024, 4, 1, tzinfo=UTC))
+    newer = {**second, "name": "Renamed", "updated_at": "2024-03-09T00:00:00.000Z"}
+    # One by one, and in a batch: the same version, a newer one, an erased customer's.
+    assert repo.upsert(first) is UpsertOutcome.UNCHANGED
+    assert repo.upsert(erased) is UpsertOutcome.FORGOTTEN
+    summary = repo.upsert_many([first, newer, erased, {**erased, "updated_at": None}])
+    assert (summary.unchanged, summary.applied, summary.forgotten, summary.stale) == (1, 1, 2, 0)
+    assert repo.upsert(newer) is UpsertOutcome.UNCHANGED
+    assert repo.upsert(second) is UpsertOutcome.STALE
 
 
 def test_iter_all_streams_every_customer_in_id_order(repo: CustomerRepository) -> None:

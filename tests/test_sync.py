@@ -14,18 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from repository import (
+    ApiUnavailable,
     AuthenticationFailed,
     BudgetExhausted,
     CustomerRepository,
+    SweepRefused,
     SyncReport,
     VoucherifyClient,
     make_session_factory,
     sync_customers,
 )
+from repository.erasure import forget_customer
+from repository.sync_state import load_sync_state
+from repository.tables import tombstones
 from tests.voucherify_api import FakeVoucherify, make_customers
 
 APP_ID, APP_TOKEN = "app-id", "app-token"
@@ -260,7 +265,7 @@ def test_the_cli_syncs_with_keys_from_the_environment_and_stats_show_the_last_sy
     done = run("sync")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("synced 120 customers in ")
-    assert "120 applied, 0 stale, 0 rejected, 0 deleted" in done.stdout
+    assert "120 applied, 0 unchanged, 0 stale, 0 forgotten, 0 rejected, 0 deleted" in done.stdout
     assert APP_TOKEN not in done.stdout + done.stderr
     assert run("sync", "--dry-run").returncode == 0
     stats = json.loads(run("stats").stdout)
@@ -303,3 +308,247 @@ def test_webhooks_racing_a_sync_end_in_the_newest_version_of_each_customer(
         assert {cid: result[cid] for cid in older} == {cid: api[cid] for cid in older}
         untouched = set(api) - set(newer) - set(older)
         assert {cid: result[cid] for cid in untouched} == {cid: api[cid] for cid in untouched}
+
+
+# -- a broken upstream: the sweep deletes nothing it cannot vouch for -----------------------
+
+
+def tombstone_rows(sessions: sessionmaker[Session]) -> dict[str, tuple[bool, bool]]:
+    """Each tombstone's (swept, forgotten), by customer id."""
+    with sessions() as session:
+        rows = session.execute(
+            select(tombstones.c.customer_id, tombstones.c.swept, tombstones.c.forgotten)
+        )
+        return {cid: (bool(swept), bool(forgotten)) for cid, swept, forgotten in rows}
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        ("end_early", SweepRefused, "incomplete: 100 customers listed, the API reported a total"),
+        ("empty_object", ApiUnavailable, "not a list object"),
+        ("malformed", ApiUnavailable, "no customers array"),
+        ("ignore_cursor", ApiUnavailable, "went backwards on page 2"),
+        ("backwards", ApiUnavailable, "went backwards on page 1"),
+    ],
+)
+def test_a_full_sync_against_a_broken_listing_stops_and_deletes_nothing(
+    sessions: sessionmaker[Session], fake: FakeVoucherify, fault: str, error: type[Exception],
+    message: str,
+) -> None:
+    customers = make_customers(230, seed=61)
+    fake.put_many(customers)
+    sync(sessions, fake)
+    before = stored(sessions)
+    fake.list_fault = fault
+    with pytest.raises(error, match=message):
+        sync(sessions, fake, full=True)
+    assert stored(sessions) == before and tombstone_rows(sessions) == {}
+    # It ended at once: no page read again and again.
+    assert fake.requests <= 3 + 3
+    # Mended upstream, the next full sync (resuming a listing stopped midway) deletes what
+    # it really should.
+    fake.list_fault = None
+    fake.delete(customers[-1]["id"])
+    report = sync(sessions, fake, full=True)
+    assert report.mode == "full" and report.deleted == 1
+    assert stored(sessions) == listed(fake)
+
+
+def test_a_listing_that_ends_early_keeps_the_checkpoint_where_it_was(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    fake.put_many(make_customers(40, seed=62))
+    sync(sessions, fake)
+    with sessions() as session:
+        checkpoint = load_sync_state(session, fake.url)
+    # Created after that run.
+    fake.put_many(make_customers(110, start=datetime.now(UTC) + timedelta(seconds=2), seed=69))
+    fake.list_fault = "end_early"
+    with pytest.raises(SweepRefused, match="total of 150"):
+        sync(sessions, fake, full=True)
+    with sessions() as session:
+        after = load_sync_state(session, fake.url)
+    assert checkpoint is not None and after is not None
+    assert (after.created_cursor, after.listing_started_at) == (checkpoint.created_cursor, None)
+    # The customers after the early end are found by the next run, not skipped.
+    fake.list_fault = None
+    sync(sessions, fake)
+    assert stored(sessions) == listed(fake)
+
+
+def test_a_listing_within_the_margin_of_its_total_sweeps(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    # Customers deleted while a listing runs make it see more than the last total says.
+    customers = make_customers(120, seed=63)
+    fake.put_many(customers)
+    sync(sessions, fake)
+    fake.delete(customers[0]["id"])
+    report = sync(sessions, fake, full=True)
+    assert report.deleted == 1 and report.total == 119
+
+
+def test_the_mass_deletion_guard_deletes_nothing_beyond_its_bound(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(170, seed=64)
+    fake.put_many(customers)
+    sync(sessions, fake)
+    gone = [c["id"] for c in customers[100:118]]  # 18 > 10 % of 170
+    for customer_id in gone:
+        fake.delete(customer_id)
+    with pytest.raises(SweepRefused, match="would delete 18 of 170 stored customers, more than "
+                                            "--max-deletions 17"):
+        sync(sessions, fake, full=True)
+    assert len(stored(sessions)) == 170 and tombstone_rows(sessions) == {}
+    with pytest.raises(SweepRefused, match=r"would delete 18 .* --max-deletions 12"):
+        sync(sessions, fake, full=True, max_deletions=12)
+    # The listing was complete: the incremental runs in between go on from it.
+    assert sync(sessions, fake).mode == "incremental"
+    report = sync(sessions, fake, full=True, max_deletions=18)
+    assert report.deleted == 18 and stored(sessions) == listed(fake)
+    # Few stored customers: the bound is ten.
+    fake.delete(customers[0]["id"])
+    assert sync(sessions, fake, full=True, max_deletions=None).deleted == 1
+
+
+def test_a_swept_customer_comes_back_when_voucherify_shows_it_again(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(90, seed=65)
+    fake.put_many(customers)
+    sync(sessions, fake)
+    listed_again, delivered_again = customers[3], customers[4]
+    for customer in (listed_again, delivered_again):
+        fake.delete(customer["id"])  # missing from a listing, for whatever reason
+    assert sync(sessions, fake, full=True).deleted == 2
+    assert tombstone_rows(sessions) == {
+        listed_again["id"]: (True, False), delivered_again["id"]: (True, False)
+    }
+    # Listed again with the very timestamps it had, older than the sweep's tombstone.
+    fake.put(listed_again)
+    report = sync(sessions, fake, full=True)
+    assert (report.applied, report.deleted) == (1, 0)
+    # A webhook's payload, as old, brings the other back too.
+    with sessions.begin() as session:
+        assert CustomerRepository(session).upsert(delivered_again) == "applied"
+    result = stored(sessions)
+    assert result[listed_again["id"]] == listed_again
+    assert result[delivered_again["id"]] == delivered_again
+    assert tombstone_rows(sessions) == {}
+
+
+def a_second_after(customer: dict[str, Any]) -> datetime:
+    """A second after the customer's version: when a webhook would date its deletion."""
+    stamp = later(customer["updated_at"] or customer["created_at"], seconds=1)
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_a_webhook_deletion_stays_final_whatever_a_listing_shows(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(80, seed=66)
+    fake.put_many(customers)
+    sync(sessions, fake)
+    deleted, swept_then_deleted = customers[7], customers[8]
+    with sessions.begin() as session:
+        CustomerRepository(session).delete(deleted["id"], deleted_at=a_second_after(deleted))
+    fake.delete(swept_then_deleted["id"])
+    assert sync(sessions, fake, full=True).deleted == 1
+    # The webhook's deletion arrives after the sweep, dated before it: it is final now.
+    with sessions.begin() as session:
+        CustomerRepository(session).delete(
+            swept_then_deleted["id"], deleted_at=a_second_after(swept_then_deleted)
+        )
+    assert tombstone_rows(sessions) == {
+        deleted["id"]: (False, False), swept_then_deleted["id"]: (False, False)
+    }
+    # Voucherify (a lagging replica, say) lists both with their old versions.
+    fake.put(swept_then_deleted)
+    report = sync(sessions, fake, full=True)
+    assert (report.applied, report.stale) == (0, 2)
+    result = stored(sessions)
+    assert deleted["id"] not in result and swept_then_deleted["id"] not in result
+
+
+def test_an_unchanged_overlap_is_no_repair(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(140, seed=67)
+    fake.put_many(customers)
+    assert sync(sessions, fake).applied == 140
+    # An overlap reaching back over every customer re-reads each stored version.
+    report = sync(sessions, fake, overlap=timedelta(days=3650))
+    assert report.listed > 140
+    assert (report.applied, report.stale, report.repaired) == (0, 0, 0)
+    assert report.unchanged == report.listed
+    with sessions() as session:
+        state = load_sync_state(session, fake.url)
+    assert state is not None and state.last_repaired == 0
+    fake.update(customers[9]["id"], at=later(now(), seconds=1), name="Changed")
+    report = sync(sessions, fake, overlap=timedelta(days=3650))
+    assert (report.applied, report.repaired) == (1, 1)
+
+
+def test_a_forgotten_customer_listed_again_counts_as_forgotten(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    customers = make_customers(50, seed=68)
+    fake.put_many(customers)
+    erased, never_stored = customers[11], customers[12]
+    fake.delete(never_stored["id"])
+    sync(sessions, fake)
+    with sessions.begin() as session:
+        for customer in (erased, never_stored):
+            forget_customer(session, customer["id"], forgotten_at=datetime.now(UTC))
+    fake.put(never_stored)
+    fake.update(erased["id"], at=later(now(), seconds=1), name="Still there")
+    report = sync(sessions, fake, full=True)
+    assert (report.forgotten, report.stale, report.applied) == (2, 0, 0)
+    result = stored(sessions)
+    assert erased["id"] not in result and never_stored["id"] not in result
+    assert tombstone_rows(sessions)[erased["id"]] == (False, True)
+
+
+def test_the_cli_refuses_a_doubtful_sweep_in_one_line_and_loses_no_customer(
+    sessions: sessionmaker[Session], fake: FakeVoucherify, database_url: str, tmp_path: Path
+) -> None:
+    customers = make_customers(210, seed=70)
+    fake.put_many(customers)
+    env = {"DATABASE_URL": database_url, "VOUCHERIFY_API_URL": fake.url,
+           "VOUCHERIFY_APP_ID": APP_ID, "VOUCHERIFY_APP_TOKEN": APP_TOKEN, "PATH": ""}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "customer_store", "sync", *args], env=env,
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        )
+
+    assert run().returncode == 0
+    bad = run("--full", "--max-deletions", "-3")
+    assert bad.returncode == 2 and "--max-deletions" in bad.stderr
+    for fault, says in [
+        ("end_early", "the listing is incomplete: 100 customers listed, the API reported a "
+                      "total of 210"),
+        ("empty_object", "not a list object"),
+        ("ignore_cursor", "went backwards"),
+    ]:
+        fake.list_fault = fault
+        refused = run("--full")
+        assert refused.returncode == 1, (fault, refused.stderr)
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith("customer-store: sync") and says in line, line
+        assert len(stored(sessions)) == 210
+    fake.list_fault = None
+    assert run("--full").returncode == 0  # ends the listing the last fault stopped midway
+    for customer in customers[:30]:
+        fake.delete(customer["id"])
+    guarded = run("--full")
+    assert guarded.returncode == 1
+    (line,) = guarded.stderr.splitlines()
+    assert "would delete 30 of 210 stored customers, more than --max-deletions 21" in line
+    assert len(stored(sessions)) == 210
+    done = run("--full", "--max-deletions", "30")
+    assert done.returncode == 0, done.stderr
+    assert "30 deleted" in done.stdout and stored(sessions) == listed(fake)

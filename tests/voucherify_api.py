@@ -76,6 +76,17 @@ request that would have been answered 200, with that probability (a seeded
 :class:`random.Random`), into a 429 ``api_calls`` with ``Retry-After: 1``, which is counted
 against the window like the 200 would have been, but is no violation and blocks nothing.
 
+A broken upstream, for the answers of ``GET /v1/customers`` that would be 200s:
+:attr:`FakeVoucherify.list_fault`, one of :data:`LIST_FAULTS` (or ``None``, the default),
+may be set at any time:
+
+- ``"end_early"``: every page says ``has_more: false`` (``total`` stays right);
+- ``"empty_object"``: the body is ``{"customers": []}``, nothing else;
+- ``"malformed"``: ``customers`` is an object, not an array;
+- ``"ignore_cursor"``: ``starting_after`` is ignored (the same page whatever the cursor);
+- ``"backwards"``: the last two customers of a page are swapped, so that the last one is
+  older than the one before it.
+
 :attr:`FakeVoucherify.requests` counts answered requests (every status);
 :attr:`FakeVoucherify.request_log` holds ``(path, query parameters, status)`` for each,
 never a header.
@@ -96,7 +107,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any, cast
@@ -104,6 +115,7 @@ from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
     "CYCLE_RETRY_SECONDS",
+    "LIST_FAULTS",
     "UNLIMITED",
     "FakeVoucherify",
     "format_instant",
@@ -113,6 +125,8 @@ __all__ = [
 
 #: What ``X-Rate-Limit-Limit`` reports when there is no window limit.
 UNLIMITED = 1_000_000
+#: The ways :attr:`FakeVoucherify.list_fault` can break a list answer (module docstring).
+LIST_FAULTS = ("end_early", "empty_object", "malformed", "ignore_cursor", "backwards")
 #: ``Retry-After`` once the billing cycle's requests are used up (30 days).
 CYCLE_RETRY_SECONDS = 30 * 24 * 3600
 
@@ -374,6 +388,8 @@ class FakeVoucherify:
         self.cycle_limit = cycle_limit
         #: Probability of a 429 in place of a 200 (may be changed at any time).
         self.random_429_rate = random_429_rate
+        #: How list answers are broken, one of :data:`LIST_FAULTS` (may be changed at any time).
+        self.list_fault: str | None = None
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._store: dict[str, _Stored] = {}
@@ -666,11 +682,22 @@ class FakeVoucherify:
         return cached
 
     def _list(self, query: _Query) -> bytes:
+        fault = self.list_fault
+        if fault is not None and fault not in LIST_FAULTS:
+            raise ValueError(f"list_fault must be one of {LIST_FAULTS} or None, got {fault!r}")
+        if fault == "empty_object":
+            return b'{"customers": []}'
+        if fault == "malformed":
+            return b'{"object": "list", "customers": {"0": null}, "total": 1, "has_more": false}'
+        if fault == "ignore_cursor":
+            query = replace(query, starting_after=None)
         matching = [entry for entry in self._ordered(query.order) if _matches_filters(entry, query)]
         remaining = [entry for entry in matching if _after_cursor(entry, query)]
         offset = (query.page - 1) * query.limit
         page = remaining[offset : offset + query.limit]
-        has_more = offset + query.limit < len(remaining)
+        has_more = offset + query.limit < len(remaining) and fault != "end_early"
+        if fault == "backwards" and len(page) >= 2:
+            page = [*page[:-2], page[-1], page[-2]]
         return b"".join(
             (
                 b'{"object": "list", "data_ref": "customers", "customers": [',
