@@ -81,6 +81,8 @@ MAX_PAGE = 99
 #: How far an incremental run reaches back before its checkpoint.
 DEFAULT_OVERLAP = timedelta(seconds=1)
 _TICK = timedelta(milliseconds=1)
+#: How far ahead of this machine's clock a stored checkpoint may be and still be trusted.
+_CLOCK_SKEW = timedelta(minutes=5)
 _SWEEP_PAGE = 500
 #: How far the customers a full listing saw may be from the ``total`` the API reported
 #: (customers deleted or created while it ran): this many, or this share of the total.
@@ -180,7 +182,8 @@ def sync_customers(
     run = _Run(sessions, client, state, dry_run, on_progress, on_reject)
     run.max_deletions = max_deletions
     try:
-        if full or state.listing_started_at is not None or state.created_cursor is None:
+        if (full or state.listing_started_at is not None
+                or not _trusted(state.created_cursor) or not _trusted(state.updated_cursor)):
             run.listing(sweep=full)
         else:
             run.incremental(overlap)
@@ -232,7 +235,7 @@ class _Run:
         for page in self._walk("created_at", start, count_total=True):
             if state.listing_started_at is None:
                 state.listing_started_at = self._server_time()
-            state.listing_cursor = page.checkpoint or state.listing_cursor
+            state.listing_cursor = self._held_back(page.checkpoint) or state.listing_cursor
             self._store(page, note_listed=sweeping)
         started = state.listing_started_at or self._server_time()
         if sweeping:
@@ -250,7 +253,8 @@ class _Run:
             cursor = getattr(state, f"{order.removesuffix('_at')}_cursor")
             for page in self._walk(order, cursor - overlap if cursor else None):
                 if page.checkpoint is not None:
-                    setattr(state, f"{order.removesuffix('_at')}_cursor", page.checkpoint)
+                    setattr(state, f"{order.removesuffix('_at')}_cursor",
+                            self._held_back(page.checkpoint))
                 self._store(page, note_listed=False)
         self._finish(clear_listed=False)
 
@@ -351,6 +355,12 @@ class _Run:
         server = self.client.last_server_time
         # No Date header: this machine's clock, held back for a possible skew.
         return min(server, now) if server is not None else now - timedelta(minutes=5)
+
+    def _held_back(self, checkpoint: datetime | None) -> datetime | None:
+        """A page's checkpoint, never later than the server's time (:meth:`_server_time`):
+        a customer stamped in the future would otherwise make every later run start after
+        it and find nothing; held back, later runs read that customer again instead."""
+        return None if checkpoint is None else min(checkpoint, self._server_time())
 
     # -- storing -----------------------------------------------------------------------
 
@@ -513,6 +523,13 @@ def _delete_unlisted(
         repo.delete(cid, deleted_at=started, swept=True) is DeleteOutcome.REMOVED for cid in ids
     )
     return ids, removed
+
+
+def _trusted(cursor: datetime | None) -> bool:
+    """Whether a stored checkpoint can be gone on from: one in the future (written before
+    checkpoints were held back to the clock) would skip every change until it; the run
+    lists everything again instead, as a first run does."""
+    return cursor is not None and cursor <= datetime.now(UTC) + _CLOCK_SKEW
 
 
 def _id(customer: Any) -> str:

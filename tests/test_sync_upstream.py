@@ -34,6 +34,7 @@ from repository import (
     sync_customers,
     sync_states,
 )
+from repository.sync_state import save_sync_state
 from tests.servers import Reply, child_env, cli_command, free_port, request, serve_command, stop
 from tests.voucherify_api import FakeVoucherify, format_instant, make_customers
 
@@ -283,6 +284,53 @@ def test_a_date_in_the_future_does_not_become_the_checkpoint(
     assert second.returncode == 0, second.stderr
     assert "1 applied" in second.stdout
     assert stored(sessions) == listed(fake)
+
+
+def _sync_once(sessions: sessionmaker[Session], fake: FakeVoucherify) -> Any:
+    with VoucherifyClient(app_id=APP_ID, app_token=APP_TOKEN, api_url=fake.url) as client:
+        return sync_customers(sessions, client)
+
+
+def test_a_customer_stamped_in_the_future_does_not_become_the_checkpoint(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    assert _sync_once(sessions, fake).mode == "backfill"
+    now = datetime.now(UTC)
+    ahead = {**make_customers(1, seed=9090)[0], "id": "cust_StampedInTheYear2311xyz",
+             "created_at": format_instant(now), "updated_at": "2311-05-17T08:00:00.000Z"}
+    fake.put(ahead)
+    report = _sync_once(sessions, fake)
+    assert (report.mode, report.applied) == ("incremental", 1)
+    with sessions() as session:
+        (state,) = sync_states(session)
+    for cursor in (state.created_cursor, state.updated_cursor):
+        assert cursor is not None and as_utc(cursor) <= datetime.now(UTC)
+    # A customer changed afterwards (found only by its updated_at) is not skipped.
+    changed = {**next(iter(listed(fake).values())), "name": "Changed After The Future One",
+               "updated_at": format_instant(datetime.now(UTC))}
+    fake.put(changed)
+    later = _sync_once(sessions, fake)
+    assert later.applied == 1
+    assert stored(sessions) == listed(fake)
+
+
+def test_a_checkpoint_already_in_the_future_is_not_gone_on_from(
+    sessions: sessionmaker[Session], fake: FakeVoucherify
+) -> None:
+    _sync_once(sessions, fake)
+    with sessions() as session, session.begin():
+        (state,) = sync_states(session)
+        state.created_cursor = state.updated_cursor = datetime(2290, 1, 1, tzinfo=UTC)
+        save_sync_state(session, state)
+    changed = {**next(iter(listed(fake).values())), "name": "Changed Under A Bad Checkpoint",
+               "updated_at": format_instant(datetime.now(UTC))}
+    fake.put(changed)
+    report = _sync_once(sessions, fake)
+    assert report.mode == "backfill"  # listed again from the start, as a first run is
+    assert stored(sessions) == listed(fake)
+    with sessions() as session:
+        (state,) = sync_states(session)
+    assert state.updated_cursor is not None and as_utc(state.updated_cursor) <= datetime.now(UTC)
 
 
 # --- item 7: headers that make no sense ----------------------------------------------------------
