@@ -3,11 +3,11 @@
 Counted as deliveries are answered:
 
 - ``customer_store_deliveries_total{outcome,status}``: deliveries answered, by outcome
-  (``applied``, ``stale``, ``duplicate``, ``ignored``, ``rejected`` for recorded ones;
-  ``refused`` for a missing or wrong signature or a body over the limit, ``malformed`` for
-  a body that is not an envelope, ``disconnected`` for a client gone before its body
-  ended, ``unavailable`` for a database error, ``timeout`` for a delivery not recorded in
-  time) and HTTP status;
+  (``applied``, ``stale``, ``forgotten``, ``duplicate``, ``ignored``, ``rejected`` for
+  recorded ones; ``refused`` for a missing or wrong signature or a body over the limit,
+  ``malformed`` for a body that is not an envelope, ``disconnected`` for a client gone
+  before its body ended, ``unavailable`` for a database error, ``timeout`` for a delivery
+  not recorded in time) and HTTP status;
 - ``customer_store_delivery_seconds``: the time to answer each delivery;
 - ``customer_store_database_errors_total``: database errors the receiver met (a delivery
   answered 503, a readiness check or a scrape that could not read); errors a retry

@@ -19,6 +19,8 @@ class EventOutcome(enum.StrEnum):
 
     APPLIED = "applied"
     STALE = "stale"
+    #: About a customer erased on request (revision 0010): kept, the customer not stored.
+    FORGOTTEN = "forgotten"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
     REJECTED = "rejected"

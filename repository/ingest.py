@@ -350,6 +350,16 @@ def is_forgotten(customer_id: Any) -> ColumnElement[bool]:
     )
 
 
+#: The event's version is stored (written now, or held already), or it is not: older than
+#: what is stored, or about a customer erased on request.
+_EVENT_OUTCOMES = {
+    UpsertOutcome.APPLIED: EventOutcome.APPLIED,
+    UpsertOutcome.UNCHANGED: EventOutcome.APPLIED,
+    UpsertOutcome.STALE: EventOutcome.STALE,
+    UpsertOutcome.FORGOTTEN: EventOutcome.FORGOTTEN,
+}
+
+
 def _perform(session: Session, action: _Action) -> EventOutcome:
     if isinstance(action, _Reject):
         return EventOutcome.REJECTED
@@ -357,9 +367,6 @@ def _perform(session: Session, action: _Action) -> EventOutcome:
         return EventOutcome.IGNORED
     repo = CustomerRepository(session)
     if isinstance(action, _Upsert):
-        upserted = repo.upsert(action.customer)
-        # The event's version is stored (written now, or held already), or it is not.
-        stored = upserted in (UpsertOutcome.APPLIED, UpsertOutcome.UNCHANGED)
-        return EventOutcome.APPLIED if stored else EventOutcome.STALE
+        return _EVENT_OUTCOMES[repo.upsert(action.customer)]
     deleted = repo.delete(action.customer_id, deleted_at=action.deleted_at)
     return EventOutcome.STALE if deleted is DeleteOutcome.STALE else EventOutcome.APPLIED

@@ -12,6 +12,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from repository import (
     CustomerRepository,
     IngestResult,
     count_events,
+    forget_customer,
     ingest_delivery,
     ingest_delivery_async,
     make_async_session_factory,
@@ -193,6 +195,25 @@ def test_older_update_arriving_after_a_newer_one_is_stale_and_changes_nothing(
     assert _stored(sessions) == newer
     row = _row(sessions, _event_id(body))
     assert row is not None and row.outcome == "stale"
+
+
+def test_an_update_of_a_forgotten_customer_is_recorded_as_forgotten_not_stale(
+    sessions: sessionmaker[Session],
+) -> None:
+    _deliver(sessions, _body("customer.updated", _version("2024-03-01T00:00:00.000Z")))
+    with sessions() as s, s.begin():
+        forget_customer(s, CUSTOMER_ID, forgotten_at=datetime(2024, 3, 2, tzinfo=UTC))
+
+    # Newer than the erasure: still never stored again, and said to be forgotten.
+    body = _body("customer.updated", _version("2024-04-01T00:00:00.000Z", name="Back Again"))
+    result = _deliver(sessions, body)
+
+    assert result.outcome is EventOutcome.FORGOTTEN
+    assert _stored(sessions) is None
+    row = _row(sessions, _event_id(body))
+    assert row is not None and row.outcome == "forgotten"
+    with sessions() as s:
+        assert count_events(s).get("forgotten") == 1
 
 
 def test_same_event_delivered_twice_is_a_duplicate_counted_on_its_row(
