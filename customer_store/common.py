@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import re
 import stat
@@ -130,6 +131,24 @@ def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
             ) from None
         if not minimum <= value <= maximum:
             raise argparse.ArgumentTypeError(f"must be from {minimum:,} to {maximum:,}")
+        return value
+
+    return parse
+
+
+def number_between(minimum: float, maximum: float, *, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a number from ``minimum`` to ``maximum`` (``unit``, e.g.
+    ``" seconds"``, said in the message); NaN and infinities are refused."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not minimum <= value <= maximum:  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(
+                f"expected a number from {minimum:g} to {maximum:g}{unit}, got {text[:40]!r}"
+            )
         return value
 
     return parse

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from customer_store.common import (
     EXIT_USAGE,
     CommandError,
     int_between,
+    number_between,
     read_secret,
 )
 from customer_store.progress import print_message, progress_bar
@@ -66,7 +66,7 @@ def add_commands(commands: Any) -> None:
         "needs --full); exit 1 when the store has drifted",
     )
     sync.add_argument(
-        "--reserve", type=_share, default=DEFAULT_RESERVE, metavar="SHARE",
+        "--reserve", type=number_between(0, 0.9), default=DEFAULT_RESERVE, metavar="SHARE",
         help="share of the API's per-window request limit left to other callers, 0 to 0.9 "
         f"(default {DEFAULT_RESERVE})",
     )
@@ -81,7 +81,8 @@ def add_commands(commands: Any) -> None:
         f"{int(DEFAULT_OVERLAP.total_seconds())})",
     )
     sync.add_argument(
-        "--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        "--timeout", type=number_between(0.1, 3600, unit=" seconds"), default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
         help="the most one request may take, from connecting to its last byte, before it "
         f"is retried (default {DEFAULT_TIMEOUT:g}); no wait between requests lasts longer "
         f"than {DEFAULT_MAX_WAIT:g} s",
@@ -92,28 +93,6 @@ def add_commands(commands: Any) -> None:
         "(default: 10%% of the stored customers, at least 10)",
     )
     sync.set_defaults(run=_sync)
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 0.9, got {text!r}") from None
-    if not 0 <= value <= 0.9:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 0.9, got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds, got {text[:40]!r}"
-        ) from None
-    if not (math.isfinite(value) and 0.1 <= value <= 3600):
-        raise argparse.ArgumentTypeError(f"expected 0.1 to 3600 seconds, got {text[:40]}")
-    return value
 
 
 def _sync(engine: Engine, args: argparse.Namespace) -> int:

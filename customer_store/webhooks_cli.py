@@ -27,6 +27,7 @@ from customer_store.common import (
     EXIT_USAGE,
     CommandError,
     int_between,
+    number_between,
     open_binary_input,
     read_secret,
 )
@@ -85,7 +86,9 @@ def add_commands(commands: Any) -> None:
         help=f"largest body accepted, at most {MAX_BODY_LIMIT:,} (default %(default)s)",
     )
     serve.add_argument(
-        "--delivery-timeout", type=_delivery_seconds, default=DEFAULT_DELIVERY_TIMEOUT,
+        "--delivery-timeout",
+        type=number_between(MIN_DELIVERY_TIMEOUT, MAX_DELIVERY_TIMEOUT, unit=" seconds"),
+        default=DEFAULT_DELIVERY_TIMEOUT,
         metavar="SECONDS",
         help="answer each delivery within this time, lock waits and retries included, with "
         "503 and Retry-After when it cannot be recorded by then (Voucherify gives up at 10 s; "
@@ -328,19 +331,6 @@ def _replay(engine: Engine, args: argparse.Namespace) -> int:
     print(f"replayed {sum(counts.values())} events: {_summary(counts)}", file=sys.stderr)
     return EXIT_FAILED if counts["rejected"] else EXIT_OK
 
-
-def _delivery_seconds(value: str) -> float:
-    """An argparse type: seconds from MIN_DELIVERY_TIMEOUT to MAX_DELIVERY_TIMEOUT."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not MIN_DELIVERY_TIMEOUT <= seconds <= MAX_DELIVERY_TIMEOUT:  # NaN is refused too
-        raise argparse.ArgumentTypeError(
-            f"expected seconds from {MIN_DELIVERY_TIMEOUT:g} to {MAX_DELIVERY_TIMEOUT:g}, "
-            f"got {value[:40]!r}"
-        )
-    return seconds
 
 
 def _summary(counts: Counter[str]) -> str:
