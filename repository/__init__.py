@@ -75,14 +75,8 @@ from repository.retry import (
 )
 from repository.schema import alembic_config, current_revision, head_revision, upgrade_to_head
 from repository.stats import StoreStats, estimate_customer_count, last_applied_at, store_stats
-from repository.sync import (
-    DEFAULT_OVERLAP,
-    SweepRefused,
-    SyncReport,
-    TieOverflow,
-    default_max_deletions,
-    sync_customers,
-)
+from repository.sweep import SweepRefused, default_max_deletions
+from repository.sync import DEFAULT_OVERLAP, SyncReport, TieOverflow, sync_customers
 from repository.sync_state import SyncState, sync_states
 from repository.voucherify_client import (
     DEFAULT_API_URL,

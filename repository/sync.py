@@ -16,11 +16,8 @@ after the cursor, else the run stops (:class:`ApiUnavailable`) rather than page 
 A full listing (the first run, or ``full=True``) notes every id it sees; ``full=True`` then
 sweeps: it records a deletion (a ``swept`` tombstone, which any later payload of the
 customer undoes) for every stored customer it did not see and that is older than the
-listing's start (on the server's clock). It deletes only after a listing complete by every
-sign the API gives (well-formed answers, each page forward, as many customers seen as the
-``total`` reported, give or take :func:`listing_margin`), and only up to ``max_deletions``
-customers (:func:`default_max_deletions`); otherwise it deletes nothing and raises
-:class:`SweepRefused`.
+listing's start (on the server's clock), only after a listing complete by every sign the
+API gives and within ``max_deletions`` (:mod:`repository.sweep`); else it deletes nothing.
 """
 
 from __future__ import annotations
@@ -28,30 +25,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import CustomerValidationError
 from models.validation import parse_customer
 from models.wire import format_datetime, parse_datetime
-from repository.customers import CustomerRepository, DeleteOutcome
+from repository.customers import CustomerRepository
 from repository.importer import Rejection
-from repository.keyset import keyset_pages
 from repository.mapping import CustomerRows, customer_to_rows
 from repository.newest_wins import UpsertOutcome, older_tombstone
 from repository.retry import run_in_transaction
+from repository.sweep import (
+    SweepRefused,
+    delete_unlisted,
+    excess_deletions,
+    incomplete_listing,
+    missing_from,
+)
 from repository.sync_state import (
     SyncState,
     count_listed,
-    count_unlisted,
     forget_listed,
     load_sync_state,
     remember_listed,
     save_sync_state,
-    unlisted_customers,
 )
 from repository.tables import customers, tombstones
 from repository.voucherify_client import (
@@ -65,11 +65,8 @@ from repository.voucherify_client import (
 __all__ = [
     "DEFAULT_OVERLAP",
     "PAGE_SIZE",
-    "SweepRefused",
     "SyncReport",
     "TieOverflow",
-    "default_max_deletions",
-    "listing_margin",
     "sync_customers",
 ]
 
@@ -83,34 +80,10 @@ DEFAULT_OVERLAP = timedelta(seconds=1)
 _TICK = timedelta(milliseconds=1)
 #: How far ahead of this machine's clock a stored checkpoint may be and still be trusted.
 _CLOCK_SKEW = timedelta(minutes=5)
-_SWEEP_PAGE = 500
-#: How far the customers a full listing saw may be from the ``total`` the API reported
-#: (customers deleted or created while it ran): this many, or this share of the total.
-LISTING_MARGIN = 10
-LISTING_MARGIN_SHARE = 0.001
-#: The sweep's default bound: this share of the stored customers, at least the minimum.
-MAX_DELETIONS_SHARE = 0.1
-MIN_MAX_DELETIONS = 10
 
 
 class TieOverflow(VoucherifyError):
     """More customers share one timestamp than the API can list (99 pages of 100)."""
-
-
-class SweepRefused(VoucherifyError):
-    """A full sync's sweep deleted nothing: its listing was not complete by every sign, or
-    it would have deleted more than ``max_deletions``. The customers it listed are stored;
-    the next full sync lists again."""
-
-
-def listing_margin(total: int) -> int:
-    """How far a full listing's count may be from the ``total`` reported for a sweep."""
-    return max(LISTING_MARGIN, int(total * LISTING_MARGIN_SHARE))
-
-
-def default_max_deletions(stored: int) -> int:
-    """The most customers a sweep deletes by default: 10 % of those stored, at least 10."""
-    return max(MIN_MAX_DELETIONS, int(stored * MAX_DELETIONS_SHARE))
 
 
 @dataclass
@@ -418,39 +391,23 @@ class _Run:
 
     def _check_complete(self) -> None:
         """Refuse the sweep unless the listing saw as many customers as the API reported."""
-        total = self.listing_total
         if self.report.dry_run:
             seen = len(self.listed_ids)
         else:
             with self.sessions() as session:
                 seen = count_listed(session, self.state.api_url)
-        if total is None:
-            self._refuse(None, "the listing ended with no answer read: deleted nothing")
-        margin = listing_margin(total)
-        if abs(seen - total) > margin:
-            self._refuse(
-                None,
-                f"the listing is incomplete: {seen} customers listed, the API reported a "
-                f"total of {total} (at most {margin} apart): deleted nothing",
-            )
+        reason = incomplete_listing(seen, self.listing_total)
+        if reason is not None:
+            self._refuse(None, reason)
 
     def _check_bound(self, started: datetime) -> None:
         """Refuse the sweep when it would delete more than ``max_deletions`` customers."""
         if self.report.dry_run:
             return  # it deletes nothing: its ``missing`` says how many
         with self.sessions() as session:
-            doomed = count_unlisted(session, self.state.api_url, started)
-            held = int(session.scalar(select(func.count()).select_from(customers)) or 0)
-        bound = self.max_deletions
-        if bound is None:
-            bound = default_max_deletions(held)
-        if doomed > bound:
-            self._refuse(
-                started,
-                f"the sweep would delete {doomed} of {held} stored customers, more than "
-                f"--max-deletions {bound}: deleted nothing (raise --max-deletions if "
-                "Voucherify really lost them)",
-            )
+            reason = excess_deletions(session, self.state.api_url, started, self.max_deletions)
+        if reason is not None:
+            self._refuse(started, reason)
 
     def _refuse(self, complete_at: datetime | None, reason: str) -> NoReturn:
         """Give up the sweep, deleting nothing: the listing is closed (the next full run
@@ -473,20 +430,9 @@ class _Run:
         """Delete what the completed listing did not see (dry run: count it)."""
         if self.report.dry_run:
             with self.sessions() as session:
-                # Not recorded in a dry run: what was listed is held in memory.
-                fetch = partial(unlisted_customers, session, None, started, limit=_SWEEP_PAGE)
-                for page in keyset_pages(fetch, str, size=_SWEEP_PAGE):
-                    self.report.missing += sum(cid not in self.listed_ids for cid in page)
+                self.report.missing += missing_from(session, started, self.listed_ids)
             return 0
-        deleted, after = 0, None
-        while True:
-            ids, removed = self._commit(
-                partial(_delete_unlisted, api_url=self.state.api_url, started=started, after=after)
-            )
-            deleted += removed
-            if len(ids) < _SWEEP_PAGE:
-                return deleted
-            after = ids[-1]
+        return delete_unlisted(self.sessions, self.state.api_url, started)
 
     def _finish(self, *, clear_listed: bool) -> None:
         if self.report.dry_run:
@@ -511,18 +457,6 @@ class _Run:
 
     def _commit(self, work: Callable[[Session], T]) -> T:
         return run_in_transaction(self.sessions, work)
-
-
-def _delete_unlisted(
-    session: Session, *, api_url: str, started: datetime, after: str | None
-) -> tuple[list[str], int]:
-    ids = unlisted_customers(session, api_url, started, after=after, limit=_SWEEP_PAGE)
-    repo = CustomerRepository(session)
-    # Swept: any later payload of the customer brings it back (a webhook's deletion stays).
-    removed = sum(
-        repo.delete(cid, deleted_at=started, swept=True) is DeleteOutcome.REMOVED for cid in ids
-    )
-    return ids, removed
 
 
 def _trusted(cursor: datetime | None) -> bool:
