@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import (
@@ -25,6 +25,7 @@ from repository import (
     head_revision,
     is_pooler_clash,
     make_engine,
+    parse_database_url,
 )
 
 if TYPE_CHECKING:
@@ -296,8 +297,8 @@ def safe_url(url: str | URL) -> str:
     """The URL with its password masked, fit for messages and logs: the password of the
     user part and secret query parameters (``?password=…``, ``?sslpassword=…``)."""
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        parsed = parse_database_url(url)
+    except (ArgumentError, ValueError):
         return "<unparseable URL>"
     if any(_is_secret_parameter(name) for name in parsed.query):
         parsed = parsed.set(query={
@@ -308,11 +309,16 @@ def safe_url(url: str | URL) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+# A secret query parameter of a URL (``?password=…``, ``&sslpassword=…``).
+_QUERY_SECRET = re.compile(
+    rf"([?&][^=&\s]*(?:{'|'.join(_SECRET_QUERY_WORDS)})[^=&\s]*=)[^&\s]*", re.IGNORECASE
+)
 
 
 def mask_passwords(text: str) -> str:
-    """``text`` with the password of any URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    """``text`` with the password of any URL in it replaced by ``***``: the user part's
+    (one host or libpq's list of hosts) and secret query parameters."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def _is_secret_parameter(name: str) -> bool:
