@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import (
@@ -295,11 +295,17 @@ _SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token")
 
 def safe_url(url: str | URL) -> str:
     """The URL with its password masked, fit for messages and logs: the password of the
-    user part and secret query parameters (``?password=…``, ``?sslpassword=…``)."""
+    user part and secret query parameters (``?password=…``, ``?sslpassword=…``), in libpq's
+    multi-host spelling too."""
     try:
-        parsed = parse_database_url(url)
+        parsed = make_url(url)
     except (ArgumentError, ValueError):
-        return "<unparseable URL>"
+        try:
+            parse_database_url(url)
+        except ValueError:
+            return "<unparseable URL>"
+        # libpq's multi-host spelling, which SQLAlchemy's parser refuses: shown as given.
+        return mask_passwords(str(url))
     if any(_is_secret_parameter(name) for name in parsed.query):
         parsed = parsed.set(query={
             name: "***" if _is_secret_parameter(name) else value

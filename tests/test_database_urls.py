@@ -186,10 +186,13 @@ def test_a_bad_multi_host_url_is_a_usage_error_of_the_cli() -> None:
 
 def test_passwords_of_multi_host_urls_are_masked() -> None:
     url = "postgresql://app:hunter2@h1:5432,[::1]:5433/db?sslpassword=key-pass&connect_timeout=3"
-    shown = safe_url(url)
-    assert "hunter2" not in shown and "key-pass" not in shown
-    assert shown.startswith("postgresql://app:***@/db?")
-    assert "connect_timeout=3" in shown
+    assert safe_url(url) == (
+        "postgresql://app:***@h1:5432,[::1]:5433/db?sslpassword=***&connect_timeout=3"
+    )
+    assert safe_url("postgresql+psycopg://app:pw@/db?host=h1:1&host=h2:2&password=pw") == (
+        "postgresql+psycopg://app:***@/db?host=h1%3A1&host=h2%3A2&password=%2A%2A%2A"
+    )
+    assert safe_url("postgresql://h1:1,h2:x/db") == "<unparseable URL>"
     masked = mask_passwords(f"cannot connect to {url}: refused")
     assert masked == (
         "cannot connect to postgresql://app:***@h1:5432,[::1]:5433/db"
