@@ -12,6 +12,7 @@ from repository.customers import (
     DeleteOutcome,
     UpsertOutcome,
     UpsertSummary,
+    iter_customers,
 )
 from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
@@ -69,7 +70,10 @@ from repository.records import Record, read_records
 from repository.retry import (
     DeadlineExceeded,
     RetryListener,
+    is_lost_connection,
     is_retryable,
+    read_in_session,
+    read_in_session_async,
     run_in_transaction,
     run_in_transaction_async,
 )
@@ -118,6 +122,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "AsyncCustomerRepository",
     "CustomerReader",
     "CustomerRepository",
+    "iter_customers",
     "DeleteOutcome",
     "UpsertOutcome",
     "UpsertSummary",
@@ -183,6 +188,9 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "DeadlineExceeded",
     "RetryListener",
     "is_retryable",
+    "is_lost_connection",
+    "read_in_session",
+    "read_in_session_async",
     "run_in_transaction",
     "run_in_transaction_async",
     # administration
