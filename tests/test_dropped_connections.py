@@ -6,10 +6,10 @@ answer 2xx. Only this test's own database's backends are terminated."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
