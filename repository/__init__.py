@@ -69,6 +69,7 @@ from repository.reads import decode_customer_value
 from repository.records import Record, read_records
 from repository.retry import (
     DeadlineExceeded,
+    NotReplicated,
     RetryListener,
     is_lost_connection,
     is_retryable,
@@ -186,6 +187,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "parse_list_query",
     # transactions
     "DeadlineExceeded",
+    "NotReplicated",
     "RetryListener",
     "is_retryable",
     "is_lost_connection",

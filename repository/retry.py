@@ -48,12 +48,14 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from repository.commit_wait import NotReplicated, guarded_commit
 from repository.driver import is_pooler_clash, is_server_gone
 from repository.engine import set_sqlite_busy_timeout
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
     "DeadlineExceeded",
+    "NotReplicated",
     "RetryListener",
     "database_refusal",
     "is_lost_connection",
@@ -205,7 +207,11 @@ class _Bound:
 
 def _attempt(session: Session, work: Callable[[Session], T], bound: _Bound) -> T:
     bound.bound_waits(session)
-    return work(session)
+    result = work(session)
+    # The COMMIT too ends by the deadline (a synchronous standby that is down makes it
+    # wait, which no statement_timeout ends), and one only local is no success.
+    guarded_commit(session, bound.deadline)
+    return result
 
 
 def _policy(
