@@ -9,6 +9,7 @@ Only this module's own databases' backends are terminated (by ``datname``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -28,12 +29,16 @@ from sqlalchemy.orm import Session
 from models import EventOutcome
 from repository import (
     POOLER_HINT,
+    AsyncCustomerRepository,
     CustomerReader,
     CustomerRepository,
     UpsertOutcome,
     ingest_delivery,
+    make_async_engine,
+    make_async_session_factory,
     make_engine,
     make_session_factory,
+    read_in_session_async,
 )
 from repository.retry import run_in_transaction
 from repository.schema import upgrade_to_head
@@ -205,6 +210,43 @@ def test_a_handle_error_listener_can_call_a_fast_path_error_a_disconnect_and_the
     assert not live_pids(postgres_url, warm)
 
 
+def test_async_reads_go_through_the_seam_and_are_retried_once_after_a_terminated_backend(
+    postgres_url: str, stored: list[dict[str, Any]], runner: asyncio.Runner
+) -> None:
+    """The async face: a read of its own (``read_in_session_async``, as the read API's) and
+    one in a caller's autocommit session (``AsyncCustomerRepository``); the listener is
+    the sync engine's, as SQLAlchemy's async engines have it."""
+    engine = make_async_engine(postgres_url, read_only=True)
+    seen = SeenErrors()
+    event.listen(engine.sync_engine, "handle_error", seen)
+    sessions = make_async_session_factory(engine, read_only=True)
+    customer = stored[4]
+
+    def get_json(session: Session) -> str | None:
+        return CustomerRepository(session).get_json(customer["id"])
+
+    async def reads() -> list[str | None]:
+        answers = [await read_in_session_async(sessions, get_json)]
+        assert terminate_backends(postgres_url) >= 1
+        answers.append(await read_in_session_async(sessions, get_json))
+        async with sessions() as session:
+            repo = AsyncCustomerRepository(session)
+            answers.append(await repo.get_json(customer["id"]))
+            assert terminate_backends(postgres_url) >= 1
+            answers.append(await repo.get_json(customer["id"]))
+            answers.append(await repo.get_json(customer["id"]))
+        return answers
+
+    try:
+        answers = runner.run(asyncio.wait_for(reads(), timeout=30))
+    finally:
+        runner.run(engine.dispose())
+    assert [json.loads(a)["id"] if a else None for a in answers] == [customer["id"]] * 5
+    assert [(disconnect, statement) for _, disconnect, statement in seen.seen] == [
+        (True, None), (True, None)
+    ]
+
+
 # -- the PgBouncer hint ------------------------------------------------------------------
 
 
@@ -347,6 +389,9 @@ def test_after_the_server_connections_behind_pgbouncer_are_dropped_reads_and_wri
     customers = make_customers(16, seed=33)
     engine = make_engine(url)
     reader_engine = make_engine(url, read_only=True)
+    seen = SeenErrors()
+    for watched in (engine, reader_engine):
+        event.listen(watched, "handle_error", seen)
     try:
         sessions = make_session_factory(engine)
         reader = CustomerReader(reader_engine)
@@ -379,3 +424,6 @@ def test_after_the_server_connections_behind_pgbouncer_are_dropped_reads_and_wri
     assert len(page.customers) == 16
     assert upserted is UpsertOutcome.APPLIED
     assert [r.outcome for r in ingested] == [EventOutcome.APPLIED] * 3
+    # Whatever the drop cost (PgBouncer may notice a dead server connection before a
+    # client meets it, or pass the server's 57P01 on) was a disconnect, retried.
+    assert all(disconnect for _, disconnect, _ in seen.seen), seen.seen
