@@ -62,13 +62,15 @@ def read(server: Server, path: str) -> int:
 
 
 def terminate_backends(database_url: str) -> int:
-    """Terminate every server connection to the test's own database; how many there were."""
+    """Terminate every server connection to the test's own database, waiting (up to 5 s
+    each) until its backend has exited, so that the next statement meets the drop; how
+    many there were."""
     url = make_url(database_url)
     with psycopg.connect(
         host=url.host, port=url.port, user=url.username, dbname="postgres", autocommit=True
     ) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             [url.database],
         ).fetchall()
