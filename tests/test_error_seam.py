@@ -34,6 +34,7 @@ from repository import (
     CustomerRepository,
     UpsertOutcome,
     ingest_delivery,
+    is_pooler_clash,
     make_async_engine,
     make_async_session_factory,
     make_engine,
@@ -288,6 +289,38 @@ def test_the_pooler_hint_is_added_once_to_a_clash_on_the_fast_path(
     assert error.__notes__ == [POOLER_HINT]
     # Through the seam once: not retried (no lost connection), seen by the listener once.
     assert seen.seen == [("42P05", False, None)]
+
+
+def test_the_pooler_hint_is_added_once_to_a_clash_on_the_pipelined_write_path(
+    bounced_database: tuple[str, str],
+) -> None:
+    """Deliveries (the driver's pipelined writes) through PgBouncer without the flag, by
+    one client and then another: the second's prepared statements clash with the first's
+    left on the server connection. Each clash is raised through the seam once (not
+    retried: no lost connection), with the hint once."""
+    _, url = bounced_database
+    customers = make_customers(20, seed=34)
+    first, second = make_engine(url), make_engine(url)
+    seen = SeenErrors()
+    event.listen(second, "handle_error", seen)
+    errors: list[DBAPIError] = []
+    try:
+        for customer in customers[:7]:
+            ingest_delivery(make_session_factory(first), delivery(customer))
+        for customer in customers[7:]:
+            try:
+                ingest_delivery(make_session_factory(second), delivery(customer))
+            except DBAPIError as exc:
+                errors.append(exc)
+    finally:
+        first.dispose()
+        second.dispose()
+
+    assert errors
+    for error in errors:
+        assert is_pooler_clash(error), error
+        assert error.__notes__ == [POOLER_HINT]
+    assert len(seen.seen) == len(errors)
 
 
 # -- reads in a caller's session ---------------------------------------------------------
