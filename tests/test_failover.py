@@ -77,8 +77,9 @@ def run_through_failover(load: FailoverLoad, *, crash: Callable[[], None],
     try:
         load.wait_until(lambda: load.acknowledged_count() >= WARM_UP, timeout=60,
                         what=f"{WARM_UP} acknowledged deliveries")
-        killed = time.monotonic()
         crash()
+        # Once the crash is complete: any 2xx from here on is the new primary's.
+        killed = time.monotonic()
         promoted()
         promotion = time.monotonic()
         recovered = wait_for(writable, timeout=PROMOTION_BOUND, what="read-write sessions")
