@@ -223,7 +223,9 @@ class Timeline:
 def assert_survived(load: FailoverLoad, timeline: Timeline, store_url: str, *,
                     label: str) -> float:
     """Everything :mod:`tests.failover_load` promises, checked on the database of
-    ``store_url`` (the new primary); the seconds from promotion to the first 2xx."""
+    ``store_url`` (the new primary); the seconds from promotion to the first 2xx (below
+    zero when the store wrote to the new primary before the promotion was seen to end:
+    ``pg_ctl promote -w`` polls)."""
     assert not load.errors, load.errors
     assert load.deliveries and all(d.acknowledged for d in load.deliveries), load.summary()
     assert any(a.start < timeline.killed and _is_2xx(a.status)
