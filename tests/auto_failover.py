@@ -135,15 +135,19 @@ class Formation:
 
     directory: Path
     bindir: Path
+    #: The ``pg_autoctl`` program.
+    program: str
     monitor: Node
     nodes: list[Node] = field(default_factory=list)
 
     # --- pg_autoctl ------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
+        # A plain PATH: pg_autoctl looks for openssl and friends on it, and as the server's
+        # user it cannot read root's directories.
         return {
             **os.environ,
-            "PATH": f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join([str(self.bindir), "/usr/local/bin", "/usr/bin", "/bin"]),
             "PG_CONFIG": str(self.bindir / "pg_config"),
             "HOME": str(self.directory),
             "XDG_CONFIG_HOME": str(self.directory / "config"),
@@ -154,7 +158,7 @@ class Formation:
     def autoctl(self, *args: str, timeout: float = WAIT_SECONDS) -> str:
         """Run ``pg_autoctl ARGS`` to its end; its standard output."""
         result = subprocess.run(
-            ["pg_autoctl", *args], capture_output=True, text=True, timeout=timeout,
+            [self.program, *args], capture_output=True, text=True, timeout=timeout,
             check=False, cwd=self.directory, env=self.env(), stdin=subprocess.DEVNULL,
             **_as_server_user(),
         )
@@ -171,7 +175,7 @@ class Formation:
         process group of its own, its output in the node's log."""
         with node.log.open("ab") as log:
             node.process = subprocess.Popen(
-                ["pg_autoctl", *args], stdout=log, stderr=subprocess.STDOUT,
+                [self.program, *args], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=self.directory, env=self.env(),
                 start_new_session=True, **_as_server_user(),
             )
@@ -288,13 +292,16 @@ def auto_failover_formation() -> Iterator[Formation]:
     """A monitor and two nodes (``node_1`` primary, ``node_2`` its synchronous standby),
     with :data:`DATABASE` on them; stopped and removed afterwards."""
     bindir = _bindir()
+    program = find_pg_autoctl()
+    if program is None:
+        raise ClusterError("pg_autoctl is not installed (Debian: pg-auto-failover-cli)")
     with tempfile.TemporaryDirectory(prefix="customer-store-autofailover-") as name:
         directory = Path(name)
         _own_tree_root(directory)
         for private in ("config", "share", "run"):
             _private_dir(directory / private)
         monitor = Node("monitor", directory / "monitor", free_port(), directory / "monitor.log")
-        formation = Formation(directory, bindir, monitor)
+        formation = Formation(directory, bindir, program, monitor)
         try:
             formation.start_monitor()
             first = formation.new_node("node_1")
