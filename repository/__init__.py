@@ -13,6 +13,7 @@ from repository.customers import (
     UpsertOutcome,
     UpsertSummary,
 )
+from repository.database_urls import CONNECTION_DEFAULTS, parse_database_url
 from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
     DEFAULT_DATABASE_URL,
@@ -108,6 +109,9 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
+    # database URLs (libpq's multi-host spelling too) and connection defaults
+    "CONNECTION_DEFAULTS",
+    "parse_database_url",
     # behind a transaction pooler (?pgbouncer=true)
     "POOLER_HINT",
     "POOLER_PARAMETER",
