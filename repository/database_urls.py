@@ -57,12 +57,16 @@ LOAD_BALANCE_HOSTS = ("disable", "random")
 #: timeout); without it, an unreachable host holds a connect for about two minutes. The
 #: keepalives make the kernel notice a silent peer (a dead host, a dropped route) after
 #: 10 s idle plus 3 probes 5 s apart: about 25 s, where the system default is over two hours.
+#: ``tcp_user_timeout`` (milliseconds) covers what keepalives don't: a statement sent to a
+#: server that vanished, whose bytes are never acknowledged, which the kernel would
+#: otherwise retransmit for about 15 minutes.
 CONNECTION_DEFAULTS: dict[str, int] = {
     "connect_timeout": 5,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
 }
 
 # What the numbers of CONNECTION_DEFAULTS count, for messages.
@@ -72,6 +76,7 @@ _NUMBER_UNITS = {
     "keepalives_idle": "a whole number of seconds",
     "keepalives_interval": "a whole number of seconds",
     "keepalives_count": "a whole number of probes",
+    "tcp_user_timeout": "a whole number of milliseconds",
 }
 
 # libpq's URI: scheme://[user[:password]@]host[:port][,host[:port]...][/dbname][?params].
