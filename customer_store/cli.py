@@ -20,6 +20,7 @@ from typing import NoReturn
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from customer_store import admin_cli, search_cli, sync_cli, webhooks_cli
 from customer_store.common import (
@@ -27,6 +28,7 @@ from customer_store.common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    add_read_options,
     checked,
     db_message,
     int_between,
@@ -34,11 +36,13 @@ from customer_store.common import (
     open_engine,
     open_input,
     open_output,
+    read_router,
     require_schema,
     require_text_arguments,
     safe_url,
 )
 from customer_store.progress import print_message, progress_bar
+from models import Customer
 from repository import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATABASE_URL,
@@ -123,10 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Voucherify customer id (cust_...)",
     )
     which.add_argument("--source-id", help="look the customer up by source_id instead")
+    add_read_options(get)
     get.set_defaults(run=_get)
 
     exp = commands.add_parser("export", help="write every customer as JSON Lines, ordered by id")
     exp.add_argument("path", nargs="?", default="-", help="output file, or - for stdout")
+    add_read_options(exp)
     exp.set_defaults(run=_export)
 
     search_cli.add_commands(commands)
@@ -244,12 +250,15 @@ def _default_workers(size: int | None) -> int:
 
 
 def _get(engine: Engine, args: argparse.Namespace) -> int:
-    with make_session_factory(engine)() as session:
+    def read(session: Session) -> Customer | None:
         repo = CustomerRepository(session)
         if args.source_id is not None:
-            customer, key = repo.get_by_source_id(args.source_id), f"source_id {args.source_id!r}"
-        else:
-            customer, key = repo.get(args.id), f"id {args.id!r}"
+            return repo.get_by_source_id(args.source_id)
+        return repo.get(args.id)
+
+    with read_router(engine, args) as reads:
+        customer = reads.run(read)
+    key = f"source_id {args.source_id!r}" if args.source_id is not None else f"id {args.id!r}"
     if customer is None:
         raise CommandError(f"no customer with {key}")
     json.dump(customer.to_json(), sys.stdout, ensure_ascii=False, indent=2)
@@ -261,7 +270,8 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
     bar = progress_bar(total=None, unit="customers")
     count = 0
     try:
-        with make_session_factory(engine)() as session, open_output(args.path) as out:
+        with read_router(engine, args) as reads, reads.sessions()() as session, \
+                open_output(args.path) as out:
             repo = CustomerRepository(session)
             if not bar.disable:  # a count(*), only for a bar that is drawn
                 bar.reset(total=repo.count())

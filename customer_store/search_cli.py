@@ -11,7 +11,14 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, int_between
+from customer_store.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    add_read_options,
+    int_between,
+    read_router,
+)
 from models import INT64_MAX, INT64_MIN, loads_json, parse_datetime
 from repository import (
     FOLD_LIMIT,
@@ -21,7 +28,6 @@ from repository import (
     CustomerFilter,
     CustomerRepository,
     InvalidArgument,
-    make_session_factory,
     store_stats,
 )
 
@@ -73,9 +79,11 @@ def add_commands(commands: Any) -> None:
     find.add_argument("--cursor", help="continue after the page that printed this cursor")
     find.add_argument("--all", action="store_true", help="print every page")
     find.add_argument("--count", action="store_true", help="print only how many match")
+    add_read_options(find)
     find.set_defaults(run=_find)
 
     stats = commands.add_parser("stats", help="customers, deletions, events and table sizes")
+    add_read_options(stats)
     stats.set_defaults(run=_stats)
 
 
@@ -93,7 +101,7 @@ def _find(engine: Engine, args: argparse.Namespace) -> int:
             min_points=args.min_points, loyalty_tier=args.tier,
             referred_by=args.referred_by, orders_since=args.orders_since,
         )
-        with make_session_factory(engine)() as session:
+        with read_router(engine, args) as reads, reads.sessions()() as session:
             repo = CustomerRepository(session)
             if args.count:
                 print(repo.count(filters))
@@ -116,8 +124,8 @@ def _find(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _stats(engine: Engine, args: argparse.Namespace) -> int:
-    with make_session_factory(engine)() as session:
-        figures = store_stats(session)
+    with read_router(engine, args) as reads:
+        figures = reads.run(store_stats)
     json.dump(asdict(figures), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK
