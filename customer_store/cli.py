@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from customer_store import admin_cli, search_cli, sync_cli, webhooks_cli
@@ -37,6 +37,7 @@ from customer_store.common import (
     open_input,
     open_output,
     read_router,
+    read_url,
     require_schema,
     require_text_arguments,
     safe_url,
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(url)
         engine = open_engine(url)
         try:
-            require_schema(engine, url)
+            _require_schema(engine, url, args)
             status: int = args.run(engine, args)
             return status
         finally:
@@ -172,6 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+
+
+def _require_schema(engine: Engine, url: str, args: argparse.Namespace) -> None:
+    """The primary's schema at head; a read command with a read replica goes on without
+    the primary when it cannot be reached (the replica's schema is checked instead)."""
+    try:
+        require_schema(engine, url)
+    except OperationalError as exc:
+        if read_url(args, engine) is None:
+            raise
+        print(f"customer-store: warning: the database cannot be reached "
+              f"({mask_passwords(db_message(exc))}): reading from the read replica",
+              file=sys.stderr)
 
 
 def _migrate(url: str) -> int:

@@ -199,8 +199,11 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
 
 def read_url(args: argparse.Namespace, primary: Engine) -> str | None:
     """The read replica's URL (the option, else :data:`READ_URL_VARIABLE`), or None.
-    A replica is a PostgreSQL standby of a PostgreSQL primary."""
-    url = getattr(args, "read_database_url", None) or os.environ.get(READ_URL_VARIABLE) or None
+    A replica is a PostgreSQL standby of a PostgreSQL primary. Only the commands that
+    read (:func:`add_read_options`) have one."""
+    if not hasattr(args, "read_database_url"):
+        return None
+    url = args.read_database_url or os.environ.get(READ_URL_VARIABLE) or None
     if url is None:
         return None
     try:
