@@ -117,11 +117,24 @@ def commit_position(connection: Connection) -> str | None:
     return value
 
 
+#: SQLSTATEs after which a replica read is run again on the primary: the server is shutting
+#: down or starting (57P01-57P03), or a statement was cancelled by a conflict with recovery
+#: (40001 on a standby).
+_RETRY_ON_PRIMARY = frozenset({"57P01", "57P02", "57P03", "40001"})
+
+
 def _lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the server could not be reached or the connection was lost."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    """Whether ``exc`` says the replica could not be reached, the connection was lost
+    (SQLSTATE class 08, or an error without a SQLSTATE: a refused or broken connection),
+    or the standby could not run the read (:data:`_RETRY_ON_PRIMARY`)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:
+        return isinstance(exc, (OperationalError, InterfaceError))
+    return sqlstate.startswith("08") or sqlstate in _RETRY_ON_PRIMARY
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -32,7 +33,16 @@ from repository import (
 )
 from repository.schema import upgrade_to_head
 from tests.replication import Pair, postgres_bindir, replicated_pair, wait_for_replay
-from tests.servers import ROOT, Reply, Server, child_env, cli_command, request, running_server
+from tests.servers import (
+    ROOT,
+    Reply,
+    Server,
+    child_env,
+    cli_command,
+    free_port,
+    request,
+    running_server,
+)
 from tests.voucherify_api import make_customers
 
 APP_ID, APP_TOKEN = "replica-reader", "replica-reader-token-0123456789"
@@ -237,6 +247,70 @@ def test_the_async_router_follows_the_same_rule(paused: Pair, primary: Engine) -
             await replica.dispose()
 
     asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def reader_urls(pair: Pair) -> tuple[str, str]:
+    """The primary's and the standby's URLs for a role with no statistics privileges (it
+    cannot see the standby's WAL receiver), as an application role is."""
+    pair.primary.execute("CREATE ROLE replica_reader LOGIN")
+    pair.primary.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO replica_reader",
+                         database="customers")
+    wait_for_replay(pair.primary, pair.standby)
+    return tuple(  # type: ignore[return-value]
+        cluster.url().replace("postgres@", "replica_reader@")
+        for cluster in (pair.primary, pair.standby)
+    )
+
+
+def set_conninfo(pair: Pair, conninfo: str) -> None:
+    # ALTER SYSTEM takes no bound parameters: the value as a quoted literal.
+    statement = sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo))
+    pair.standby.execute(statement.as_string())
+    pair.standby.reload()
+
+
+@contextlib.contextmanager
+def cut_off(pair: Pair) -> Iterator[None]:
+    """The standby's WAL receiver points at a closed port (the standby keeps serving what
+    it has, and receives nothing new) until the block ends, then streams again."""
+    conninfo = pair.standby.scalar("SHOW primary_conninfo")
+    set_conninfo(pair, f"host=127.0.0.1 port={free_port()} user=postgres")
+    try:
+        wait_until(lambda: not pair.standby.scalar(
+            "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+        ), "the standby no longer streaming")
+        yield
+    finally:
+        set_conninfo(pair, conninfo)
+        wait_for_replay(pair.primary, pair.standby)
+
+
+@pytest.mark.parametrize("role", ["superuser", "without statistics privileges"])
+def test_a_standby_cut_off_from_a_live_primary_sends_reads_to_the_primary(
+    pair: Pair, primary: Engine, reader_urls: tuple[str, str], role: str
+) -> None:
+    urls = reader_urls if role != "superuser" else (pair.primary.url(), pair.standby.url())
+    router_primary = make_engine(urls[0])
+    router_replica = make_engine(urls[1], read_only=True)
+    try:
+        with router_replica.connect() as connection:
+            status = connection.execute(text("SELECT status FROM pg_stat_wal_receiver"))
+            assert (status.scalar_one() is None) is (role != "superuser")
+        router = ReadRouter(router_primary, router_replica, max_lag=0.5, check_interval=0)
+        wait_until(lambda: router.engine() is router_replica, "reads on the standby")
+        with cut_off(pair):
+            # All it received is replayed: only the primary's position tells it is behind.
+            customer = new_customer()
+            write(primary, customer)
+            wait_until(lambda: router.engine() is router_primary, "reads on the primary")
+            assert router.lag is not None and router.lag > 0.5
+            assert router.run(lookup(customer["id"])) is not None
+            assert router.fallbacks[FallbackReason.LAG] >= 2
+        wait_until(lambda: router.engine() is router_replica, "reads back on the standby")
+    finally:
+        router_primary.dispose()
+        router_replica.dispose()
 
 
 # --- the command line -----------------------------------------------------------------------
