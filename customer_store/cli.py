@@ -52,7 +52,9 @@ from repository import (
     Rejection,
     current_revision,
     import_records,
+    iter_customers,
     make_session_factory,
+    read_in_session,
     read_records,
     require_customer_id,
     upgrade_to_head,
@@ -284,12 +286,11 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
     bar = progress_bar(total=None, unit="customers")
     count = 0
     try:
-        with read_router(engine, args) as reads, reads.sessions()() as session, \
-                open_output(args.path) as out:
-            repo = CustomerRepository(session)
+        with read_router(engine, args) as reads, open_output(args.path) as out:
+            sessions = reads.sessions()
             if not bar.disable:  # a count(*), only for a bar that is drawn
-                bar.reset(total=repo.count())
-            for customer in repo.iter_all():
+                bar.reset(total=read_in_session(sessions, lambda s: CustomerRepository(s).count()))
+            for customer in iter_customers(sessions):
                 out.write(
                     json.dumps(customer.to_json(), ensure_ascii=False, separators=(",", ":"))
                 )

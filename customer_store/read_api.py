@@ -2,7 +2,9 @@
 
 Any official Voucherify SDK pointed at the store (its base URL changed) reads customers
 from here instead of over the internet: the same paths, parameters, authentication headers
-(``X-App-Id``, ``X-App-Token``) and error shape. Read-only: other methods answer 405.
+(``X-App-Id``, ``X-App-Token``) and error shape. Read-only: other methods answer 405. A
+read that meets a lost connection (a failover, a restarted pooler) is retried once on a
+new one (:func:`repository.read_in_session_async`).
 
 Everything under ``/v1`` (``/v1`` itself included, never redirected) asks for the
 credentials first; each header given once: two ``X-App-Token`` (or ``X-App-Id``) headers
@@ -35,6 +37,7 @@ from repository import (
     decode_customer_value,
     list_customers,
     parse_list_query,
+    read_in_session_async,
 )
 
 __all__ = ["APP_ID_VARIABLE", "APP_TOKEN_VARIABLE", "read_routes"]
@@ -61,8 +64,7 @@ def read_routes(
     async def run(work: Callable[[Session], T]) -> T:
         if isinstance(sessions, AsyncReadRouter):
             return await sessions.run(work)
-        async with sessions() as session:
-            return await session.run_sync(work)
+        return await read_in_session_async(sessions, work)
 
     expected = (app_id.encode(), app_token.encode())
     totals = TotalCache()

@@ -12,7 +12,9 @@ from repository.customers import (
     DeleteOutcome,
     UpsertOutcome,
     UpsertSummary,
+    iter_customers,
 )
+from repository.database_urls import CONNECTION_DEFAULTS, parse_database_url
 from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
     DEFAULT_DATABASE_URL,
@@ -76,8 +78,12 @@ from repository.replicas import (
 )
 from repository.retry import (
     DeadlineExceeded,
+    NotReplicated,
     RetryListener,
+    is_lost_connection,
     is_retryable,
+    read_in_session,
+    read_in_session_async,
     run_in_transaction,
     run_in_transaction_async,
 )
@@ -116,6 +122,9 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
+    # database URLs (libpq's multi-host spelling too) and connection defaults
+    "CONNECTION_DEFAULTS",
+    "parse_database_url",
     # behind a transaction pooler (?pgbouncer=true)
     "POOLER_HINT",
     "POOLER_PARAMETER",
@@ -133,6 +142,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "AsyncCustomerRepository",
     "CustomerReader",
     "CustomerRepository",
+    "iter_customers",
     "DeleteOutcome",
     "UpsertOutcome",
     "UpsertSummary",
@@ -196,8 +206,12 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "parse_list_query",
     # transactions
     "DeadlineExceeded",
+    "NotReplicated",
     "RetryListener",
     "is_retryable",
+    "is_lost_connection",
+    "read_in_session",
+    "read_in_session_async",
     "run_in_transaction",
     "run_in_transaction_async",
     # administration

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from repository.engine import make_async_session_factory, make_session_factory
+from repository.retry import read_in_session, read_in_session_async
 
 __all__ = [
     "DEFAULT_CHECK_INTERVAL",
@@ -318,19 +319,18 @@ class ReadRouter(_Router):
 
     def run(self, work: Callable[[Session], T], *, after: str | None = None,
             wait: float = DEFAULT_WAIT) -> T:
-        """``work(session)`` in a read-only session where :meth:`engine` says; run again on
-        the primary if the replica's connection fails (then counted as unreachable)."""
+        """``work(session)`` in a read-only session where :meth:`engine` says (run once more
+        on a new connection after a lost one, :func:`~repository.read_in_session`); on the
+        primary if the replica still fails (then counted as unreachable)."""
         engine = self.engine(after=after, wait=wait)
         try:
-            with self._factories[engine]() as session:
-                return work(session)
+            return read_in_session(self._factories[engine], work)
         except DBAPIError as exc:
             if engine is self.primary or not _lost(exc):
                 raise
         self._routing.measured(None)
         self._routing.fell_back(FallbackReason.UNREACHABLE)
-        with self._factories[self.primary]() as session:
-            return work(session)
+        return read_in_session(self._factories[self.primary], work)
 
     def commit_position(self) -> str | None:
         """The primary's WAL position now: after a commit, at or past it (None on SQLite
@@ -437,15 +437,13 @@ class AsyncReadRouter(_Router):
         """:meth:`ReadRouter.run`: ``work`` runs on a sync session (``run_sync``)."""
         engine = await self.engine(after=after, wait=wait)
         try:
-            async with self._factories[engine]() as session:
-                return await session.run_sync(work)
+            return await read_in_session_async(self._factories[engine], work)
         except DBAPIError as exc:
             if engine is self.primary or not _lost(exc):
                 raise
         self._routing.measured(None)
         self._routing.fell_back(FallbackReason.UNREACHABLE)
-        async with self._factories[self.primary]() as session:
-            return await session.run_sync(work)
+        return await read_in_session_async(self._factories[self.primary], work)
 
     async def commit_position(self) -> str | None:
         """:meth:`ReadRouter.commit_position`."""

@@ -338,6 +338,12 @@ def test_cli_get_reads_from_the_read_database_url_within_the_lag_bound(
     from_env = cli(paused, "get", customer["id"], "--max-replica-lag", "3600",
                    env={"DATABASE_READ_URL": standby})
     assert from_env.returncode == 1, from_env.stderr
+    # The documented form: several hosts, a standby preferred (the primary is listed first).
+    multi_host = paused.multi_host_url(target_session_attrs="prefer-standby")
+    from_multi_host = cli(paused, "get", customer["id"], "--max-replica-lag", "3600",
+                          env={"DATABASE_READ_URL": multi_host + "&load_balance_hosts=random"})
+    assert from_multi_host.returncode == 1, from_multi_host.stderr
+    assert "no customer with id" in from_multi_host.stderr
     # With no lag allowed, the paused standby is behind: the primary answers.
     on_primary = cli(paused, "get", customer["id"], "--read-database-url", standby,
                      "--max-replica-lag", "0")
