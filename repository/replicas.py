@@ -47,7 +47,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from repository.engine import make_async_session_factory, make_session_factory
-from repository.retry import read_in_session, read_in_session_async
+from repository.retry import is_lost_connection, read_in_session, read_in_session_async
 
 __all__ = [
     "DEFAULT_CHECK_INTERVAL",
@@ -118,24 +118,23 @@ def commit_position(connection: Connection) -> str | None:
     return value
 
 
-#: SQLSTATEs after which a replica read is run again on the primary: the server is shutting
-#: down or starting (57P01-57P03), or a statement was cancelled by a conflict with recovery
-#: (40001 on a standby).
-_RETRY_ON_PRIMARY = frozenset({"57P01", "57P02", "57P03", "40001"})
+#: A statement on a standby cancelled by a conflict with recovery (serialization_failure).
+_RECOVERY_CONFLICT = "40001"
 
 
 def _lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the replica could not be reached, the connection was lost
-    (SQLSTATE class 08, or an error without a SQLSTATE: a refused or broken connection),
-    or the standby could not run the read (:data:`_RETRY_ON_PRIMARY`)."""
+    """Whether a replica read that raised ``exc`` should go to the primary: a lost
+    connection or a server gone (:func:`~repository.is_lost_connection`), a connection
+    that could not be made (an error without a SQLSTATE), or a read cancelled by a conflict
+    with recovery."""
     if not isinstance(exc, DBAPIError):
         return False
-    if exc.connection_invalidated:
+    if is_lost_connection(exc):
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate is None:
         return isinstance(exc, (OperationalError, InterfaceError))
-    return sqlstate.startswith("08") or sqlstate in _RETRY_ON_PRIMARY
+    return bool(sqlstate == _RECOVERY_CONFLICT)
 
 
 @dataclass(frozen=True)
@@ -305,8 +304,8 @@ class ReadRouter(_Router):
             return self.primary
         self.refresh()
         reason = self._routing.problem()
-        if reason is None and after is not None and not self._caught_up(replica, after, wait):
-            reason = FallbackReason.READ_YOUR_WRITES
+        if reason is None and after is not None:
+            reason = self._not_replayed(replica, after, wait)
         if reason is None:
             return replica
         self._routing.fell_back(reason)
@@ -369,20 +368,22 @@ class ReadRouter(_Router):
                 ahead = None  # the primary is down: the standby is what there is
         return standby.lag(ahead)
 
-    def _caught_up(self, replica: Engine, after: str, wait: float) -> bool:
+    def _not_replayed(self, replica: Engine, after: str, wait: float) -> FallbackReason | None:
+        """Why the replica cannot serve a read after ``after`` (None: it has replayed it
+        within ``wait`` seconds)."""
         deadline = time.monotonic() + wait
         try:
             with replica.connect() as connection:
                 while not _replayed(connection, after):
                     if time.monotonic() >= deadline:
-                        return False
+                        return FallbackReason.READ_YOUR_WRITES
                     time.sleep(_POLL_INTERVAL)
         except DBAPIError as exc:
             if not _lost(exc):
                 raise
             self._routing.measured(None)
-            return False
-        return True
+            return FallbackReason.UNREACHABLE
+        return None
 
 
 class AsyncReadRouter(_Router):
@@ -418,10 +419,8 @@ class AsyncReadRouter(_Router):
             return self.primary
         await self.refresh()
         reason = self._routing.problem()
-        if reason is None and after is not None and not await self._caught_up(
-            replica, after, wait
-        ):
-            reason = FallbackReason.READ_YOUR_WRITES
+        if reason is None and after is not None:
+            reason = await self._not_replayed(replica, after, wait)
         if reason is None:
             return replica
         self._routing.fell_back(reason)
@@ -481,21 +480,23 @@ class AsyncReadRouter(_Router):
                 ahead = None
         return standby.lag(ahead)
 
-    async def _caught_up(self, replica: AsyncEngine, after: str, wait: float) -> bool:
+    async def _not_replayed(
+        self, replica: AsyncEngine, after: str, wait: float
+    ) -> FallbackReason | None:
         deadline = time.monotonic() + wait
         try:
             async with asyncio.timeout(wait + self._check_timeout), \
                     replica.connect() as connection:
                 while not await connection.run_sync(_replayed, after):
                     if time.monotonic() >= deadline:
-                        return False
+                        return FallbackReason.READ_YOUR_WRITES
                     await asyncio.sleep(_POLL_INTERVAL)
         except TimeoutError:
             self._routing.measured(None)
-            return False
+            return FallbackReason.UNREACHABLE
         except DBAPIError as exc:
             if not _lost(exc):
                 raise
             self._routing.measured(None)
-            return False
-        return True
+            return FallbackReason.UNREACHABLE
+        return None
