@@ -8,16 +8,8 @@ reached sends reads to the primary too, and each such read is counted by reason
 reads go on while the primary is down. Without a replica, or on SQLite, every read goes
 to the primary.
 
-The lag is measured on the standby from its replay position, at most once per
-``check_interval`` (one round trip, bounded by ``check_timeout``):
-
-- a server not in recovery (a replica promoted by a failover) has no lag;
-- a standby that has replayed all the WAL it received has no lag while it streams;
-- one that has not (replay behind, or paused, with WAL still arriving) is as far behind
-  as the last transaction it replayed is old;
-- one that is not streaming, or does not say (a role without ``pg_read_all_stats``),
-  is compared with the primary's WAL position: behind it, its lag is the age of its last
-  replayed transaction; when the primary cannot be reached, the standby is what there is.
+The lag is measured at most once per ``check_interval``, in one round trip bounded by
+``check_timeout`` (how it is read: :mod:`repository.standby`).
 
 Read-your-writes: after a write, :meth:`ReadRouter.commit_position` gives a WAL position
 (a ``pg_lsn`` text such as ``"0/3000148"``) that is at or past the commit. A read given
@@ -30,15 +22,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -47,7 +37,15 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from repository.engine import make_async_session_factory, make_session_factory
-from repository.retry import is_lost_connection, read_in_session, read_in_session_async
+from repository.retry import read_in_session, read_in_session_async
+from repository.standby import (
+    commit_position,
+    has_replayed,
+    look,
+    primary_ahead,
+    require_position,
+    sends_to_primary,
+)
 
 __all__ = [
     "DEFAULT_CHECK_INTERVAL",
@@ -71,25 +69,7 @@ DEFAULT_WAIT = 1.0
 #: Seconds between two looks at the replica's replay position while waiting.
 _POLL_INTERVAL = 0.01
 
-_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
 T = TypeVar("T")
-
-# receiver: NULL when no WAL receiver runs, 'hidden' when the role may not see its state.
-_STANDBY_STATE = text(
-    "SELECT pg_is_in_recovery() AS recovering,"
-    " COALESCE(pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn(), true) AS caught_up,"
-    " EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8 AS since_replay,"
-    " (SELECT COALESCE(status, 'hidden') FROM pg_stat_wal_receiver) AS receiver,"
-    " pg_last_wal_replay_lsn()::text AS replayed"
-)
-_PRIMARY_AHEAD = text(
-    "SELECT pg_current_wal_insert_lsn() > CAST(:replayed AS pg_lsn)"
-)
-_INSERT_POSITION = text("SELECT pg_current_wal_insert_lsn()::text")
-_REPLAYED = text(
-    "SELECT NOT pg_is_in_recovery() OR pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)"
-)
-_BOUND = text("SELECT set_config('statement_timeout', :ms, true)")
 
 
 class FallbackReason(enum.StrEnum):
@@ -99,97 +79,6 @@ class FallbackReason(enum.StrEnum):
     UNREACHABLE = "unreachable"
     READ_YOUR_WRITES = "read_your_writes"
 
-
-def require_position(lsn: str) -> str:
-    """``lsn`` if it is a WAL position as PostgreSQL writes it (``"16/B374D848"``), else
-    ValueError (a position handed over by a client is checked before it reaches SQL)."""
-    if not _LSN.fullmatch(lsn):
-        raise ValueError(f"not a WAL position: {lsn[:40]!r}")
-    return lsn
-
-
-def commit_position(connection: Connection) -> str | None:
-    """The primary's WAL insert position, read after a commit on ``connection`` (any of
-    the primary's): at or past the end of that commit's record. None on SQLite.
-    (``AsyncConnection.run_sync(commit_position)`` for asyncio.)"""
-    if connection.dialect.name != "postgresql":
-        return None
-    value: str = connection.execute(_INSERT_POSITION).scalar_one()
-    return value
-
-
-#: A statement on a standby cancelled by a conflict with recovery (serialization_failure).
-_RECOVERY_CONFLICT = "40001"
-
-
-def _lost(exc: BaseException) -> bool:
-    """Whether a replica read that raised ``exc`` should go to the primary: a lost
-    connection or a server gone (:func:`~repository.is_lost_connection`), a connection
-    that could not be made (an error without a SQLSTATE), or a read cancelled by a conflict
-    with recovery."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    if is_lost_connection(exc):
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if sqlstate is None:
-        return isinstance(exc, (OperationalError, InterfaceError))
-    return bool(sqlstate == _RECOVERY_CONFLICT)
-
-
-@dataclass(frozen=True)
-class _Standby:
-    """One look at the standby (a row of :data:`_STANDBY_STATE`)."""
-
-    recovering: bool
-    caught_up: bool
-    since_replay: float | None
-    receiver: str | None
-    replayed: str | None
-
-    @property
-    def needs_primary(self) -> bool:
-        """Whether only the primary's position can tell this standby's lag."""
-        return self.recovering and self.caught_up and self.receiver != "streaming"
-
-    def lag(self, primary_ahead: bool | None) -> float:
-        """Seconds behind; ``primary_ahead``: whether the primary has WAL past the replay
-        position (None: the primary could not be asked, or was not)."""
-        if not self.recovering:
-            return 0.0
-        if self.caught_up and not (self.needs_primary and primary_ahead):
-            return 0.0
-        return self.since_replay if self.since_replay is not None else math.inf
-
-
-def _look(connection: Connection, timeout: float) -> _Standby:
-    """The standby's state, in a transaction bounded by ``timeout`` on the server."""
-    connection = _in_transaction(connection)
-    with connection.begin():
-        connection.execute(_BOUND, {"ms": str(max(int(timeout * 1000), 1))})
-        row = connection.execute(_STANDBY_STATE).one()
-    return _Standby(bool(row.recovering), bool(row.caught_up),
-                    None if row.since_replay is None else float(row.since_replay),
-                    row.receiver, row.replayed)
-
-
-def _primary_ahead(connection: Connection, replayed: str | None, timeout: float) -> bool:
-    if replayed is None:
-        return True
-    connection = _in_transaction(connection)
-    with connection.begin():
-        connection.execute(_BOUND, {"ms": str(max(int(timeout * 1000), 1))})
-        return bool(connection.execute(_PRIMARY_AHEAD, {"replayed": replayed}).scalar_one())
-
-
-def _in_transaction(connection: Connection) -> Connection:
-    """``connection`` out of autocommit (a read-only engine's are in it), so that
-    ``statement_timeout`` can be set for one transaction; the pool resets it."""
-    return connection.execution_options(isolation_level="READ COMMITTED")
-
-
-def _replayed(connection: Connection, lsn: str) -> bool:
-    return bool(connection.execute(_REPLAYED, {"lsn": lsn}).scalar_one())
 
 
 class _Routing:
@@ -305,7 +194,7 @@ class ReadRouter(_Router):
         self.refresh()
         reason = self._routing.problem()
         if reason is None and after is not None:
-            reason = self._not_replayed(replica, after, wait)
+            reason = self._nothas_replayed(replica, after, wait)
         if reason is None:
             return replica
         self._routing.fell_back(reason)
@@ -325,7 +214,7 @@ class ReadRouter(_Router):
         try:
             return read_in_session(self._factories[engine], work)
         except DBAPIError as exc:
-            if engine is self.primary or not _lost(exc):
+            if engine is self.primary or not sends_to_primary(exc):
                 raise
         self._routing.measured(None)
         self._routing.fell_back(FallbackReason.UNREACHABLE)
@@ -356,30 +245,30 @@ class ReadRouter(_Router):
     def _measure(self, replica: Engine) -> float | None:
         try:
             with replica.connect() as connection:
-                standby = _look(connection, self._check_timeout)
+                standby = look(connection, self._check_timeout)
         except DBAPIError:
             return None
         ahead = None
         if standby.needs_primary:
             try:
                 with self.primary.connect() as connection:
-                    ahead = _primary_ahead(connection, standby.replayed, self._check_timeout)
+                    ahead = primary_ahead(connection, standby.replayed, self._check_timeout)
             except DBAPIError:
                 ahead = None  # the primary is down: the standby is what there is
         return standby.lag(ahead)
 
-    def _not_replayed(self, replica: Engine, after: str, wait: float) -> FallbackReason | None:
+    def _nothas_replayed(self, replica: Engine, after: str, wait: float) -> FallbackReason | None:
         """Why the replica cannot serve a read after ``after`` (None: it has replayed it
         within ``wait`` seconds)."""
         deadline = time.monotonic() + wait
         try:
             with replica.connect() as connection:
-                while not _replayed(connection, after):
+                while not has_replayed(connection, after):
                     if time.monotonic() >= deadline:
                         return FallbackReason.READ_YOUR_WRITES
                     time.sleep(_POLL_INTERVAL)
         except DBAPIError as exc:
-            if not _lost(exc):
+            if not sends_to_primary(exc):
                 raise
             self._routing.measured(None)
             return FallbackReason.UNREACHABLE
@@ -420,7 +309,7 @@ class AsyncReadRouter(_Router):
         await self.refresh()
         reason = self._routing.problem()
         if reason is None and after is not None:
-            reason = await self._not_replayed(replica, after, wait)
+            reason = await self._nothas_replayed(replica, after, wait)
         if reason is None:
             return replica
         self._routing.fell_back(reason)
@@ -438,7 +327,7 @@ class AsyncReadRouter(_Router):
         try:
             return await read_in_session_async(self._factories[engine], work)
         except DBAPIError as exc:
-            if engine is self.primary or not _lost(exc):
+            if engine is self.primary or not sends_to_primary(exc):
                 raise
         self._routing.measured(None)
         self._routing.fell_back(FallbackReason.UNREACHABLE)
@@ -466,7 +355,7 @@ class AsyncReadRouter(_Router):
         timeout = self._check_timeout
         try:
             async with asyncio.timeout(timeout), replica.connect() as connection:
-                standby = await connection.run_sync(_look, timeout)
+                standby = await connection.run_sync(look, timeout)
         except (DBAPIError, TimeoutError):
             return None
         ahead = None
@@ -474,20 +363,20 @@ class AsyncReadRouter(_Router):
             try:
                 async with asyncio.timeout(timeout), self.primary.connect() as connection:
                     ahead = await connection.run_sync(
-                        _primary_ahead, standby.replayed, timeout
+                        primary_ahead, standby.replayed, timeout
                     )
             except (DBAPIError, TimeoutError):
                 ahead = None
         return standby.lag(ahead)
 
-    async def _not_replayed(
+    async def _nothas_replayed(
         self, replica: AsyncEngine, after: str, wait: float
     ) -> FallbackReason | None:
         deadline = time.monotonic() + wait
         try:
             async with asyncio.timeout(wait + self._check_timeout), \
                     replica.connect() as connection:
-                while not await connection.run_sync(_replayed, after):
+                while not await connection.run_sync(has_replayed, after):
                     if time.monotonic() >= deadline:
                         return FallbackReason.READ_YOUR_WRITES
                     await asyncio.sleep(_POLL_INTERVAL)
@@ -495,7 +384,7 @@ class AsyncReadRouter(_Router):
             self._routing.measured(None)
             return FallbackReason.UNREACHABLE
         except DBAPIError as exc:
-            if not _lost(exc):
+            if not sends_to_primary(exc):
                 raise
             self._routing.measured(None)
             return FallbackReason.UNREACHABLE
