@@ -1,0 +1,384 @@
+"""What streaming replication costs the store: commit latency, ingest rate and read-API
+throughput on a throwaway primary with and without a standby.
+
+    python -m bench.replication_bench [--rounds 2] [--commits 400] [--events 800]
+                                      [--customers 5000] [--clients 4] [--seconds 6]
+
+Run from the repository root, with PostgreSQL's server programs on the machine (the
+clusters are made by ``tests/replication.py``: ``initdb``, ``pg_basebackup -R``,
+``pg_ctl``; as root they run as the ``postgres`` OS user). One primary and one streaming
+standby are started for the whole run and removed at the end. The replication mode is
+switched on the primary between measurements (``ALTER SYSTEM`` and a reload on the
+throwaway primary only), so that every mode meets the same clusters, and the modes take
+turns, ``--rounds`` times:
+
+- ``primary alone``: the standby stopped;
+- ``async standby``: streaming, no ``synchronous_standby_names``;
+- ``sync standby, on``: ``synchronous_standby_names = 'standby'``, ``synchronous_commit``
+  on (a commit waits for the standby's flush);
+- ``sync standby, remote_apply``: the same, a commit waits for the standby's replay.
+
+For each mode:
+
+- commit latency of one customer upserted in a transaction of its own through
+  ``CustomerRepository.upsert`` under ``run_in_transaction`` (the write a webhook makes),
+  each commit a newer version of one of 100 customers: p50, p95, p99, mean; and how many
+  of the commits a read on the standby made right after it already saw;
+- ingest rate: a stream of webhook deliveries (``tests/webhook_streams.py``, every event
+  delivered 1-3 times) through ``ingest_delivery`` one after the other in this process, as
+  ``bench/ingest_rate.py`` measures it, and whether the final state is the expected one.
+
+Then read-API throughput: ``--customers`` generated customers imported on the primary
+(async replication, replayed by the standby), and ``customer-store serve`` answering
+``GET /v1/customers/{id}`` to ``--clients`` threads, each on a kept-alive connection, for
+``--seconds`` seconds: with the reads on the primary, and with ``--read-database-url`` on
+the standby. Requests per second, p50 and p99.
+
+Everything runs on one machine: the primary, the standby, this process and the service
+share its CPUs, so the standby adds no capacity here. Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.orm import Session
+
+from bench.customers import generate_customers, write_jsonl
+from bench.ingest_rate import _in_process, _reset, _state_ok
+from bench.read_api_bench import APP_ID, APP_TOKEN, HEADERS
+from bench.store_bench import libpq_url, run_import, sample_ids
+from customer_store.read_api import APP_ID_VARIABLE, APP_TOKEN_VARIABLE
+from repository import (
+    CustomerRepository,
+    UpsertOutcome,
+    make_engine,
+    make_session_factory,
+    run_in_transaction,
+    upgrade_to_head,
+)
+from tests.replication import Cluster, Pair, replicated_pair, wait_for_replay, wait_for_streaming
+from tests.servers import ROOT, cli_command, running_server
+from tests.webhook_streams import build_stream, customers_for_deliveries
+
+#: Customers the commit-latency loop writes new versions of, in turn.
+WRITTEN_CUSTOMERS = 100
+#: Commits before the measured ones, after each change of mode: one insert of each written
+#: customer, so that every measured commit is an update, as most webhooks are.
+WARM_UP = WRITTEN_CUSTOMERS
+#: Seconds a change of the primary's settings may take to show.
+SETTLE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    standby: bool
+    standby_names: str
+    synchronous_commit: str
+
+
+MODES = (
+    Mode("primary alone", standby=False, standby_names="", synchronous_commit="on"),
+    Mode("async standby", standby=True, standby_names="", synchronous_commit="on"),
+    Mode("sync standby, on", standby=True, standby_names="standby", synchronous_commit="on"),
+    Mode("sync standby, remote_apply", standby=True, standby_names="standby",
+         synchronous_commit="remote_apply"),
+)
+
+
+@dataclass
+class Results:
+    commits: list[tuple[str, int, list[float], int | None]] = field(default_factory=list)
+    ingests: list[tuple[str, int, int, float, bool]] = field(default_factory=list)
+    reads: list[tuple[str, int, int, float, list[float], int]] = field(default_factory=list)
+
+
+# -- modes -----------------------------------------------------------------------------------
+
+def set_mode(pair: Pair, mode: Mode) -> None:
+    """Put the primary (and standby) in ``mode``: the settings altered and reloaded, the
+    standby started or stopped, and back only once the primary reports the standby's
+    state the mode expects."""
+    primary, standby = pair.primary, pair.standby
+    _alter(primary, synchronous_standby_names=mode.standby_names,
+           synchronous_commit=mode.synchronous_commit)
+    if mode.standby and not standby.running:
+        standby.start()
+    elif not mode.standby and standby.running:
+        standby.stop()  # after the reload above: no commit waits for a stopped standby
+    if mode.standby:
+        wait_for_streaming(primary, standby, synchronous=bool(mode.standby_names))
+        _wait_for_sync_state(primary, standby, "sync" if mode.standby_names else "async")
+
+
+def _alter(primary: Cluster, **settings: str) -> None:
+    with primary.connect() as connection:
+        for name, value in settings.items():
+            connection.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                sql.Identifier(name), sql.Literal(value)))
+        connection.execute("SELECT pg_reload_conf()")
+
+
+def _wait_for_sync_state(primary: Cluster, standby: Cluster, wanted: str) -> None:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        state = primary.scalar(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
+            [standby.name],
+        )
+        if state == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the standby is {state!r}, not {wanted!r}, after a reload")
+        time.sleep(0.05)
+
+
+def _settings(url: str, mode: Mode) -> None:
+    """Fail unless a new connection of ``url`` runs with ``mode``'s settings."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        with psycopg.connect(libpq_url(url), autocommit=True) as connection:
+            row = connection.execute(
+                "SELECT current_setting('synchronous_commit'),"
+                " current_setting('synchronous_standby_names')").fetchone()
+        if row == (mode.synchronous_commit, mode.standby_names):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{mode.name}: the primary runs with {row}")
+        time.sleep(0.05)
+
+
+# -- commit latency --------------------------------------------------------------------------
+
+def commit_latencies(url: str, standby: Cluster | None, commits: int,
+                     start: datetime) -> tuple[list[float], int | None, datetime]:
+    """Milliseconds of each single-customer upsert and commit; how many of the commits a
+    read on ``standby`` right after it saw (None without one); the last version written."""
+    customers = list(generate_customers(WRITTEN_CUSTOMERS, seed=11))
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    watcher = None if standby is None else standby.connect("customers")
+    samples: list[float] = []
+    seen = 0
+    version = start
+    try:
+        for i in range(WARM_UP + commits):
+            version += timedelta(milliseconds=1)
+            customer = {**customers[i % WRITTEN_CUSTOMERS],
+                        "updated_at": version.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+            started = time.perf_counter()
+            run_in_transaction(sessions, partial(_upsert, customer=customer))
+            elapsed = (time.perf_counter() - started) * 1000
+            if i < WARM_UP:
+                continue
+            samples.append(elapsed)
+            if watcher is not None:
+                row = watcher.execute("SELECT updated_at FROM customers WHERE id = %s",
+                                      [customer["id"]]).fetchone()
+                seen += row is not None and row[0] >= version
+    finally:
+        if watcher is not None:
+            watcher.close()
+        engine.dispose()
+    return samples, None if standby is None else seen, version
+
+
+def _upsert(session: Session, customer: dict[str, Any]) -> UpsertOutcome:
+    return CustomerRepository(session).upsert(customer)
+
+
+def summary(samples: list[float]) -> tuple[float, float, float, float]:
+    """p50, p95, p99 and mean of ``samples``."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49], cuts[94], cuts[98], statistics.fmean(samples)
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+def ingest_rate(url: str, events: int, seed: int) -> tuple[int, float, bool]:
+    """Deliveries, seconds for ``ingest_delivery`` of each in turn, final state right."""
+    stream = build_stream(customers_for_deliveries(events, seed=seed), seed=seed)
+    deliveries = stream.deliveries(seed)
+    engine = make_engine(url)
+    try:
+        _reset(engine)
+        seconds = _in_process(engine, deliveries)
+        return len(deliveries), seconds, _state_ok(engine, stream)
+    finally:
+        _reset(engine)
+        engine.dispose()
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+def serve_has_read_url() -> bool:
+    """Whether ``customer-store serve`` takes ``--read-database-url``."""
+    helped = subprocess.run(cli_command("sqlite://", "serve", "--help"), cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    return "--read-database-url" in helped.stdout
+
+
+def read_load(port: int, ids: list[str], *, clients: int, seconds: float
+              ) -> tuple[int, list[float], int]:
+    """Requests answered, their milliseconds, and how many were not 200, with ``clients``
+    threads asking by id on kept-alive connections for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures = [0] * clients
+    ready = threading.Barrier(clients + 1)
+    deadline: list[float] = []
+
+    def client(index: int) -> None:
+        rng = random.Random(index)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        paths = [f"/v1/customers/{quote(i, safe='')}" for i in ids]
+        ready.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                started = time.perf_counter()
+                connection.request("GET", rng.choice(paths), headers=HEADERS)
+                response = connection.getresponse()
+                response.read()
+                latencies[index].append((time.perf_counter() - started) * 1000)
+                failures[index] += response.status != 200
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline.append(time.perf_counter() + seconds)
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    flat = [value for per_client in latencies for value in per_client]
+    return len(flat), flat, sum(failures)
+
+
+def measure_reads(pair: Pair, url: str, args: argparse.Namespace, results: Results,
+                  tmp: Path) -> None:
+    path = tmp / "customers.jsonl"
+    write_jsonl(str(path), args.customers)
+    run_import(url, str(path))
+    wait_for_replay(pair.primary, pair.standby)
+    ids = sample_ids(url, 1000)
+    env = {APP_ID_VARIABLE: APP_ID, APP_TOKEN_VARIABLE: APP_TOKEN}
+    places = {"reads on the primary": [],
+              "reads on the standby": ["--read-database-url", pair.standby.url()]}
+    for round_number in range(1, args.rounds + 1):
+        for where, extra in places.items():
+            with running_server(url, log_path=tmp / "serve.log", env=env,
+                                extra_args=["--no-signature-check", *extra]) as server:
+                read_load(server.port, ids[:50], clients=args.clients, seconds=1.0)  # warm up
+                count, samples, failed = read_load(server.port, ids, clients=args.clients,
+                                                   seconds=args.seconds)
+            results.reads.append((where, round_number, count, args.seconds, samples, failed))
+            print(f"  {where}, round {round_number}: {count / args.seconds:,.0f} requests/s",
+                  file=sys.stderr, flush=True)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    results = Results()
+    started = time.perf_counter()
+    reads = args.seconds > 0 and serve_has_read_url()
+    with (replicated_pair(synchronous=False) as pair,
+          tempfile.TemporaryDirectory(prefix="replication-bench-") as tmp):
+        url = pair.primary.url()
+        upgrade_to_head(url)
+        version = pair.primary.scalar("SHOW server_version")
+        written = datetime(2030, 1, 1, tzinfo=UTC)
+        for round_number in range(1, args.rounds + 1):
+            for mode in MODES:
+                set_mode(pair, mode)
+                _settings(url, mode)
+                samples, seen, written = commit_latencies(
+                    url, pair.standby if mode.standby else None, args.commits, written)
+                results.commits.append((mode.name, round_number, samples, seen))
+                count, seconds, ok = ingest_rate(url, args.events, args.seed)
+                results.ingests.append((mode.name, round_number, count, seconds, ok))
+                print(f"  {mode.name}, round {round_number}: commit p50 "
+                      f"{summary(samples)[0]:.2f} ms, ingest {count / seconds:,.0f}/s",
+                      file=sys.stderr, flush=True)
+        set_mode(pair, MODES[1])
+        if reads:
+            measure_reads(pair, url, args, results, Path(tmp))
+    _print(results, args, version, reads, time.perf_counter() - started)
+    return 0
+
+
+def _print(results: Results, args: argparse.Namespace, version: str, reads: bool,
+           elapsed: float) -> None:
+    print(f"\nPostgreSQL {version}, primary and standby on this machine; {os.cpu_count()} CPUs "
+          "shared by both servers, this process and the service")
+    print(f"\ncommit latency, one customer upserted per transaction, {args.commits} commits "
+          "per run (ms)")
+    print(f"{'mode':<28} {'round':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7}  "
+          "standby read saw it")
+    for name, round_number, samples, seen in results.commits:
+        p50, p95, p99, mean = summary(samples)
+        saw = "-" if seen is None else f"{seen}/{len(samples)}"
+        print(f"{name:<28} {round_number:>5} {p50:>7.2f} {p95:>7.2f} {p99:>7.2f} "
+              f"{mean:>7.2f}  {saw}")
+    print("\ningest_delivery, one delivery after the other, one process")
+    print(f"{'mode':<28} {'round':>5} {'deliveries':>10} {'seconds':>8} {'per s':>7}  "
+          "final state")
+    for name, round_number, count, seconds, ok in results.ingests:
+        print(f"{name:<28} {round_number:>5} {count:>10,} {seconds:>8.2f} "
+              f"{count / seconds:>7,.0f}  {'as expected' if ok else 'WRONG'}")
+    if reads:
+        print(f"\nread API, GET /v1/customers/{{id}}, {args.clients} clients for "
+              f"{args.seconds:g} s each, {args.customers:,} customers, async replication")
+        print(f"{'reads':<28} {'round':>5} {'requests':>8} {'per s':>7} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'not 200':>7}")
+        for where, round_number, count, seconds, samples, failed in results.reads:
+            p50, _, p99, _ = summary(samples)
+            print(f"{where:<28} {round_number:>5} {count:>8,} {count / seconds:>7,.0f} "
+                  f"{p50:>7.2f} {p99:>7.2f} {failed:>7}")
+    elif args.seconds > 0:
+        print("\nread API: not measured, `customer-store serve` has no --read-database-url")
+    print(f"\n({elapsed:.0f} s in all)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.replication_bench",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="times each mode is measured, the modes taking turns (2)")
+    parser.add_argument("--commits", type=int, default=400,
+                        help="measured commits per mode and round (400)")
+    parser.add_argument("--events", type=int, default=800,
+                        help="about this many webhook deliveries per mode and round (800)")
+    parser.add_argument("--seed", type=int, default=2024, help="stream seed (2024)")
+    parser.add_argument("--customers", type=int, default=5000,
+                        help="customers imported for the read API (5000)")
+    parser.add_argument("--clients", type=int, default=4,
+                        help="concurrent HTTP clients of the read API (4)")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="seconds of read load per place and round; 0 skips reads (6)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
