@@ -107,9 +107,14 @@ MODES = (
 
 @dataclass
 class Results:
-    commits: list[tuple[str, int, list[float], int | None]] = field(default_factory=list)
-    ingests: list[tuple[str, int, int, float, bool]] = field(default_factory=list)
-    reads: list[tuple[str, int, int, float, list[float], int]] = field(default_factory=list)
+    """Each run's figures, and the machine's 1-minute load average at its end (the load
+    other work puts on the machine shows there)."""
+
+    commits: list[tuple[str, int, list[float], int | None, float]] = field(
+        default_factory=list)
+    ingests: list[tuple[str, int, int, float, bool, float]] = field(default_factory=list)
+    reads: list[tuple[str, int, int, float, list[float], int, float]] = field(
+        default_factory=list)
 
 
 # -- modes -----------------------------------------------------------------------------------
@@ -290,7 +295,8 @@ def measure_reads(pair: Pair, url: str, args: argparse.Namespace, results: Resul
                 read_load(server.port, ids[:50], clients=args.clients, seconds=1.0)  # warm up
                 count, samples, failed = read_load(server.port, ids, clients=args.clients,
                                                    seconds=args.seconds)
-            results.reads.append((where, round_number, count, args.seconds, samples, failed))
+            results.reads.append((where, round_number, count, args.seconds, samples, failed,
+                                  os.getloadavg()[0]))
             print(f"  {where}, round {round_number}: {count / args.seconds:,.0f} requests/s",
                   file=sys.stderr, flush=True)
 
@@ -314,9 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _settings(url, mode)
                 samples, seen, written = commit_latencies(
                     url, pair.standby if mode.standby else None, args.commits, written)
-                results.commits.append((mode.name, round_number, samples, seen))
+                results.commits.append((mode.name, round_number, samples, seen, os.getloadavg()[0]))
                 count, seconds, ok = ingest_rate(url, args.events, args.seed)
-                results.ingests.append((mode.name, round_number, count, seconds, ok))
+                results.ingests.append((mode.name, round_number, count, seconds, ok,
+                                        os.getloadavg()[0]))
                 print(f"  {mode.name}, round {round_number}: commit p50 "
                       f"{summary(samples)[0]:.2f} ms, ingest {count / seconds:,.0f}/s",
                       file=sys.stderr, flush=True)
@@ -333,30 +340,32 @@ def _print(results: Results, args: argparse.Namespace, version: str, reads: bool
           "shared by both servers, this process and the service")
     print(f"\ncommit latency, one customer upserted per transaction, {args.commits} commits "
           "per run (ms)")
-    print(f"{'mode':<28} {'round':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7}  "
-          "standby read saw it")
-    for name, round_number, samples, seen in results.commits:
+    print(f"{'mode':<28} {'round':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7} {'load':>5}  "
+          "standby read right after saw it")
+    for name, round_number, samples, seen, load in results.commits:
         p50, p95, p99, mean = summary(samples)
         saw = "-" if seen is None else f"{seen}/{len(samples)}"
         print(f"{name:<28} {round_number:>5} {p50:>7.2f} {p95:>7.2f} {p99:>7.2f} "
-              f"{mean:>7.2f}  {saw}")
+              f"{mean:>7.2f} {load:>5.1f}  {saw}")
     print("\ningest_delivery, one delivery after the other, one process")
-    print(f"{'mode':<28} {'round':>5} {'deliveries':>10} {'seconds':>8} {'per s':>7}  "
+    print(f"{'mode':<28} {'round':>5} {'deliveries':>10} {'seconds':>8} {'per s':>7} {'load':>5}  "
           "final state")
-    for name, round_number, count, seconds, ok in results.ingests:
+    for name, round_number, count, seconds, ok, load in results.ingests:
         print(f"{name:<28} {round_number:>5} {count:>10,} {seconds:>8.2f} "
-              f"{count / seconds:>7,.0f}  {'as expected' if ok else 'WRONG'}")
+              f"{count / seconds:>7,.0f} {load:>5.1f}  {'as expected' if ok else 'WRONG'}")
     if reads:
         print(f"\nread API, GET /v1/customers/{{id}}, {args.clients} clients for "
               f"{args.seconds:g} s each, {args.customers:,} customers, async replication")
         print(f"{'reads':<28} {'round':>5} {'requests':>8} {'per s':>7} {'p50 ms':>7} "
-              f"{'p99 ms':>7} {'not 200':>7}")
-        for where, round_number, count, seconds, samples, failed in results.reads:
+              f"{'p99 ms':>7} {'not 200':>7} {'load':>5}")
+        for where, round_number, count, seconds, samples, failed, load in results.reads:
             p50, _, p99, _ = summary(samples)
             print(f"{where:<28} {round_number:>5} {count:>8,} {count / seconds:>7,.0f} "
-                  f"{p50:>7.2f} {p99:>7.2f} {failed:>7}")
+                  f"{p50:>7.2f} {p99:>7.2f} {failed:>7} {load:>5.1f}")
     elif args.seconds > 0:
         print("\nread API: not measured, `customer-store serve` has no --read-database-url")
+    print("(load: the machine's 1-minute load average at the end of the run, other work "
+          "included)")
     print(f"\n({elapsed:.0f} s in all)")
 
 
