@@ -75,7 +75,14 @@ from repository import (
     run_in_transaction,
     upgrade_to_head,
 )
-from tests.replication import Cluster, Pair, replicated_pair, wait_for_replay, wait_for_streaming
+from tests.replication import (
+    STORE_DATABASE,
+    Cluster,
+    Pair,
+    replicated_pair,
+    wait_for_replay,
+    wait_for_streaming,
+)
 from tests.servers import ROOT, cli_command, running_server
 from tests.webhook_streams import build_stream, customers_for_deliveries
 
@@ -113,8 +120,22 @@ class Results:
     commits: list[tuple[str, int, list[float], int | None, float]] = field(
         default_factory=list)
     ingests: list[tuple[str, int, int, float, bool, float]] = field(default_factory=list)
-    reads: list[tuple[str, int, int, float, list[float], int, float]] = field(
-        default_factory=list)
+    reads: list[ReadRun] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReadRun:
+    where: str
+    round: int
+    seconds: float
+    #: Milliseconds of each request answered.
+    samples: list[float]
+    failed: int
+    load: float
+    #: Transactions committed in the store's database on each server during the run: where
+    #: the reads went (the router's own lag checks included).
+    on_primary: int
+    on_standby: int
 
 
 # -- modes -----------------------------------------------------------------------------------
@@ -290,15 +311,26 @@ def measure_reads(pair: Pair, url: str, args: argparse.Namespace, results: Resul
               "reads on the standby": ["--read-database-url", pair.standby.url()]}
     for round_number in range(1, args.rounds + 1):
         for where, extra in places.items():
+            before = _transactions(pair.primary), _transactions(pair.standby)
             with running_server(url, log_path=tmp / "serve.log", env=env,
                                 extra_args=["--no-signature-check", *extra]) as server:
                 read_load(server.port, ids[:50], clients=args.clients, seconds=1.0)  # warm up
                 count, samples, failed = read_load(server.port, ids, clients=args.clients,
                                                    seconds=args.seconds)
-            results.reads.append((where, round_number, count, args.seconds, samples, failed,
-                                  os.getloadavg()[0]))
+                load = os.getloadavg()[0]
+            time.sleep(0.5)  # the server's backends report their counts as they exit
+            run = ReadRun(where, round_number, args.seconds, samples, failed, load,
+                          _transactions(pair.primary) - before[0],
+                          _transactions(pair.standby) - before[1])
+            results.reads.append(run)
             print(f"  {where}, round {round_number}: {count / args.seconds:,.0f} requests/s",
                   file=sys.stderr, flush=True)
+
+
+def _transactions(cluster: Cluster) -> int:
+    return int(cluster.scalar(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+        [STORE_DATABASE]))
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -357,11 +389,13 @@ def _print(results: Results, args: argparse.Namespace, version: str, reads: bool
         print(f"\nread API, GET /v1/customers/{{id}}, {args.clients} clients for "
               f"{args.seconds:g} s each, {args.customers:,} customers, async replication")
         print(f"{'reads':<28} {'round':>5} {'requests':>8} {'per s':>7} {'p50 ms':>7} "
-              f"{'p99 ms':>7} {'not 200':>7} {'load':>5}")
-        for where, round_number, count, seconds, samples, failed, load in results.reads:
-            p50, _, p99, _ = summary(samples)
-            print(f"{where:<28} {round_number:>5} {count:>8,} {count / seconds:>7,.0f} "
-                  f"{p50:>7.2f} {p99:>7.2f} {failed:>7} {load:>5.1f}")
+              f"{'p99 ms':>7} {'not 200':>7} {'load':>5}  transactions primary / standby")
+        for run in results.reads:
+            p50, _, p99, _ = summary(run.samples)
+            count = len(run.samples)
+            print(f"{run.where:<28} {run.round:>5} {count:>8,} {count / run.seconds:>7,.0f} "
+                  f"{p50:>7.2f} {p99:>7.2f} {run.failed:>7} {run.load:>5.1f}  "
+                  f"{run.on_primary:,} / {run.on_standby:,}")
     elif args.seconds > 0:
         print("\nread API: not measured, `customer-store serve` has no --read-database-url")
     print("(load: the machine's 1-minute load average at the end of the run, other work "
