@@ -47,7 +47,9 @@ from repository import (
     Rejection,
     current_revision,
     import_records,
+    iter_customers,
     make_session_factory,
+    read_in_session,
     read_records,
     require_customer_id,
     upgrade_to_head,
@@ -244,12 +246,15 @@ def _default_workers(size: int | None) -> int:
 
 
 def _get(engine: Engine, args: argparse.Namespace) -> int:
-    with make_session_factory(engine)() as session:
-        repo = CustomerRepository(session)
-        if args.source_id is not None:
-            customer, key = repo.get_by_source_id(args.source_id), f"source_id {args.source_id!r}"
-        else:
-            customer, key = repo.get(args.id), f"id {args.id!r}"
+    sessions = make_session_factory(engine)
+    if args.source_id is not None:
+        key = f"source_id {args.source_id!r}"
+        customer = read_in_session(
+            sessions, lambda s: CustomerRepository(s).get_by_source_id(args.source_id)
+        )
+    else:
+        key = f"id {args.id!r}"
+        customer = read_in_session(sessions, lambda s: CustomerRepository(s).get(args.id))
     if customer is None:
         raise CommandError(f"no customer with {key}")
     json.dump(customer.to_json(), sys.stdout, ensure_ascii=False, indent=2)
@@ -261,11 +266,11 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
     bar = progress_bar(total=None, unit="customers")
     count = 0
     try:
-        with make_session_factory(engine)() as session, open_output(args.path) as out:
-            repo = CustomerRepository(session)
+        sessions = make_session_factory(engine)
+        with open_output(args.path) as out:
             if not bar.disable:  # a count(*), only for a bar that is drawn
-                bar.reset(total=repo.count())
-            for customer in repo.iter_all():
+                bar.reset(total=read_in_session(sessions, lambda s: CustomerRepository(s).count()))
+            for customer in iter_customers(sessions):
                 out.write(
                     json.dumps(customer.to_json(), ensure_ascii=False, separators=(",", ":"))
                 )

@@ -25,6 +25,7 @@ from repository import (
     head_revision,
     is_pooler_clash,
     make_engine,
+    parse_database_url,
 )
 
 if TYPE_CHECKING:
@@ -294,11 +295,17 @@ _SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token")
 
 def safe_url(url: str | URL) -> str:
     """The URL with its password masked, fit for messages and logs: the password of the
-    user part and secret query parameters (``?password=…``, ``?sslpassword=…``)."""
+    user part and secret query parameters (``?password=…``, ``?sslpassword=…``), in libpq's
+    multi-host spelling too."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        return "<unparseable URL>"
+    except (ArgumentError, ValueError):
+        try:
+            parse_database_url(url)
+        except ValueError:
+            return "<unparseable URL>"
+        # libpq's multi-host spelling, which SQLAlchemy's parser refuses: shown as given.
+        return mask_passwords(str(url))
     if any(_is_secret_parameter(name) for name in parsed.query):
         parsed = parsed.set(query={
             name: "***" if _is_secret_parameter(name) else value
@@ -308,11 +315,16 @@ def safe_url(url: str | URL) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+# A secret query parameter of a URL (``?password=…``, ``&sslpassword=…``).
+_QUERY_SECRET = re.compile(
+    rf"([?&][^=&\s]*(?:{'|'.join(_SECRET_QUERY_WORDS)})[^=&\s]*=)[^&\s]*", re.IGNORECASE
+)
 
 
 def mask_passwords(text: str) -> str:
-    """``text`` with the password of any URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    """``text`` with the password of any URL in it replaced by ``***``: the user part's
+    (one host or libpq's list of hosts) and secret query parameters."""
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def _is_secret_parameter(name: str) -> bool:

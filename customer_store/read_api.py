@@ -2,7 +2,9 @@
 
 Any official Voucherify SDK pointed at the store (its base URL changed) reads customers
 from here instead of over the internet: the same paths, parameters, authentication headers
-(``X-App-Id``, ``X-App-Token``) and error shape. Read-only: other methods answer 405.
+(``X-App-Id``, ``X-App-Token``) and error shape. Read-only: other methods answer 405. A
+read that meets a lost connection (a failover, a restarted pooler) is retried once on a
+new one (:func:`repository.read_in_session_async`).
 
 Everything under ``/v1`` (``/v1`` itself included, never redirected) asks for the
 credentials first; each header given once: two ``X-App-Token`` (or ``X-App-Id``) headers
@@ -33,6 +35,7 @@ from repository import (
     decode_customer_value,
     list_customers,
     parse_list_query,
+    read_in_session_async,
 )
 
 __all__ = ["APP_ID_VARIABLE", "APP_TOKEN_VARIABLE", "read_routes"]
@@ -73,8 +76,7 @@ def read_routes(
         if problem is not None:
             return problem
         key = request.path_params["customer_id"]
-        async with sessions() as session:
-            text = await session.run_sync(partial(_get_json, key=key))
+        text = await read_in_session_async(sessions, partial(_get_json, key=key))
         if text is None:
             return error_response(404, "not_found", "Resource not found",
                                   f"Cannot find customer with id {key}")
@@ -89,8 +91,7 @@ def read_routes(
         except InvalidListParameter as exc:
             return error_response(400, "invalid_query_params", "Invalid query params",
                                   str(exc))
-        async with sessions() as session:
-            page = await session.run_sync(partial(_page, query=query, totals=totals))
+        page = await read_in_session_async(sessions, partial(_page, query=query, totals=totals))
         return _json({
             "object": "list",
             "data_ref": "customers",

@@ -7,9 +7,11 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, int_between
 from models import INT64_MAX, INT64_MIN, loads_json, parse_datetime
@@ -21,7 +23,9 @@ from repository import (
     CustomerFilter,
     CustomerRepository,
     InvalidArgument,
+    Page,
     make_session_factory,
+    read_in_session,
     store_stats,
 )
 
@@ -93,26 +97,34 @@ def _find(engine: Engine, args: argparse.Namespace) -> int:
             min_points=args.min_points, loyalty_tier=args.tier,
             referred_by=args.referred_by, orders_since=args.orders_since,
         )
-        with make_session_factory(engine)() as session:
-            repo = CustomerRepository(session)
-            if args.count:
-                print(repo.count(filters))
-                return EXIT_OK
-            cursor = args.cursor
-            while True:
-                page = repo.find(filters, cursor=cursor, limit=args.limit)
-                for customer in page.customers:
-                    print(json.dumps(customer.to_json(), ensure_ascii=False,
-                                     separators=(",", ":")))
-                cursor = page.next_cursor
-                if cursor is None or not args.all:
-                    break
+        sessions = make_session_factory(engine)
+        if args.count:
+            print(read_in_session(sessions, lambda s: CustomerRepository(s).count(filters)))
+            return EXIT_OK
+        cursor = args.cursor
+        while True:
+            # Each page on a session of its own: one that meets a lost connection is read
+            # again on a new one.
+            page = read_in_session(sessions, partial(_find_page, filters=filters,
+                                                     cursor=cursor, limit=args.limit))
+            for customer in page.customers:
+                print(json.dumps(customer.to_json(), ensure_ascii=False,
+                                 separators=(",", ":")))
+            cursor = page.next_cursor
+            if cursor is None or not args.all:
+                break
     except InvalidArgument as exc:
         option = _OPTIONS.get(exc.field, exc.field)
         raise CommandError(f"argument {option}: {exc.reason}", EXIT_USAGE) from None
     if cursor is not None:
         print(f"more: --cursor {cursor}", file=sys.stderr)
     return EXIT_OK
+
+
+def _find_page(
+    session: Session, *, filters: CustomerFilter, cursor: str | None, limit: int
+) -> Page:
+    return CustomerRepository(session).find(filters, cursor=cursor, limit=limit)
 
 
 def _stats(engine: Engine, args: argparse.Namespace) -> int:

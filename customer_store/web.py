@@ -6,7 +6,8 @@ over the limit, 415 for a body that is not UTF-8 JSON (UTF-16 or UTF-32, or a
 envelope, 2xx once the delivery is recorded
 (applied, stale, duplicate or ignored), 422 for a recorded rejection, and 503 with
 ``Retry-After`` when the database cannot be reached or the delivery cannot be recorded
-within its time bound, so that Voucherify delivers it again later.
+(replicated to a synchronous standby included) within its time bound, so that
+Voucherify delivers it again later.
 
 An unknown path or method answers 404 or 405, and an unexpected error 500 with a request id,
 as JSON in Voucherify's error shape (:mod:`customer_store.http_errors`).
@@ -55,6 +56,7 @@ from repository import (
     POOLER_HINT,
     DeadlineExceeded,
     IngestResult,
+    NotReplicated,
     current_revision,
     head_revision,
     ingest_delivery_async,
@@ -143,6 +145,12 @@ def create_app(
             answered(503, "timeout", started,
                      reason=f"not recorded within {delivery_timeout:g} s")
             return _retry_later("the delivery could not be recorded in time; deliver it again")
+        except NotReplicated:
+            # Committed on the primary alone: not acknowledged, so that Voucherify delivers
+            # it again (the redelivery finds the event stored once it is replicated).
+            answered(503, "unreplicated", started,
+                     reason="committed locally, not confirmed by the synchronous standby")
+            return _retry_later("the delivery could not be replicated in time; deliver it again")
         except SQLAlchemyError as exc:
             metrics.database_error()
             hint = f" ({POOLER_HINT})" if is_pooler_clash(exc) else ""

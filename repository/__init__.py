@@ -12,7 +12,9 @@ from repository.customers import (
     DeleteOutcome,
     UpsertOutcome,
     UpsertSummary,
+    iter_customers,
 )
+from repository.database_urls import CONNECTION_DEFAULTS, parse_database_url
 from repository.driver import POOLER_HINT, is_pooler_clash
 from repository.engine import (
     DEFAULT_DATABASE_URL,
@@ -68,8 +70,12 @@ from repository.reads import decode_customer_value
 from repository.records import Record, read_records
 from repository.retry import (
     DeadlineExceeded,
+    NotReplicated,
     RetryListener,
+    is_lost_connection,
     is_retryable,
+    read_in_session,
+    read_in_session_async,
     run_in_transaction,
     run_in_transaction_async,
 )
@@ -108,6 +114,9 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
+    # database URLs (libpq's multi-host spelling too) and connection defaults
+    "CONNECTION_DEFAULTS",
+    "parse_database_url",
     # behind a transaction pooler (?pgbouncer=true)
     "POOLER_HINT",
     "POOLER_PARAMETER",
@@ -118,6 +127,7 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "AsyncCustomerRepository",
     "CustomerReader",
     "CustomerRepository",
+    "iter_customers",
     "DeleteOutcome",
     "UpsertOutcome",
     "UpsertSummary",
@@ -181,8 +191,12 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "parse_list_query",
     # transactions
     "DeadlineExceeded",
+    "NotReplicated",
     "RetryListener",
     "is_retryable",
+    "is_lost_connection",
+    "read_in_session",
+    "read_in_session_async",
     "run_in_transaction",
     "run_in_transaction_async",
     # administration

@@ -8,13 +8,13 @@ of one customer end in the newest state rather than colliding.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,7 +26,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
 from models.validation import parse_customer
@@ -48,9 +48,18 @@ from repository.newest_wins import (
 )
 from repository.queries import CustomerFilter, Page
 from repository.reads import customer_select, decode_customer
+from repository.retry import read_in_session, retries_reads, run_read
 from repository.tables import customers, tombstones
 
-__all__ = ["CustomerRepository", "DeleteOutcome", "UpsertOutcome", "UpsertSummary"]
+__all__ = [
+    "CustomerRepository",
+    "DeleteOutcome",
+    "UpsertOutcome",
+    "UpsertSummary",
+    "iter_customers",
+]
+
+T = TypeVar("T")
 
 
 class DeleteOutcome(enum.StrEnum):
@@ -246,6 +255,21 @@ class CustomerRepository(Lookups):
     def _connection(self) -> AbstractContextManager[Connection]:
         return nullcontext(self.session.connection())
 
+    def _read(self, read: Callable[[], T]) -> T:
+        # Retried only where no transaction of the caller's is lost with the connection.
+        if not retries_reads(self.session):
+            return read()
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self.session.rollback()  # the session lets go of the lost connection
+            return read()
+
+        return run_read(attempt)
+
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
         query = customer_select(self._dialect).limit(limit)
         if condition is not None:
@@ -253,3 +277,18 @@ class CustomerRepository(Lookups):
         rows = self.session.connection().execute(query)
         return [decode_customer(row._mapping) for row in rows]
 
+
+
+def iter_customers(sessions: sessionmaker[Session], *, batch_size: int = 500) -> Iterator[Customer]:
+    """:meth:`CustomerRepository.iter_all` with each page read on a session of its own
+    (:func:`~repository.retry.read_in_session`): a page that meets a lost connection is
+    read again on a new one, and a long walk holds no connection between pages."""
+
+    def page(after: str | None) -> list[Customer]:
+        return read_in_session(
+            sessions,
+            lambda session: CustomerRepository(session).page_after(after, limit=batch_size),
+        )
+
+    for customers_page in keyset_pages(page, attrgetter("id"), size=batch_size):
+        yield from customers_page

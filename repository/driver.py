@@ -1,6 +1,7 @@
 """Talking to the driver directly where SQLAlchemy has no construct (COPY) or costs too
-much on a hot path (``get``, a webhook's writes), with errors surfacing as SQLAlchemy's
-all the same; and what the driver's errors mean when a transaction pooler mixes up
+much on a hot path (``get``, a webhook's writes), with errors going through SQLAlchemy's
+own error handling all the same (one seam: :func:`raise_as_sqlalchemy`); and what the
+driver's errors mean when a transaction pooler mixes up
 prepared statements."""
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import psycopg
 from sqlalchemy import Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.expression import Executable
 
 __all__ = [
+    "GONE_SQLSTATES",
     "POOLER_HINT",
     "PooledConnection",
     "Sent",
@@ -29,7 +30,9 @@ __all__ = [
     "explain_pooler_clash",
     "fetch_first",
     "is_pooler_clash",
+    "is_server_gone",
     "pipelined",
+    "raise_as_sqlalchemy",
     "send",
 ]
 
@@ -63,11 +66,17 @@ class PooledConnection:
     ``Connection`` would add nothing) that nothing watches (:func:`watched_engine`).
     """
 
-    __slots__ = ("connection", "dialect")
+    __slots__ = ("connection", "dialect", "engine")
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.dialect = engine.dialect
-        self.connection: PoolProxiedConnection = engine.raw_connection()
+        try:
+            self.connection: PoolProxiedConnection = engine.raw_connection()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # What Engine.connect() does with an error at checkout (handle_error included).
+            Connection._handle_dbapi_exception_noconnection(exc, engine.dialect, engine)
+            raise  # not reached: the call above raises SQLAlchemy's error
 
     def __enter__(self) -> PooledConnection:
         return self
@@ -92,35 +101,74 @@ def watched_engine(engine: Engine) -> bool:
 
 
 class driver_errors:  # a lower-case name: used as a function, ``with driver_errors(c):``
-    """Raise the driver's errors as SQLAlchemy's (as SQLAlchemy does for its own statements),
-    with a lost connection invalidated, so callers and retries see one kind of error.
+    """The one error seam of the statements run on the driver's cursor: the driver's
+    errors (and an interruption, which leaves the connection in an unknown state) are
+    handled by :func:`raise_as_sqlalchemy`, as SQLAlchemy handles its own statements'.
 
     A class rather than a generator: it wraps every statement of the hot paths.
     """
 
-    __slots__ = ("_connection",)
+    __slots__ = ("_connection", "_cursor")
 
-    def __init__(self, connection: AnyConnection) -> None:
+    def __init__(self, connection: AnyConnection, cursor: Any = None) -> None:
         self._connection = connection
+        self._cursor = cursor
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
-        connection = self._connection
-        driver_error = connection.dialect.loaded_dbapi.Error
-        if exc is None or not isinstance(exc, driver_error):
+        if exc is None or isinstance(exc, GeneratorExit):
             return
-        dbapi_connection = connection.connection.dbapi_connection
-        lost = connection.dialect.is_disconnect(cast(Any, exc), dbapi_connection, None)
-        if lost:
-            connection.invalidate(exc)
-        error = DBAPIError.instance(
-            None, None, cast(Exception, exc), driver_error, connection_invalidated=lost,
-            dialect=connection.dialect,
-        )
-        explain_pooler_clash(error)
-        raise error from exc
+        if isinstance(exc, self._connection.dialect.loaded_dbapi.Error) or not isinstance(
+            exc, Exception
+        ):
+            raise_as_sqlalchemy(self._connection, exc, self._cursor)
+
+
+def raise_as_sqlalchemy(
+    connection: AnyConnection, exc: BaseException, cursor: Any = None
+) -> NoReturn:
+    """Raise ``exc``, the driver's error in a statement run on ``connection``'s cursor, the
+    way SQLAlchemy raises its own statements' errors: the ``handle_error`` listeners run
+    (tracing, error reporting, custom disconnect rules: they may change ``is_disconnect``
+    or raise another error), a lost connection is invalidated, and with it the whole pool
+    (every connection opened before is replaced at its next checkout), and the error is
+    SQLAlchemy's ``DBAPIError`` saying ``connection_invalidated``. An interruption
+    (``KeyboardInterrupt``, a cancelled task) invalidates the connection alone and is
+    raised as it is.
+
+    This is SQLAlchemy's own ``Connection._handle_dbapi_exception`` (engine/base.py), the
+    one private method relied on here, rather than a copy of it: the listeners, the
+    disconnect rule and ``invalidate_pool_on_disconnect`` stay exactly SQLAlchemy's. A
+    connection checked out without a ``Connection`` (:class:`PooledConnection`) gets one
+    around it for this; it is never closed (the checkout is given back by its owner).
+    """
+    if isinstance(connection, PooledConnection):
+        # _has_events=False: not a new connection for the engine_connect listeners.
+        wrapper = Connection(connection.engine, connection.connection, _has_events=False)
+    else:
+        wrapper = connection
+    wrapper._handle_dbapi_exception(exc, None, None, cursor, None)
+    raise AssertionError("unreachable: SQLAlchemy raises the error")  # pragma: no cover
+
+
+#: SQLSTATEs that mean the server behind a connection is gone, or is no longer the primary:
+#: admin_shutdown (a terminated backend), crash_shutdown, cannot_connect_now (starting
+#: up or shutting down), read_only_sql_transaction (a demoted primary answering as a
+#: standby); and every connection_exception (class 08) but a pooler clash.
+GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
+def is_server_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (the driver's error, or SQLAlchemy's around it) says the connection
+    or the primary is gone (:data:`GONE_SQLSTATES`, class 08): the connection must not be
+    used again, and a new one may reach a server that takes the work."""
+    orig = getattr(exc, "orig", None) or exc
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    if sqlstate in GONE_SQLSTATES:
+        return True
+    return sqlstate.startswith("08") and not is_pooler_clash(orig)
 
 
 def is_pooler_clash(exc: BaseException) -> bool:
@@ -203,7 +251,7 @@ def send(connection: AnyConnection, statement: Executable, params: Mapping[str, 
         bound = values if plan.positions is None else [values[n] for n in plan.positions]
         cursor = connection.connection.cursor()
     try:
-        with driver_errors(connection):
+        with driver_errors(connection, cursor):
             cursor.execute(sql, bound)
     except BaseException:
         cursor.close()
@@ -226,7 +274,7 @@ class Sent:
         if self._cursor is None or self._plan is None:
             return self._row
         try:
-            with driver_errors(self._connection):
+            with driver_errors(self._connection, self._cursor):
                 row = self._cursor.fetchone()
         finally:
             self.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import weakref
 from typing import Any
@@ -11,7 +10,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -20,9 +19,18 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from repository.driver import explain_pooler_clash
+from repository.database_urls import (
+    POOLER_PARAMETER,
+    behind_pooler,
+    connection_defaults,
+    normalize_url,
+    without_pooler_flag,
+)
+from repository.driver import explain_pooler_clash, is_server_gone
 from repository.jsonb import dumps_for_jsonb
 
+# The URL functions live in repository.database_urls; they are named here too, where
+# callers have always imported them from.
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "POOLER_PARAMETER",
@@ -42,16 +50,6 @@ __all__ = [
 
 DEFAULT_DATABASE_URL = "sqlite:///customers.db"
 
-#: The query parameter of a PostgreSQL URL saying that a transaction pooler (PgBouncer in
-#: ``pool_mode = transaction``, and the like) sits between the store and the server:
-#: ``postgresql://user@pgbouncer:6432/db?pgbouncer=true``. Connections then prepare no
-#: statements on the server (psycopg's ``prepare_threshold=None``), since the pooler hands
-#: each transaction whichever server connection is free.
-POOLER_PARAMETER = "pgbouncer"
-_POOLER_VALUES = {"true": True, "1": True, "false": False, "0": False}
-# The parameter with no value, which URL parsing drops as if it were not there.
-_BLANK_POOLER_FLAG = re.compile(rf"[?&]{POOLER_PARAMETER}(?:=)?(?:&|$)")
-
 #: Milliseconds a SQLite writer waits for another writer's lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Marks a pooled SQLite connection whose busy timeout was changed for one checkout.
@@ -68,64 +66,6 @@ class NoDatabaseFile(FileNotFoundError):
         self.path = path
 
 
-def normalize_url(url: str, *, asynchronous: bool = False) -> str:
-    """Map ``postgres://`` and ``postgresql://`` to the psycopg 3 driver (which serves sync
-    and async engines alike) and ``sqlite://`` to pysqlite or, for async engines,
-    aiosqlite; refuse other databases and drivers.
-
-    A ``?pgbouncer=`` flag is checked and kept: :func:`make_engine` takes it off (see
-    :func:`without_pooler_flag`) before the URL reaches the driver.
-    """
-    behind_pooler(url)  # a bad value is refused here, before anything connects
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend in ("postgres", "postgresql"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif backend == "sqlite":
-        driver = "sqlite+aiosqlite" if asynchronous else "sqlite+pysqlite"
-        if parsed.drivername not in ("sqlite", driver):
-            raise ValueError(f"unsupported SQLite driver {parsed.drivername!r}")
-        if asynchronous:
-            parsed = parsed.set(drivername=driver)
-    else:
-        raise ValueError(
-            f"unsupported database {backend!r}: use postgresql://… or sqlite:///path"
-        )
-    return parsed.render_as_string(hide_password=False)
-
-
-def behind_pooler(url: str | URL) -> bool:
-    """Whether ``url`` says a transaction pooler sits in between (``?pgbouncer=true`` or
-    ``=1``; ``false``, ``0`` or no parameter: a direct connection). Raises ``ValueError``
-    for another value, or for the parameter on a SQLite URL."""
-    parsed = make_url(url)
-    if POOLER_PARAMETER not in parsed.query:
-        if isinstance(url, str) and _BLANK_POOLER_FLAG.search(url):
-            raise ValueError(f"?{POOLER_PARAMETER}= must be true, false, 1 or 0, not empty")
-        return False
-    value = parsed.query[POOLER_PARAMETER]
-    if parsed.get_backend_name() == "sqlite":
-        raise ValueError(f"?{POOLER_PARAMETER}= is for PostgreSQL URLs, not SQLite ones")
-    flag = _POOLER_VALUES.get(value.lower()) if isinstance(value, str) else None
-    if flag is None:
-        raise ValueError(
-            f"?{POOLER_PARAMETER}= must be true, false, 1 or 0 (once), not {value!r}"
-        )
-    return flag
-
-
-def without_pooler_flag(url: str) -> tuple[str, bool]:
-    """``url`` without its ``?pgbouncer=`` parameter, which no driver knows, and whether
-    the parameter said a transaction pooler sits in between (:func:`behind_pooler`)."""
-    pooled = behind_pooler(url)
-    parsed = make_url(url)
-    if POOLER_PARAMETER in parsed.query:
-        url = parsed.difference_update_query([POOLER_PARAMETER]).render_as_string(
-            hide_password=False
-        )
-    return url, pooled
-
-
 def make_engine(
     url: str = DEFAULT_DATABASE_URL,
     *,
@@ -134,6 +74,12 @@ def make_engine(
     **kwargs: Any,
 ) -> Engine:
     """Create an engine for ``postgresql://…``, ``postgresql+psycopg://…`` or ``sqlite:///path``.
+
+    A PostgreSQL URL may list several hosts, in libpq's spelling
+    (``postgresql://app@h1:5432,h2:5432/db?target_session_attrs=read-write``) or
+    SQLAlchemy's (``?host=h1:5432&host=h2:5432``): see :mod:`repository.database_urls`.
+    Its connections get a connect timeout per host and TCP keepalives
+    (:data:`~repository.database_urls.CONNECTION_DEFAULTS`) unless the URL sets them.
 
     SQLite connections get foreign keys, WAL and a busy timeout; on PostgreSQL, JSON is
     written so that JSONB gives back every number as the same JSON value. Errors never quote
@@ -239,12 +185,15 @@ def _engine_arguments(
     # ``options``), and no session settings: the server's time zone is whatever it is, and
     # statements read timestamps in UTC themselves (models.base.UTCDateTime,
     # repository.reads).
+    # The connect timeout and keepalives are client-side, fine behind a pooler too. The
+    # driver gets the URL's query and then connect_args: the defaults go in connect_args
+    # only where neither the URL nor the caller sets them.
+    connect_args = {**connection_defaults(url), **options.pop("connect_args", {})}
     if pooled:
         # A statement prepared on one server connection is unknown on the next, or clashes
         # with another client's of the same name: prepare none.
-        connect_args = dict(options.pop("connect_args", {}))
         connect_args["prepare_threshold"] = None
-        options["connect_args"] = connect_args
+    options["connect_args"] = connect_args
     return url, options
 
 
@@ -271,11 +220,21 @@ def _configure(engine: Engine) -> None:
         event.listen(engine, "checkin", _restore_busy_timeout)
     else:
         event.listen(engine, "handle_error", _explain_pooler_clash)
+        event.listen(engine, "handle_error", _server_gone_is_disconnect)
 
 
 def _explain_pooler_clash(context: Any) -> None:
     """Say what to do when prepared statements clash behind a transaction pooler."""
     explain_pooler_clash(context.sqlalchemy_exception)
+
+
+def _server_gone_is_disconnect(context: Any) -> None:
+    """An error saying the server is gone or no longer the primary (a read-only answer
+    after a demotion: every pooled connection then reaches a standby) counts as a
+    disconnect: SQLAlchemy invalidates the connection and the pool, and the error says
+    ``connection_invalidated``, which retries act on."""
+    if is_server_gone(context.original_exception):
+        context.is_disconnect = True
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

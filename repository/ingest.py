@@ -28,7 +28,7 @@ from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
 from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
-from repository.driver import Sent, pipelined, send
+from repository.driver import Sent, fetch_first, pipelined, send
 from repository.engine import dialect_of, native_insert
 from repository.locks import lock_customers
 from repository.retry import (
@@ -125,7 +125,12 @@ def ingest(
             # statement of its own, takes its snapshot once the lock is held.
             lock_customers(session, [envelope.customer_id])
         claim = _claim(session, envelope, body, now, provisional, error, count_delivery)
-    claimed = _claimed(session, envelope, claim.first(), now, count_delivery)
+    row = claim.first()
+    if row is None:
+        earlier = _own_earlier_attempt(session, envelope, now)
+        if earlier is not None:
+            return earlier
+    claimed = _claimed(session, envelope, row, now, count_delivery)
     if claimed is None:
         return IngestResult(
             envelope.event_id, EventOutcome.DUPLICATE, envelope.event_type, envelope.customer_id
@@ -150,10 +155,15 @@ def ingest_delivery(
 ) -> IngestResult:
     """:func:`ingest` in a transaction of its own, retried when the database asks for it.
 
+    A retry after a COMMIT whose outcome was unknown (the connection lost while it was
+    answered) that finds the event recorded by its own earlier attempt reports what that
+    attempt did, not a duplicate: every attempt records the same receipt time.
+
     With ``timeout`` (seconds), lock waits and retries included, it commits within that
     time or raises :class:`~repository.retry.DeadlineExceeded` having recorded nothing.
     ``on_retry`` is called with the error before each retry.
     """
+    received_at = received_at or datetime.now(UTC)  # one for every attempt
     work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
     return run_in_transaction(sessions, work, timeout=timeout, on_retry=on_retry)
 
@@ -183,6 +193,7 @@ async def ingest_delivery_async(
 ) -> IngestResult:
     """:func:`ingest_delivery` for asyncio: the same transaction, retries, time bound and
     ``on_retry``, awaited on an async session factory."""
+    received_at = received_at or datetime.now(UTC)  # one for every attempt
     work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
     return await run_in_transaction_async(sessions, work, timeout=timeout, on_retry=on_retry)
 
@@ -294,6 +305,23 @@ def _claimed(
     return None
 
 
+def _own_earlier_attempt(
+    session: Session, envelope: Envelope, now: datetime
+) -> IngestResult | None:
+    """What an earlier attempt of this very delivery recorded, when the event row holds
+    its receipt time (``now``): its COMMIT went through though its answer was lost, and
+    this attempt is its retry, not a redelivery."""
+    row = fetch_first(session.connection(), _OWN_ATTEMPT, {
+        "p_event_id": envelope.event_id, "p_now": now,
+    })
+    if row is None:
+        return None
+    return IngestResult(
+        envelope.event_id, EventOutcome(row["outcome"]), envelope.event_type,
+        envelope.customer_id, row["error"],
+    )
+
+
 @functools.cache
 def _claim_statement(dialect: str, count_delivery: bool) -> Any:
     """The claim of :func:`_claim`, built once: a delivery binds its values to it (named
@@ -333,6 +361,10 @@ _REDELIVERED = (
         deliveries=events.c.deliveries + 1,
         last_received_at=bindparam("p_now", type_=events.c.last_received_at.type),
     )
+)
+_OWN_ATTEMPT = select(events.c.outcome, events.c.error).where(
+    events.c.event_id == bindparam("p_event_id"),
+    events.c.last_received_at == bindparam("p_now", type_=events.c.last_received_at.type),
 )
 _SET_OUTCOME = (
     update(events)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select
 
@@ -28,8 +28,11 @@ from repository.reads import (
     get_by_key_statement,
     get_by_source_id_statement,
 )
+from repository.retry import run_read
 
 __all__ = ["CustomerReader", "Lookups", "supported_dialect"]
+
+T = TypeVar("T")
 
 
 def supported_dialect(name: str) -> str:
@@ -89,10 +92,19 @@ class Lookups:
         # answer is "none", not a driver error (PostgreSQL refuses NUL in text).
         if any(text_problem(key) for key in params.values()):
             return None
-        # The hot path: the driver's cursor, with SQLAlchemy's compiled statement and type
-        # processing but not its per-execution machinery.
-        with self._connection() as connection:
-            return fetch_first(connection, statement(self._dialect), params)
+        compiled = statement(self._dialect)
+
+        def read() -> dict[str, Any] | None:
+            # The hot path: the driver's cursor, with SQLAlchemy's compiled statement and
+            # type processing but not its per-execution machinery.
+            with self._connection() as connection:
+                return fetch_first(connection, compiled, params)
+
+        return self._read(read)
+
+    def _read(self, read: Callable[[], T]) -> T:
+        """Run ``read``, retried as the connection it runs on allows."""
+        return read()
 
 
 class CustomerReader(Lookups):
@@ -111,6 +123,10 @@ class CustomerReader(Lookups):
             isolation_level="AUTOCOMMIT"
         )
         self._dialect = supported_dialect(engine.dialect.name)
+
+    def _read(self, read: Callable[[], T]) -> T:
+        # Each read checks out a connection of its own: one lost is retried on a new one.
+        return run_read(read)
 
     def _connection(self) -> AbstractContextManager[AnyConnection]:
         # Listeners may be added at any time (tracing): they see the statement only through

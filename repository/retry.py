@@ -1,4 +1,5 @@
-"""Transactions that are retried when the database asks for it, sync and async.
+"""Transactions that are retried when the database asks for it, and reads retried once
+after a lost connection; sync and async.
 
 PostgreSQL may abort a transaction with a serialization failure or a deadlock, or lose
 its connection; SQLite may report "database is locked" past its busy timeout. Each of
@@ -13,6 +14,13 @@ them and every lock wait inside them then end by that time, and
 ``on_retry`` is called with the error before each retry (the receiver counts them for its
 metrics), so that what watches retries need not be known here.
 
+A read that meets a lost connection (a failover, a restarted pooler, an idle timeout:
+the pool is invalidated with it) runs once more, on a fresh connection: :func:`run_read`
+for a read of its own (an engine-level read), :func:`read_in_session` for one on a
+session of its own. A read inside a caller's transaction is never retried here (the
+transaction is gone with its connection: the caller decides); a caller's autocommit
+session has no transaction to lose (:func:`retries_reads`).
+
 One policy (tenacity) drives both faces: :func:`run_in_transaction` with a sync session
 factory, :func:`run_in_transaction_async` with an async one, whose unit of work is the same
 sync function, run on the async connection through ``AsyncSession.run_sync``.
@@ -23,27 +31,42 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
-from repository.driver import is_pooler_clash
+from repository.commit_wait import NotReplicated, guarded_commit
+from repository.driver import is_pooler_clash, is_server_gone
 from repository.engine import set_sqlite_busy_timeout
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
     "DeadlineExceeded",
+    "NotReplicated",
     "RetryListener",
     "database_refusal",
+    "is_lost_connection",
     "is_retryable",
+    "read_in_session",
+    "read_in_session_async",
+    "retries_reads",
     "run_in_transaction",
     "run_in_transaction_async",
+    "run_read",
+    "run_read_async",
 ]
 
 T = TypeVar("T")
@@ -73,13 +96,19 @@ class DeadlineExceeded(Exception):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether running the same transaction again may succeed."""
+    """Whether running the same transaction again may succeed: a serialization failure or
+    deadlock, SQLite's lock, a lost connection, or any error saying the connection or the
+    primary is gone (class 08, 57P01-57P03, 25006 after a demotion: see
+    :func:`~repository.driver.is_server_gone`), or PostgreSQL not reached at all (the
+    driver's connect-time errors carry no SQLSTATE)."""
     if not isinstance(exc, DBAPIError):
         return False
-    if exc.connection_invalidated:
+    if exc.connection_invalidated or is_server_gone(exc):
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    if isinstance(exc.orig, psycopg.OperationalError) and sqlstate is None:
         return True
     message = str(exc.orig).lower()
     return "database is locked" in message or "database table is locked" in message
@@ -178,7 +207,11 @@ class _Bound:
 
 def _attempt(session: Session, work: Callable[[Session], T], bound: _Bound) -> T:
     bound.bound_waits(session)
-    return work(session)
+    result = work(session)
+    # The COMMIT too ends by the deadline (a synchronous standby that is down makes it
+    # wait, which no statement_timeout ends), and one only local is no success.
+    guarded_commit(session, bound.deadline)
+    return result
 
 
 def _policy(
@@ -228,3 +261,81 @@ def _failure(state: RetryCallState) -> BaseException | None:
 def _cause(state: RetryCallState) -> BaseException | None:
     failure = _failure(state)
     return getattr(failure, "orig", failure)
+
+
+#: A read is run at most this many times: once more after a lost connection.
+READ_ATTEMPTS = 2
+# Marks a session whose reads a retry around it covers: its statements are not retried
+# again inside.
+_READ_RETRIED = "customer_store.read_retried"
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection was lost (invalidated, with the pool) or the
+    server behind it is gone: the same read on a fresh connection may succeed."""
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or is_server_gone(exc))
+
+
+def run_read(read: Callable[[], T]) -> T:
+    """``read()``, run once more when it meets a lost connection. ``read`` must check out
+    its own connection (an engine-level read, or a session of its own)."""
+    for attempt in Retrying(**_read_policy()):
+        with attempt:
+            return read()
+    raise AssertionError("unreachable: the policy re-raises the last error")
+
+
+async def run_read_async(read: Callable[[], Awaitable[T]]) -> T:
+    """:func:`run_read` for a coroutine function."""
+    async for attempt in AsyncRetrying(**_read_policy()):
+        with attempt:
+            return await read()
+    raise AssertionError("unreachable: the policy re-raises the last error")
+
+
+def read_in_session(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """``work`` (reads only) on a session of its own, closed after; run once more on a new
+    session when it meets a lost connection."""
+
+    def once() -> T:
+        with sessions() as session:
+            session.info[_READ_RETRIED] = True
+            return work(session)
+
+    return run_read(once)
+
+
+async def read_in_session_async(
+    sessions: async_sessionmaker[AsyncSession], work: Callable[[Session], T]
+) -> T:
+    """:func:`read_in_session` for async sessions: the same sync ``work``, through
+    ``AsyncSession.run_sync``."""
+
+    async def once() -> T:
+        async with sessions() as session:
+            session.sync_session.info[_READ_RETRIED] = True
+            return await session.run_sync(work)
+
+    return await run_read_async(once)
+
+
+def retries_reads(session: Session) -> bool:
+    """Whether a read on ``session`` may be retried where it is made: the session is in
+    autocommit (no transaction of the caller's to lose) and no retry around it
+    (:func:`read_in_session`) covers it already."""
+    if session.info.get(_READ_RETRIED):
+        return False
+    connection = session.connection()
+    return getattr(connection.connection.dbapi_connection, "autocommit", False) is True
+
+
+def _read_policy() -> dict[str, Any]:
+    def log_retry(state: RetryCallState) -> None:
+        _log.warning("retrying a read on a new connection after %s", type(_cause(state)).__name__)
+
+    return {
+        "retry": retry_if_exception(is_lost_connection),
+        "stop": stop_after_attempt(READ_ATTEMPTS),
+        "before_sleep": log_retry,
+        "reraise": True,
+    }
