@@ -1,8 +1,8 @@
 """What streaming replication costs the store: commit latency, ingest rate and read-API
 throughput on a throwaway primary with and without a standby.
 
-    python -m bench.replication_bench [--rounds 2] [--commits 400] [--events 800]
-                                      [--customers 5000] [--clients 4] [--seconds 6]
+    python -m bench.replication_bench [--rounds 2] [--commits 300] [--events 600]
+                                      [--customers 5000] [--clients 4] [--seconds 5]
 
 Run from the repository root, with PostgreSQL's server programs on the machine (the
 clusters are made by ``tests/replication.py``: ``initdb``, ``pg_basebackup -R``,
@@ -22,17 +22,24 @@ For each mode:
 
 - commit latency of one customer upserted in a transaction of its own through
   ``CustomerRepository.upsert`` under ``run_in_transaction`` (the write a webhook makes),
-  each commit a newer version of one of 100 customers: p50, p95, p99, mean; and how many
-  of the commits a read on the standby made right after it already saw;
+  each commit a newer version of one of 50 customers (each written once before the
+  measured commits): p50, p95, p99, mean; and how many of the commits a read on the
+  standby made right after it already saw;
 - ingest rate: a stream of webhook deliveries (``tests/webhook_streams.py``, every event
   delivered 1-3 times) through ``ingest_delivery`` one after the other in this process, as
   ``bench/ingest_rate.py`` measures it, and whether the final state is the expected one.
 
-Then read-API throughput: ``--customers`` generated customers imported on the primary
+The commit latencies again, with a synchronous standby, the modes taking turns per commit
+rather than per run (each on connections of its own that set ``synchronous_commit`` to
+``local``, which waits for no standby as asynchronous replication does, ``on`` or
+``remote_apply``): drift in the machine's speed then weighs on every mode alike.
+
+Last, read-API throughput: ``--customers`` generated customers imported on the primary
 (async replication, replayed by the standby), and ``customer-store serve`` answering
 ``GET /v1/customers/{id}`` to ``--clients`` threads, each on a kept-alive connection, for
 ``--seconds`` seconds: with the reads on the primary, and with ``--read-database-url`` on
-the standby. Requests per second, p50 and p99.
+the standby. Requests per second, p50 and p99, and the transactions each server committed
+in the store's database during the run (where the reads went).
 
 Everything runs on one machine: the primary, the standby, this process and the service
 share its CPUs, so the standby adds no capacity here. Figures only; nothing is asserted.
@@ -87,10 +94,18 @@ from tests.servers import ROOT, cli_command, running_server
 from tests.webhook_streams import build_stream, customers_for_deliveries
 
 #: Customers the commit-latency loop writes new versions of, in turn.
-WRITTEN_CUSTOMERS = 100
+WRITTEN_CUSTOMERS = 50
 #: Commits before the measured ones, after each change of mode: one insert of each written
 #: customer, so that every measured commit is an update, as most webhooks are.
 WARM_UP = WRITTEN_CUSTOMERS
+#: Connections' own ``synchronous_commit`` on a primary with a synchronous standby, so that
+#: the modes can take turns per commit: ``local`` waits for no standby, as with
+#: asynchronous replication.
+TURNS: dict[str, str | None] = {
+    "async (local)": "local",
+    "sync, on": "on",
+    "sync, remote_apply": "remote_apply",
+}
 #: Seconds a change of the primary's settings may take to show.
 SETTLE_SECONDS = 30.0
 
@@ -117,8 +132,9 @@ class Results:
     """Each run's figures, and the machine's 1-minute load average at its end (the load
     other work puts on the machine shows there)."""
 
-    commits: list[tuple[str, int, list[float], int | None, float]] = field(
-        default_factory=list)
+    commits: list[CommitRun] = field(default_factory=list)
+    #: The synchronous modes again, taking turns per commit on one synchronous standby.
+    turns: list[CommitRun] = field(default_factory=list)
     ingests: list[tuple[str, int, int, float, bool, float]] = field(default_factory=list)
     reads: list[ReadRun] = field(default_factory=list)
 
@@ -195,37 +211,65 @@ def _settings(url: str, mode: Mode) -> None:
 
 # -- commit latency --------------------------------------------------------------------------
 
-def commit_latencies(url: str, standby: Cluster | None, commits: int,
-                     start: datetime) -> tuple[list[float], int | None, datetime]:
-    """Milliseconds of each single-customer upsert and commit; how many of the commits a
-    read on ``standby`` right after it saw (None without one); the last version written."""
+@dataclass
+class CommitRun:
+    mode: str
+    round: int
+    #: Milliseconds of each measured upsert and commit.
+    samples: list[float] = field(default_factory=list)
+    #: How many of the commits a read on the standby right after it saw (None: no standby).
+    seen: int | None = None
+    load: float = 0.0
+
+
+def commit_latencies(url: str, standby: Cluster | None, runs: dict[str, str | None],
+                     commits: int, start: datetime, *, round_number: int
+                     ) -> tuple[list[CommitRun], datetime]:
+    """Each run's single-customer upserts, taking turns per commit: ``runs`` maps a run's
+    name to the ``synchronous_commit`` its connections set (None: the server's). Each
+    commit is a newer version of one of :data:`WRITTEN_CUSTOMERS`; after each, a read on
+    ``standby`` tells whether it is there yet. Returns the runs and the last version."""
     customers = list(generate_customers(WRITTEN_CUSTOMERS, seed=11))
-    engine = make_engine(url)
-    sessions = make_session_factory(engine)
-    watcher = None if standby is None else standby.connect("customers")
-    samples: list[float] = []
-    seen = 0
+    factories = {}
+    for name, setting in runs.items():
+        own: dict[str, Any] = {} if setting is None else {
+            "connect_args": {"options": f"-c synchronous_commit={setting}"}}
+        engine = make_engine(url, **own)
+        with engine.connect() as connection:
+            shown = connection.exec_driver_sql("SHOW synchronous_commit").scalar()
+        if setting is not None and shown != setting:
+            raise SystemExit(f"{name}: the connections run with synchronous_commit={shown}")
+        factories[name] = engine, make_session_factory(engine)
+    results = {name: CommitRun(name, round_number, seen=None if standby is None else 0)
+               for name in runs}
+    watcher = None if standby is None else standby.connect(STORE_DATABASE)
     version = start
     try:
         for i in range(WARM_UP + commits):
-            version += timedelta(milliseconds=1)
-            customer = {**customers[i % WRITTEN_CUSTOMERS],
-                        "updated_at": version.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
-            started = time.perf_counter()
-            run_in_transaction(sessions, partial(_upsert, customer=customer))
-            elapsed = (time.perf_counter() - started) * 1000
-            if i < WARM_UP:
-                continue
-            samples.append(elapsed)
-            if watcher is not None:
-                row = watcher.execute("SELECT updated_at FROM customers WHERE id = %s",
-                                      [customer["id"]]).fetchone()
-                seen += row is not None and row[0] >= version
+            for name, (_, sessions) in factories.items():
+                version += timedelta(milliseconds=1)
+                customer = {**customers[i % WRITTEN_CUSTOMERS],
+                            "updated_at": version.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"}
+                started = time.perf_counter()
+                run_in_transaction(sessions, partial(_upsert, customer=customer))
+                elapsed = (time.perf_counter() - started) * 1000
+                if i < WARM_UP:
+                    continue
+                run = results[name]
+                run.samples.append(elapsed)
+                if watcher is not None and run.seen is not None:
+                    row = watcher.execute("SELECT updated_at FROM customers WHERE id = %s",
+                                          [customer["id"]]).fetchone()
+                    run.seen += row is not None and row[0] >= version
     finally:
         if watcher is not None:
             watcher.close()
-        engine.dispose()
-    return samples, None if standby is None else seen, version
+        for engine, _ in factories.values():
+            engine.dispose()
+    load = os.getloadavg()[0]
+    for run in results.values():
+        run.load = load
+    return list(results.values()), version
 
 
 def _upsert(session: Session, customer: dict[str, Any]) -> UpsertOutcome:
@@ -350,15 +394,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode in MODES:
                 set_mode(pair, mode)
                 _settings(url, mode)
-                samples, seen, written = commit_latencies(
-                    url, pair.standby if mode.standby else None, args.commits, written)
-                results.commits.append((mode.name, round_number, samples, seen, os.getloadavg()[0]))
+                runs, written = commit_latencies(
+                    url, pair.standby if mode.standby else None, {mode.name: None},
+                    args.commits, written, round_number=round_number)
+                results.commits += runs
+                samples = runs[0].samples
                 count, seconds, ok = ingest_rate(url, args.events, args.seed)
                 results.ingests.append((mode.name, round_number, count, seconds, ok,
                                         os.getloadavg()[0]))
                 print(f"  {mode.name}, round {round_number}: commit p50 "
                       f"{summary(samples)[0]:.2f} ms, ingest {count / seconds:,.0f}/s",
                       file=sys.stderr, flush=True)
+        set_mode(pair, MODES[2])
+        _settings(url, MODES[2])
+        for round_number in range(1, args.rounds + 1):
+            runs, written = commit_latencies(url, pair.standby, TURNS, args.commits, written,
+                                             round_number=round_number)
+            results.turns += runs
         set_mode(pair, MODES[1])
         if reads:
             measure_reads(pair, url, args, results, Path(tmp))
@@ -370,21 +422,23 @@ def _print(results: Results, args: argparse.Namespace, version: str, reads: bool
            elapsed: float) -> None:
     print(f"\nPostgreSQL {version}, primary and standby on this machine; {os.cpu_count()} CPUs "
           "shared by both servers, this process and the service")
-    print(f"\ncommit latency, one customer upserted per transaction, {args.commits} commits "
-          "per run (ms)")
-    print(f"{'mode':<28} {'round':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7} {'load':>5}  "
-          "standby read right after saw it")
-    for name, round_number, samples, seen, load in results.commits:
-        p50, p95, p99, mean = summary(samples)
-        saw = "-" if seen is None else f"{seen}/{len(samples)}"
-        print(f"{name:<28} {round_number:>5} {p50:>7.2f} {p95:>7.2f} {p99:>7.2f} "
-              f"{mean:>7.2f} {load:>5.1f}  {saw}")
+    print(f"\ncommit latency (ms), one customer upserted per transaction, {args.commits} "
+          "commits per run, the modes taking turns per run")
+    _commit_table(results.commits)
+    print("\nthe same, the modes taking turns per commit on a primary with a synchronous "
+          "standby, each connection setting its own synchronous_commit")
+    _commit_table(results.turns)
     print("\ningest_delivery, one delivery after the other, one process")
     print(f"{'mode':<28} {'round':>5} {'deliveries':>10} {'seconds':>8} {'per s':>7} {'load':>5}  "
           "final state")
     for name, round_number, count, seconds, ok, load in results.ingests:
         print(f"{name:<28} {round_number:>5} {count:>10,} {seconds:>8.2f} "
               f"{count / seconds:>7,.0f} {load:>5.1f}  {'as expected' if ok else 'WRONG'}")
+    for mode in MODES:
+        runs = [run for run in results.ingests if run[0] == mode.name]
+        count, seconds = sum(run[2] for run in runs), sum(run[3] for run in runs)
+        print(f"{mode.name:<28} {'all':>5} {count:>10,} {seconds:>8.2f} "
+              f"{count / seconds:>7,.0f}")
     if reads:
         print(f"\nread API, GET /v1/customers/{{id}}, {args.clients} clients for "
               f"{args.seconds:g} s each, {args.customers:,} customers, async replication")
@@ -403,23 +457,40 @@ def _print(results: Results, args: argparse.Namespace, version: str, reads: bool
     print(f"\n({elapsed:.0f} s in all)")
 
 
+def _commit_table(runs: list[CommitRun]) -> None:
+    print(f"{'mode':<28} {'round':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'mean':>7} "
+          f"{'load':>5}  standby read right after saw it")
+    pooled: dict[str, CommitRun] = {}
+    for run in runs:
+        both = pooled.setdefault(run.mode, CommitRun(run.mode, 0, seen=run.seen and 0))
+        both.samples += run.samples
+        if both.seen is not None and run.seen is not None:
+            both.seen += run.seen
+    for run in [*runs, *pooled.values()]:
+        p50, p95, p99, mean = summary(run.samples)
+        saw = "-" if run.seen is None else f"{run.seen}/{len(run.samples)}"
+        load = f"{run.load:.1f}" if run.round else ""
+        print(f"{run.mode:<28} {run.round or 'all':>5} {p50:>7.2f} {p95:>7.2f} {p99:>7.2f} "
+              f"{mean:>7.2f} {load:>5}  {saw}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.replication_bench",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2,
                         help="times each mode is measured, the modes taking turns (2)")
-    parser.add_argument("--commits", type=int, default=400,
-                        help="measured commits per mode and round (400)")
-    parser.add_argument("--events", type=int, default=800,
-                        help="about this many webhook deliveries per mode and round (800)")
+    parser.add_argument("--commits", type=int, default=300,
+                        help="measured commits per mode and round (300)")
+    parser.add_argument("--events", type=int, default=600,
+                        help="about this many webhook deliveries per mode and round (600)")
     parser.add_argument("--seed", type=int, default=2024, help="stream seed (2024)")
     parser.add_argument("--customers", type=int, default=5000,
                         help="customers imported for the read API (5000)")
     parser.add_argument("--clients", type=int, default=4,
                         help="concurrent HTTP clients of the read API (4)")
-    parser.add_argument("--seconds", type=float, default=6.0,
-                        help="seconds of read load per place and round; 0 skips reads (6)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="seconds of read load per place and round; 0 skips reads (5)")
     return parser
 
 
