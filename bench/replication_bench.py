@@ -128,6 +128,28 @@ MODES = (
 
 
 @dataclass
+class CommitRun:
+    mode: str
+    round: int
+    #: Milliseconds of each measured upsert and commit.
+    samples: list[float] = field(default_factory=list)
+    #: How many of the commits a read on the standby right after it saw (None: no standby).
+    seen: int | None = None
+    load: float = 0.0
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    mode: str
+    round: int
+    deliveries: int
+    seconds: float
+    #: Whether the final state is the one the stream must end in.
+    state_ok: bool
+    load: float
+
+
+@dataclass
 class Results:
     """Each run's figures, and the machine's 1-minute load average at its end (the load
     other work puts on the machine shows there)."""
@@ -135,7 +157,7 @@ class Results:
     commits: list[CommitRun] = field(default_factory=list)
     #: The synchronous modes again, taking turns per commit on one synchronous standby.
     turns: list[CommitRun] = field(default_factory=list)
-    ingests: list[tuple[str, int, int, float, bool, float]] = field(default_factory=list)
+    ingests: list[IngestRun] = field(default_factory=list)
     reads: list[ReadRun] = field(default_factory=list)
 
 
@@ -210,17 +232,6 @@ def _settings(url: str, mode: Mode) -> None:
 
 
 # -- commit latency --------------------------------------------------------------------------
-
-@dataclass
-class CommitRun:
-    mode: str
-    round: int
-    #: Milliseconds of each measured upsert and commit.
-    samples: list[float] = field(default_factory=list)
-    #: How many of the commits a read on the standby right after it saw (None: no standby).
-    seen: int | None = None
-    load: float = 0.0
-
 
 def commit_latencies(url: str, standby: Cluster | None, runs: dict[str, str | None],
                      commits: int, start: datetime, *, round_number: int
@@ -400,8 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.commits += runs
                 samples = runs[0].samples
                 count, seconds, ok = ingest_rate(url, args.events, args.seed)
-                results.ingests.append((mode.name, round_number, count, seconds, ok,
-                                        os.getloadavg()[0]))
+                results.ingests.append(IngestRun(mode.name, round_number, count, seconds, ok,
+                                                 os.getloadavg()[0]))
                 print(f"  {mode.name}, round {round_number}: commit p50 "
                       f"{summary(samples)[0]:.2f} ms, ingest {count / seconds:,.0f}/s",
                       file=sys.stderr, flush=True)
@@ -431,12 +442,13 @@ def _print(results: Results, args: argparse.Namespace, version: str, reads: bool
     print("\ningest_delivery, one delivery after the other, one process")
     print(f"{'mode':<28} {'round':>5} {'deliveries':>10} {'seconds':>8} {'per s':>7} {'load':>5}  "
           "final state")
-    for name, round_number, count, seconds, ok, load in results.ingests:
-        print(f"{name:<28} {round_number:>5} {count:>10,} {seconds:>8.2f} "
-              f"{count / seconds:>7,.0f} {load:>5.1f}  {'as expected' if ok else 'WRONG'}")
+    for run in results.ingests:
+        print(f"{run.mode:<28} {run.round:>5} {run.deliveries:>10,} {run.seconds:>8.2f} "
+              f"{run.deliveries / run.seconds:>7,.0f} {run.load:>5.1f}  "
+              f"{'as expected' if run.state_ok else 'WRONG'}")
     for mode in MODES:
-        runs = [run for run in results.ingests if run[0] == mode.name]
-        count, seconds = sum(run[2] for run in runs), sum(run[3] for run in runs)
+        runs = [run for run in results.ingests if run.mode == mode.name]
+        count, seconds = sum(r.deliveries for r in runs), sum(r.seconds for r in runs)
         print(f"{mode.name:<28} {'all':>5} {count:>10,} {seconds:>8.2f} "
               f"{count / seconds:>7,.0f}")
     if reads:
@@ -444,12 +456,12 @@ def _print(results: Results, args: argparse.Namespace, version: str, reads: bool
               f"{args.seconds:g} s each, {args.customers:,} customers, async replication")
         print(f"{'reads':<28} {'round':>5} {'requests':>8} {'per s':>7} {'p50 ms':>7} "
               f"{'p99 ms':>7} {'not 200':>7} {'load':>5}  transactions primary / standby")
-        for run in results.reads:
-            p50, _, p99, _ = summary(run.samples)
-            count = len(run.samples)
-            print(f"{run.where:<28} {run.round:>5} {count:>8,} {count / run.seconds:>7,.0f} "
-                  f"{p50:>7.2f} {p99:>7.2f} {run.failed:>7} {run.load:>5.1f}  "
-                  f"{run.on_primary:,} / {run.on_standby:,}")
+        for read in results.reads:
+            p50, _, p99, _ = summary(read.samples)
+            count = len(read.samples)
+            print(f"{read.where:<28} {read.round:>5} {count:>8,} {count / read.seconds:>7,.0f} "
+                  f"{p50:>7.2f} {p99:>7.2f} {read.failed:>7} {read.load:>5.1f}  "
+                  f"{read.on_primary:,} / {read.on_standby:,}")
     elif args.seconds > 0:
         print("\nread API: not measured, `customer-store serve` has no --read-database-url")
     print("(load: the machine's 1-minute load average at the end of the run, other work "
