@@ -5,6 +5,9 @@
 - :func:`http_exception`: Starlette's routing errors (404 for an unknown path, 405 for a
   method a route does not serve, TRACE and unknown methods included) in that shape rather
   than as plain text;
+- :func:`database_unavailable`: a read that met a database that is gone (a failover, a
+  restart: its one retry on a fresh connection failed too) is a 503 with ``Retry-After``,
+  as the receiver answers deliveries then, not a 500;
 - :class:`UnexpectedErrors`: an exception no endpoint handled becomes a 500 in that shape
   with a ``request_id`` (also in ``X-Request-Id``). The log line says the exception's type
   and that request id, with a traceback of frames and types only
@@ -19,6 +22,7 @@ import secrets
 from collections.abc import Mapping
 from http import HTTPStatus
 
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,10 +30,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from customer_store.logs import FIELDS, safe_traceback
 from models import json_text
+from repository import is_retryable
 
-__all__ = ["REQUEST_ID_HEADER", "UnexpectedErrors", "error_response", "http_exception"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "RETRY_AFTER_SECONDS",
+    "UnexpectedErrors",
+    "database_unavailable",
+    "error_response",
+    "http_exception",
+]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+#: What a 503 asks the client to wait, in seconds (``Retry-After``).
+RETRY_AFTER_SECONDS = "30"
 log = logging.getLogger("customer_store.http")
 
 
@@ -68,6 +82,23 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     return error_response(
         exc.status_code, status.phrase.lower().replace(" ", "_").replace("-", "_"),
         status.phrase, details, headers=exc.headers,
+    )
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """A database error that running the same work again may get past (the connection or
+    the primary gone, a lock timeout) as 503 with ``Retry-After``; any other database error
+    is unexpected (500, :class:`UnexpectedErrors`). For ``exception_handlers``."""
+    if not isinstance(exc, DBAPIError) or not is_retryable(exc):
+        raise exc
+    log.warning(
+        "database unavailable for %s %s: %s", request.method, request.url.path,
+        type(exc.orig or exc).__name__,
+    )
+    return error_response(
+        503, "service_unavailable", "Service unavailable",
+        "The database is unavailable (a failover or restart); retry shortly",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
@@ -39,7 +39,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from customer_store.common import db_message, mask_passwords
-from customer_store.http_errors import UnexpectedErrors, http_exception
+from customer_store.http_errors import (
+    RETRY_AFTER_SECONDS,
+    UnexpectedErrors,
+    database_unavailable,
+    http_exception,
+)
 from customer_store.logs import FIELDS
 from customer_store.metrics import ReceiverMetrics
 from models import (
@@ -65,7 +70,6 @@ from repository import (
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
-RETRY_AFTER_SECONDS = "30"
 # Past the bound plus this, the answer is 503 even if the database work has not returned
 # (a connection that never opens, a pool with no free connection).
 _HARD_STOP_GRACE = 1.0
@@ -196,7 +200,7 @@ def create_app(
         # An unknown path or method and an unexpected error are answered in JSON, the
         # error logged without its message (customer_store.http_errors).
         middleware=[Middleware(UnexpectedErrors)],
-        exception_handlers={HTTPException: http_exception},
+        exception_handlers={HTTPException: http_exception, DBAPIError: database_unavailable},
     )
 
 

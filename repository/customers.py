@@ -170,13 +170,17 @@ class CustomerRepository(Lookups):
 
     def is_deleted(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
-        connection = self.session.connection()
-        value: datetime | None = connection.scalar(_DELETED_AT, {"p_id": customer_id})
-        return value
+        def read() -> datetime | None:
+            value: datetime | None = self.session.connection().scalar(
+                _DELETED_AT, {"p_id": customer_id}
+            )
+            return value
+
+        return self._read(read)
 
     def count(self, filters: CustomerFilter | None = None) -> int:
         """How many stored customers match ``filters`` (all of them without)."""
-        return queries.count(self.session, filters)
+        return self._read(partial(queries.count, self.session, filters))
 
     def find(
         self,
@@ -186,7 +190,9 @@ class CustomerRepository(Lookups):
         limit: int = 100,
     ) -> Page:
         """One page of matching customers ordered by id; ``page.next_cursor`` continues."""
-        return queries.find(self.session, filters, cursor=cursor, limit=limit)
+        return self._read(
+            partial(queries.find, self.session, filters, cursor=cursor, limit=limit)
+        )
 
     def iter_all(self, *, batch_size: int = 500) -> Iterator[Customer]:
         """Every stored customer, ordered by id, in pages: memory stays constant.
@@ -205,7 +211,8 @@ class CustomerRepository(Lookups):
         without): one keyset page, one statement."""
         if limit < 1:
             raise ValueError("batch_size must be at least 1")
-        return self._load(customers.c.id > after if after is not None else None, limit=limit)
+        condition = customers.c.id > after if after is not None else None
+        return self._read(partial(self._load, condition, limit=limit))
 
     # -- internals -------------------------------------------------------------------
 
@@ -256,7 +263,8 @@ class CustomerRepository(Lookups):
         return nullcontext(self.session.connection())
 
     def _read(self, read: Callable[[], T]) -> T:
-        # Retried only where no transaction of the caller's is lost with the connection.
+        # Every read of the repository comes here. Retried only where no transaction of
+        # the caller's is lost with the connection.
         if not retries_reads(self.session):
             return read()
         attempts = 0

@@ -4,6 +4,7 @@ standby, made with the server's own programs (``initdb``, ``pg_basebackup -R``,
 
 - :func:`new_primary` / :func:`standby_of`: a cluster on a free port of 127.0.0.1, its data
   directory under a private temporary directory, its log beside it;
+- :func:`lone_primary`: one such primary, with the store's database created on it;
 - :func:`replicated_pair`: both, the standby streaming from the primary (synchronously
   with ``synchronous=True``), both stopped and removed afterwards, even when the test fails;
 - :class:`Cluster`: start, stop (``immediate`` is a crash), promote, run SQL, URLs.
@@ -281,6 +282,26 @@ class Pair:
             f"postgresql://{SUPERUSER}@{self.primary.address},{self.standby.address}/"
             f"{database}?target_session_attrs={target_session_attrs}"
         )
+
+
+@contextlib.contextmanager
+def lone_primary(*, database: str = STORE_DATABASE,
+                 settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A primary with no standby and ``database`` created on it; stopped and removed
+    afterwards, even when the block fails."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise ClusterError("PostgreSQL's server programs (initdb, pg_basebackup) are not found")
+    with tempfile.TemporaryDirectory(prefix="customer-store-ha-") as name:
+        directory = Path(name)
+        _own_tree_root(directory)
+        primary = new_primary(directory, bindir, settings=settings)
+        try:
+            primary.execute(f'CREATE DATABASE "{database}"')
+            yield primary
+        finally:
+            with contextlib.suppress(Exception):
+                primary.stop("immediate")
 
 
 @contextlib.contextmanager

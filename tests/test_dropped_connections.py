@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from repository import CustomerRepository, make_engine, make_session_factory
 from repository.schema import upgrade_to_head
+from tests.replication import lone_primary
 from tests.servers import Server, request, running_server
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope, iso
@@ -62,13 +63,15 @@ def read(server: Server, path: str) -> int:
 
 
 def terminate_backends(database_url: str) -> int:
-    """Terminate every server connection to the test's own database; how many there were."""
+    """Terminate every server connection to the test's own database, waiting (up to 5 s
+    each) until its backend has exited, so that the next statement meets the drop; how
+    many there were."""
     url = make_url(database_url)
     with psycopg.connect(
         host=url.host, port=url.port, user=url.username, dbname="postgres", autocommit=True
     ) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             [url.database],
         ).fetchall()
@@ -104,3 +107,30 @@ def test_after_every_server_connection_is_dropped_the_next_requests_all_answer_2
     assert statuses == {
         "id": [200] * 10, "source_id": [200] * 10, "list": [200] * 5, "delivery": [200] * 5
     }, server.log()[-3000:]
+
+
+def test_reads_answer_503_with_retry_after_while_the_database_is_down_then_200_again(
+    tmp_path: Path,
+) -> None:
+    with lone_primary() as primary:
+        upgrade_to_head(primary.url())
+        customer = make_customers(1, seed=25)[0]
+        engine = make_engine(primary.url())
+        try:
+            with make_session_factory(engine).begin() as session:
+                CustomerRepository(session).upsert(customer)
+        finally:
+            engine.dispose()
+        with running_server(primary.url(), log_path=tmp_path / "serve.log", secret="whsec",
+                            env=READ_ENV) as server:
+            path = f"/v1/customers/{customer['id']}"
+            assert read(server, path) == 200
+            primary.kill()
+            down = [request(server.port, "GET", p, headers=AUTH)
+                    for p in (path, f"/v1/customers/{customer['source_id']}",
+                              "/v1/customers?limit=5")]
+            assert [r.status for r in down] == [503, 503, 503], server.log()[-3000:]
+            assert all(r.headers.get("retry-after") == "30" for r in down)
+            assert {r.json()["key"] for r in down} == {"service_unavailable"}
+            primary.start()
+            assert read(server, path) == 200

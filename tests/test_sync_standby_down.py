@@ -5,9 +5,7 @@ gets 2xx, with the event and the customer stored once."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from repository.schema import upgrade_to_head
-from tests.replication import Cluster, ClusterError, _own, new_primary, postgres_bindir
+from tests.replication import Cluster, lone_primary
 from tests.servers import Server, running_server
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope
@@ -26,21 +24,9 @@ DELIVERY_TIMEOUT = 2.0
 
 @pytest.fixture(scope="module")
 def primary() -> Iterator[Cluster]:
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.fail("PostgreSQL's server programs (initdb, pg_basebackup) are not found")
-    with tempfile.TemporaryDirectory(prefix="customer-store-syncrep-") as name:
-        directory = Path(name)
-        directory.chmod(0o755)
-        _own(directory)  # the server's user must be able to enter it
-        cluster = new_primary(directory, bindir)
-        try:
-            cluster.execute('CREATE DATABASE "customers"')
-            upgrade_to_head(cluster.url())
-            yield cluster
-        finally:
-            with contextlib.suppress(ClusterError):
-                cluster.stop("immediate")
+    with lone_primary() as cluster:
+        upgrade_to_head(cluster.url())
+        yield cluster
 
 
 @pytest.fixture
