@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from customer_store import admin_cli, search_cli, sync_cli, webhooks_cli
 from customer_store.common import (
@@ -27,6 +28,7 @@ from customer_store.common import (
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    add_read_options,
     checked,
     db_message,
     int_between,
@@ -34,11 +36,14 @@ from customer_store.common import (
     open_engine,
     open_input,
     open_output,
+    read_router,
+    read_url,
     require_schema,
     require_text_arguments,
     safe_url,
 )
 from customer_store.progress import print_message, progress_bar
+from models import Customer
 from repository import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATABASE_URL,
@@ -125,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Voucherify customer id (cust_...)",
     )
     which.add_argument("--source-id", help="look the customer up by source_id instead")
+    add_read_options(get)
     get.set_defaults(run=_get)
 
     exp = commands.add_parser("export", help="write every customer as JSON Lines, ordered by id")
     exp.add_argument("path", nargs="?", default="-", help="output file, or - for stdout")
+    add_read_options(exp)
     exp.set_defaults(run=_export)
 
     search_cli.add_commands(commands)
@@ -152,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(url)
         engine = open_engine(url)
         try:
-            require_schema(engine, url)
+            _require_schema(engine, url, args)
             status: int = args.run(engine, args)
             return status
         finally:
@@ -168,6 +175,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
+
+
+def _require_schema(engine: Engine, url: str, args: argparse.Namespace) -> None:
+    """The primary's schema at head; a read command with a read replica goes on without
+    the primary when it cannot be reached (the replica's schema is checked instead)."""
+    try:
+        require_schema(engine, url)
+    except OperationalError as exc:
+        if read_url(args, engine) is None:
+            raise
+        print(f"customer-store: warning: the database cannot be reached "
+              f"({mask_passwords(db_message(exc))}): reading from the read replica",
+              file=sys.stderr)
 
 
 def _migrate(url: str) -> int:
@@ -246,15 +266,15 @@ def _default_workers(size: int | None) -> int:
 
 
 def _get(engine: Engine, args: argparse.Namespace) -> int:
-    sessions = make_session_factory(engine)
-    if args.source_id is not None:
-        key = f"source_id {args.source_id!r}"
-        customer = read_in_session(
-            sessions, lambda s: CustomerRepository(s).get_by_source_id(args.source_id)
-        )
-    else:
-        key = f"id {args.id!r}"
-        customer = read_in_session(sessions, lambda s: CustomerRepository(s).get(args.id))
+    def read(session: Session) -> Customer | None:
+        repo = CustomerRepository(session)
+        if args.source_id is not None:
+            return repo.get_by_source_id(args.source_id)
+        return repo.get(args.id)
+
+    with read_router(engine, args) as reads:
+        customer = reads.run(read)
+    key = f"source_id {args.source_id!r}" if args.source_id is not None else f"id {args.id!r}"
     if customer is None:
         raise CommandError(f"no customer with {key}")
     json.dump(customer.to_json(), sys.stdout, ensure_ascii=False, indent=2)
@@ -266,8 +286,8 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
     bar = progress_bar(total=None, unit="customers")
     count = 0
     try:
-        sessions = make_session_factory(engine)
-        with open_output(args.path) as out:
+        with read_router(engine, args) as reads, open_output(args.path) as out:
+            sessions = reads.sessions()
             if not bar.disable:  # a count(*), only for a bar that is drawn
                 bar.reset(total=read_in_session(sessions, lambda s: CustomerRepository(s).count()))
             for customer in iter_customers(sessions):

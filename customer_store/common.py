@@ -19,8 +19,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import (
+    DEFAULT_MAX_LAG,
     POOLER_HINT,
     NoDatabaseFile,
+    ReadRouter,
     current_revision,
     head_revision,
     is_pooler_clash,
@@ -35,9 +37,12 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "READ_URL_VARIABLE",
     "CommandError",
     "CountingReader",
     "InputFile",
+    "add_read_options",
+    "check_replica",
     "checked",
     "db_message",
     "int_between",
@@ -46,7 +51,9 @@ __all__ = [
     "open_engine",
     "open_input",
     "open_output",
+    "read_router",
     "read_secret",
+    "read_url",
     "require_schema",
     "require_text_arguments",
     "safe_url",
@@ -167,6 +174,91 @@ def open_engine(url: str, *, create: bool = False) -> Engine:
         ) from None
     except (ValueError, ArgumentError) as exc:
         raise CommandError(f"bad database URL: {exc}", EXIT_USAGE) from None
+
+
+#: The environment variable naming the read replica, when ``--read-database-url`` is not given.
+READ_URL_VARIABLE = "DATABASE_READ_URL"
+#: The largest --max-replica-lag: a day.
+MAX_REPLICA_LAG = 86_400.0
+
+
+def add_read_options(parser: argparse.ArgumentParser) -> None:
+    """``--read-database-url`` and ``--max-replica-lag``, for the commands that only read."""
+    parser.add_argument(
+        "--read-database-url", default=None, metavar="URL",
+        help="a streaming standby (or several: a multi-host URL with "
+        "target_session_attrs=prefer-standby) to read from while it is not too far behind "
+        f"(default: ${READ_URL_VARIABLE}, else none: read from the primary)",
+    )
+    parser.add_argument(
+        "--max-replica-lag", type=number_between(0, MAX_REPLICA_LAG, unit=" seconds"),
+        default=DEFAULT_MAX_LAG, metavar="SECONDS",
+        help="read from the primary while the standby is further behind than this "
+        "(measured from its replay position; default %(default)g)",
+    )
+
+
+def read_url(args: argparse.Namespace, primary: Engine) -> str | None:
+    """The read replica's URL (the option, else :data:`READ_URL_VARIABLE`), or None.
+    A replica is a PostgreSQL standby of a PostgreSQL primary. Only the commands that
+    read (:func:`add_read_options`) have one."""
+    if not hasattr(args, "read_database_url"):
+        return None
+    url = args.read_database_url or os.environ.get(READ_URL_VARIABLE) or None
+    if url is None:
+        return None
+    try:
+        backend = parse_database_url(url).get_backend_name()
+    except ValueError as exc:
+        raise CommandError(f"bad read database URL: {exc}", EXIT_USAGE) from None
+    if backend not in ("postgres", "postgresql") or primary.dialect.name != "postgresql":
+        raise CommandError(
+            "a read replica is a PostgreSQL standby of a PostgreSQL database: "
+            f"{safe_url(url)} cannot serve reads for this one", EXIT_USAGE,
+        )
+    return url
+
+
+def check_replica(url: str) -> None:
+    """Refuse a replica whose schema is not at head (it replicates the primary, and is not
+    migrated itself: a standby cannot be written). One that cannot be reached is only
+    warned about: reads go to the primary until it answers."""
+    engine = open_engine(url)
+    try:
+        current = current_revision(engine)
+    except SQLAlchemyError as exc:
+        print(f"customer-store: warning: the read replica {safe_url(url)} cannot be reached "
+              f"({mask_passwords(db_message(exc))}): reading from the primary until it "
+              "can", file=sys.stderr)
+        return
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current != head:
+        raise CommandError(
+            f"the schema of the read replica {safe_url(url)} is at revision "
+            f"{current or 'none'}, not {head}: migrate the primary, and check that this is "
+            "its standby (it is not migrated itself)"
+        )
+
+
+@contextmanager
+def read_router(primary: Engine, args: argparse.Namespace) -> Iterator[ReadRouter]:
+    """Where the reads of a read command go: a replica given by ``--read-database-url`` or
+    :data:`READ_URL_VARIABLE` (its schema checked), else the primary alone."""
+    url = read_url(args, primary)
+    if url is None:
+        yield ReadRouter(primary)
+        return
+    check_replica(url)
+    try:
+        replica = make_engine(url, read_only=True)
+    except (ValueError, ArgumentError) as exc:
+        raise CommandError(f"bad read database URL: {exc}", EXIT_USAGE) from None
+    try:
+        yield ReadRouter(primary, replica, max_lag=args.max_replica_lag)
+    finally:
+        replica.dispose()
 
 
 def require_schema(engine: Engine, url: str) -> None:

@@ -25,6 +25,16 @@ Read from the database at scrape time, at most every :data:`REFRESH_INTERVAL` se
 - ``customer_store_last_sync_success_timestamp_seconds{api_url}``: the last completed sync
   from each API.
 
+With a read replica (``serve --read-database-url``), measured at scrape time (its lag
+check is cached for about a second):
+
+- ``customer_store_replica_lag_seconds``: how far the replica's replay is behind (0 when
+  it has replayed all there is; no sample before the first check);
+- ``customer_store_replica_up``: 1 when the replica answered its last check, else 0;
+- ``customer_store_replica_fallbacks_total{reason}``: reads of the read API meant for the
+  replica that went to the primary: ``lag`` (too far behind), ``unreachable``,
+  ``read_your_writes`` (a position not replayed in time).
+
 A gauge the store cannot tell yet (no applied delivery, no completed sync) has no sample.
 """
 
@@ -39,13 +49,18 @@ from typing import TypeVar
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from repository import estimate_customer_count, last_applied_at, sync_states
+from repository import (
+    AsyncReadRouter,
+    estimate_customer_count,
+    last_applied_at,
+    sync_states,
+)
 
 __all__ = ["REFRESH_INTERVAL", "ReceiverMetrics"]
 
@@ -57,6 +72,9 @@ READ_TIMEOUT = 5.0
 _CUSTOMERS = "customer_store_customers"
 _LAST_SYNC = "customer_store_last_sync_success_timestamp_seconds"
 _LAST_APPLIED = "customer_store_last_delivery_applied_timestamp_seconds"
+_REPLICA_LAG = "customer_store_replica_lag_seconds"
+_REPLICA_UP = "customer_store_replica_up"
+_REPLICA_FALLBACKS = "customer_store_replica_fallbacks"
 
 log = logging.getLogger("customer_store.metrics")
 T = TypeVar("T")
@@ -71,7 +89,8 @@ class _Figures:
 
 class ReceiverMetrics:
     """The metrics of one receiver app: what :mod:`customer_store.web` counts, and what is
-    read from the store (through ``sessions``) when they are scraped."""
+    read from the store (through ``sessions``) when they are scraped; with ``replicas``
+    (a router with a replica), the replica's lag and the reads that fell back."""
 
     def __init__(
         self,
@@ -79,8 +98,10 @@ class ReceiverMetrics:
         *,
         refresh_interval: float = REFRESH_INTERVAL,
         read_timeout: float = READ_TIMEOUT,
+        replicas: AsyncReadRouter | None = None,
     ) -> None:
         self._sessions = sessions
+        self.replicas = replicas if replicas is not None and replicas.has_replica else None
         self._refresh_interval = refresh_interval
         self._read_timeout = read_timeout
         self.registry = CollectorRegistry()
@@ -148,6 +169,9 @@ class ReceiverMetrics:
         """Read the store's figures again if the last read is older than the refresh
         interval. A failed read is counted and logged; the scrape goes on with the figures
         it had (the failure also shows on ``/healthz``)."""
+        if self.replicas is not None:
+            # Bounded by the router's own check timeout; a failure is a replica "down".
+            await self.replicas.refresh()
         async with self._lock:
             if time.monotonic() - self._refreshed_at < self._refresh_interval:
                 return
@@ -195,6 +219,28 @@ class ReceiverMetrics:
                 _LAST_APPLIED, "Unix time of the last webhook delivery applied.",
                 value=self._last_applied,
             )
+        if self.replicas is not None:
+            yield from _replica_samples(self.replicas)
+
+
+def _replica_samples(router: AsyncReadRouter) -> Iterator[Metric]:
+    lag = router.lag
+    if lag is not None:
+        yield GaugeMetricFamily(
+            _REPLICA_LAG, "Seconds the read replica's replay is behind, when last checked.",
+            value=lag,
+        )
+    yield GaugeMetricFamily(
+        _REPLICA_UP, "Whether the read replica answered its last check (1) or not (0).",
+        value=1 if router.replica_reachable else 0,
+    )
+    fallbacks = CounterMetricFamily(
+        _REPLICA_FALLBACKS, "Reads meant for the read replica that went to the primary.",
+        labels=["reason"],
+    )
+    for reason, count in router.fallbacks.items():
+        fallbacks.add_metric([reason.value], count)
+    yield fallbacks
 
 
 class _StoreCollector:
@@ -209,6 +255,9 @@ class _StoreCollector:
             GaugeMetricFamily(_CUSTOMERS, ""),
             GaugeMetricFamily(_LAST_SYNC, "", labels=["api_url"]),
             GaugeMetricFamily(_LAST_APPLIED, ""),
+            GaugeMetricFamily(_REPLICA_LAG, ""),
+            GaugeMetricFamily(_REPLICA_UP, ""),
+            CounterMetricFamily(_REPLICA_FALLBACKS, "", labels=["reason"]),
         ]
 
     def collect(self) -> Iterable[Metric]:

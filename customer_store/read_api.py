@@ -14,8 +14,9 @@ answer 400 rather than one of them being picked.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
@@ -26,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from customer_store.http_errors import error_response
 from models import json_text
 from repository import (
+    AsyncReadRouter,
     CustomerList,
     CustomerRepository,
     InvalidListParameter,
@@ -45,14 +47,25 @@ APP_TOKEN_VARIABLE = "CUSTOMER_STORE_APP_TOKEN"  # noqa: S105 - the variable's n
 _CREDENTIALS = ("X-App-Id", "X-App-Token")
 #: Other methods are refused by the router: 405 in the same shape (http_errors).
 _METHODS = ["GET", "HEAD"]
+T = TypeVar("T")
 
 
 def read_routes(
-    sessions: async_sessionmaker[AsyncSession], *, app_id: str, app_token: str
+    sessions: async_sessionmaker[AsyncSession] | AsyncReadRouter,
+    *,
+    app_id: str,
+    app_token: str,
 ) -> list[BaseRoute]:
-    """The routes, for an app whose ``sessions`` should be read-only ones."""
+    """The routes, reading through ``sessions`` (read-only ones), or through a router that
+    sends each read to a read replica while it is not too far behind."""
     if not app_id or not app_token:
         raise ValueError("the read API needs both an application id and a token")
+
+    async def run(work: Callable[[Session], T]) -> T:
+        if isinstance(sessions, AsyncReadRouter):
+            return await sessions.run(work)
+        return await read_in_session_async(sessions, work)
+
     expected = (app_id.encode(), app_token.encode())
     totals = TotalCache()
 
@@ -76,7 +89,7 @@ def read_routes(
         if problem is not None:
             return problem
         key = request.path_params["customer_id"]
-        text = await read_in_session_async(sessions, partial(_get_json, key=key))
+        text = await run(partial(_get_json, key=key))
         if text is None:
             return error_response(404, "not_found", "Resource not found",
                                   f"Cannot find customer with id {key}")
@@ -91,7 +104,7 @@ def read_routes(
         except InvalidListParameter as exc:
             return error_response(400, "invalid_query_params", "Invalid query params",
                                   str(exc))
-        page = await read_in_session_async(sessions, partial(_page, query=query, totals=totals))
+        page = await run(partial(_page, query=query, totals=totals))
         return _json({
             "object": "list",
             "data_ref": "customers",

@@ -13,7 +13,14 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, int_between
+from customer_store.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    add_read_options,
+    int_between,
+    read_router,
+)
 from models import INT64_MAX, INT64_MIN, loads_json, parse_datetime
 from repository import (
     FOLD_LIMIT,
@@ -24,7 +31,6 @@ from repository import (
     CustomerRepository,
     InvalidArgument,
     Page,
-    make_session_factory,
     read_in_session,
     store_stats,
 )
@@ -77,9 +83,11 @@ def add_commands(commands: Any) -> None:
     find.add_argument("--cursor", help="continue after the page that printed this cursor")
     find.add_argument("--all", action="store_true", help="print every page")
     find.add_argument("--count", action="store_true", help="print only how many match")
+    add_read_options(find)
     find.set_defaults(run=_find)
 
     stats = commands.add_parser("stats", help="customers, deletions, events and table sizes")
+    add_read_options(stats)
     stats.set_defaults(run=_stats)
 
 
@@ -97,22 +105,23 @@ def _find(engine: Engine, args: argparse.Namespace) -> int:
             min_points=args.min_points, loyalty_tier=args.tier,
             referred_by=args.referred_by, orders_since=args.orders_since,
         )
-        sessions = make_session_factory(engine)
-        if args.count:
-            print(read_in_session(sessions, lambda s: CustomerRepository(s).count(filters)))
-            return EXIT_OK
-        cursor = args.cursor
-        while True:
-            # Each page on a session of its own: one that meets a lost connection is read
-            # again on a new one.
-            page = read_in_session(sessions, partial(_find_page, filters=filters,
-                                                     cursor=cursor, limit=args.limit))
-            for customer in page.customers:
-                print(json.dumps(customer.to_json(), ensure_ascii=False,
-                                 separators=(",", ":")))
-            cursor = page.next_cursor
-            if cursor is None or not args.all:
-                break
+        with read_router(engine, args) as reads:
+            sessions = reads.sessions()
+            if args.count:
+                print(read_in_session(sessions, lambda s: CustomerRepository(s).count(filters)))
+                return EXIT_OK
+            cursor = args.cursor
+            while True:
+                # Each page on a session of its own: one that meets a lost connection is read
+                # again on a new one.
+                page = read_in_session(sessions, partial(_find_page, filters=filters,
+                                                         cursor=cursor, limit=args.limit))
+                for customer in page.customers:
+                    print(json.dumps(customer.to_json(), ensure_ascii=False,
+                                     separators=(",", ":")))
+                cursor = page.next_cursor
+                if cursor is None or not args.all:
+                    break
     except InvalidArgument as exc:
         option = _OPTIONS.get(exc.field, exc.field)
         raise CommandError(f"argument {option}: {exc.reason}", EXIT_USAGE) from None
@@ -128,8 +137,8 @@ def _find_page(
 
 
 def _stats(engine: Engine, args: argparse.Namespace) -> int:
-    with make_session_factory(engine)() as session:
-        figures = store_stats(session)
+    with read_router(engine, args) as reads:
+        figures = reads.run(store_stats)
     json.dump(asdict(figures), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK

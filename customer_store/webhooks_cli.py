@@ -20,22 +20,28 @@ from types import FrameType
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from customer_store.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     CommandError,
+    add_read_options,
+    check_replica,
     int_between,
     number_between,
     open_binary_input,
     read_secret,
+    read_url,
+    safe_url,
 )
 from customer_store.progress import print_message, progress_bar
 from models import EventOutcome, MalformedDelivery, parse_secrets
 from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
+    AsyncReadRouter,
     IngestResult,
     count_events,
     ingest_or_record_refusal,
@@ -103,6 +109,7 @@ def add_commands(commands: Any) -> None:
         "--log-format", choices=["text", "json"], default="text",
         help="text lines, or one JSON object per line (default %(default)s)",
     )
+    add_read_options(serve)
     serve.set_defaults(run=_serve)
 
     events = commands.add_parser(
@@ -178,6 +185,7 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
     import uvicorn
 
     from customer_store.logs import use_log_format
+    from customer_store.metrics import ReceiverMetrics
     from customer_store.read_api import APP_ID_VARIABLE as READ_APP_ID_VARIABLE
     from customer_store.read_api import APP_TOKEN_VARIABLE as READ_APP_TOKEN_VARIABLE
     from customer_store.read_api import read_routes
@@ -201,9 +209,17 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
             f"set both {READ_APP_ID_VARIABLE} and {READ_APP_TOKEN_VARIABLE} to serve the "
             "read API, or neither", EXIT_USAGE,
         )
-    reads = make_async_session_factory(async_engine, read_only=True)
+    # The read API reads on the replica, if any, while it is not too far behind; webhooks,
+    # /healthz and the store's figures on the primary.
+    replica_url = read_url(args, engine)
+    if replica_url is not None:
+        check_replica(replica_url)
+    replica = make_async_engine(replica_url, read_only=True) if replica_url else None
+    reads = AsyncReadRouter(async_engine, replica, max_lag=args.max_replica_lag)
+    writes = make_async_session_factory(async_engine)
     app = create_app(
-        make_async_session_factory(async_engine),
+        writes,
+        metrics=ReceiverMetrics(writes, replicas=reads),
         secrets=secrets or None,
         max_body_bytes=args.max_body_bytes,
         delivery_timeout=args.delivery_timeout,
@@ -216,7 +232,9 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
     announce(f"listening on http://{args.host}:{args.port}/webhooks/voucherify "
              f"(signatures {checked})")
     if app_id:
-        announce(f"serving the read API on http://{args.host}:{args.port}/v1/customers")
+        announce(f"serving the read API on http://{args.host}:{args.port}/v1/customers"
+                 + (f" (reads on {safe_url(replica_url)} while at most "
+                    f"{args.max_replica_lag:g} s behind)" if replica_url else ""))
     # On SIGTERM uvicorn stops accepting, lets the deliveries in flight finish (their own
     # time bound, plus a margin), then raises the signal again once its handler is gone:
     # this handler makes that the normal end (exit 0), not a death by signal.
@@ -230,8 +248,14 @@ def _serve(engine: Engine, args: argparse.Namespace) -> int:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        asyncio.run(async_engine.dispose())
+        asyncio.run(_dispose(async_engine, replica))
     return EXIT_OK
+
+
+async def _dispose(*engines: AsyncEngine | None) -> None:
+    for engine in engines:
+        if engine is not None:
+            await engine.dispose()
 
 
 class _StopRequested(Exception):

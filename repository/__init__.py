@@ -68,6 +68,14 @@ from repository.queries import (
 )
 from repository.reads import decode_customer_value
 from repository.records import Record, read_records
+from repository.replicas import (
+    DEFAULT_MAX_LAG,
+    AsyncReadRouter,
+    FallbackReason,
+    ReadRouter,
+    commit_position,
+    require_position,
+)
 from repository.retry import (
     DeadlineExceeded,
     NotReplicated,
@@ -123,6 +131,13 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "NoDatabaseFile",
     "behind_pooler",
     "is_pooler_clash",
+    # reads on a streaming standby (read replicas)
+    "DEFAULT_MAX_LAG",
+    "AsyncReadRouter",
+    "FallbackReason",
+    "ReadRouter",
+    "commit_position",
+    "require_position",
     # customers
     "AsyncCustomerRepository",
     "CustomerReader",

@@ -139,6 +139,17 @@ def run_voucherify_sdk(example: Example, url: str, tmp: Path) -> None:
     assert [c.id for c in scope["page"].customers] == [customer["id"]]
 
 
+def run_read_replicas(example: Example, url: str, _tmp: Path) -> None:
+    # The replica is the database itself: a primary serves reads like a standby that is
+    # never behind (tests/test_replicas.py runs the router on a real standby).
+    code = example.code.replace('"postgresql://app@standby.internal:5432/customers"', repr(url))
+    assert code != example.code, "the example's replica URL is not where it was"
+    scope = run(example, with_database(code, url))
+    assert sum(scope["router"].fallbacks.values()) == 0
+    scope["primary"].dispose()
+    scope["replica"].dispose()
+
+
 #: A distinctive line of each example, and how it is run.
 RUNNERS: dict[str, Callable[[Example, str, Path], None]] = {
     "outcome = repo.upsert(payload)": run_sync_api,
@@ -146,6 +157,7 @@ RUNNERS: dict[str, Callable[[Example, str, Path], None]] = {
     "app = FastAPI()": run_fastapi,
     "report = sync_customers(Session, client": run_sync_from_voucherify,
     "customers = CustomersApi(ApiClient(configuration))": run_voucherify_sdk,
+    "router = ReadRouter(primary, replica": run_read_replicas,
 }
 
 
