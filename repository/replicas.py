@@ -149,6 +149,14 @@ class _Router:
         return dict(self._routing.fallbacks)
 
 
+E = TypeVar("E", Engine, AsyncEngine)
+
+
+def _replica_on_postgresql(primary: E, replica: E | None) -> E | None:
+    """``replica``, unless the primary is not PostgreSQL (SQLite has no standbys)."""
+    return replica if primary.dialect.name == "postgresql" else None
+
+
 def _check_wait(after: str | None, wait: float) -> None:
     if after is not None:
         require_position(after)
@@ -173,7 +181,7 @@ class ReadRouter(_Router):
         check_timeout: float = DEFAULT_CHECK_TIMEOUT,
     ) -> None:
         self.primary = primary
-        self.replica = replica if primary.dialect.name == "postgresql" else None
+        self.replica = _replica_on_postgresql(primary, replica)
         self._routing = _Routing(
             has_replica=self.replica is not None, max_lag=max_lag, check_interval=check_interval
         )
@@ -288,7 +296,7 @@ class AsyncReadRouter(_Router):
         check_timeout: float = DEFAULT_CHECK_TIMEOUT,
     ) -> None:
         self.primary = primary
-        self.replica = replica if primary.dialect.name == "postgresql" else None
+        self.replica = _replica_on_postgresql(primary, replica)
         self._routing = _Routing(
             has_replica=self.replica is not None, max_lag=max_lag, check_interval=check_interval
         )

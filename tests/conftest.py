@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base
 from repository import AsyncCustomerRepository, CustomerRepository, make_async_engine, make_engine
@@ -98,6 +98,35 @@ def make_postgres_database(postgres_admin_url: str) -> Iterator[Any]:
         for name in created:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(make_postgres_database: Any) -> str:
+    """A PostgreSQL database of the test module's own, migrated to head."""
+    url: str = make_postgres_database()
+    upgrade_to_head(url)
+    return url
+
+
+#: ``store_customers(url, customers)``: ``customers`` upserted into the database of ``url``,
+#: in one transaction; returns them.
+StoreCustomers = Callable[[str, list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="session")
+def store_customers() -> StoreCustomers:
+    """Fill a database with customers (a module-scoped fixture's setup, say)."""
+
+    def store(url: str, customers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        engine = make_engine(url)
+        try:
+            with sessionmaker(engine).begin() as session:
+                CustomerRepository(session).upsert_many(customers)
+        finally:
+            engine.dispose()
+        return customers
+
+    return store
 
 
 @pytest.fixture(scope="session")

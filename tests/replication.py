@@ -4,6 +4,7 @@ standby, made with the server's own programs (``initdb``, ``pg_basebackup -R``,
 
 - :func:`new_primary` / :func:`standby_of`: a cluster on a free port of 127.0.0.1, its data
   directory under a private temporary directory, its log beside it;
+- :func:`cluster_directory`: a temporary directory for clusters, and the server programs;
 - :func:`lone_primary`: one such primary, with the store's database created on it;
 - :func:`replicated_pair`: both, the standby streaming from the primary (synchronously
   with ``synchronous=True``), both stopped and removed afterwards, even when the test fails;
@@ -285,16 +286,24 @@ class Pair:
 
 
 @contextlib.contextmanager
+def cluster_directory(prefix: str = "customer-store-ha-") -> Iterator[tuple[Path, Path]]:
+    """A temporary directory the server's user may enter, removed afterwards, and where
+    the server programs are; :class:`ClusterError` without them."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise ClusterError("PostgreSQL's server programs (initdb, pg_basebackup) are not found")
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        directory = Path(name)
+        _own_tree_root(directory)
+        yield directory, bindir
+
+
+@contextlib.contextmanager
 def lone_primary(*, database: str = STORE_DATABASE,
                  settings: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A primary with no standby and ``database`` created on it; stopped and removed
     afterwards, even when the block fails."""
-    bindir = postgres_bindir()
-    if bindir is None:
-        raise ClusterError("PostgreSQL's server programs (initdb, pg_basebackup) are not found")
-    with tempfile.TemporaryDirectory(prefix="customer-store-ha-") as name:
-        directory = Path(name)
-        _own_tree_root(directory)
+    with cluster_directory() as (directory, bindir):
         primary = new_primary(directory, bindir, settings=settings)
         try:
             primary.execute(f'CREATE DATABASE "{database}"')
@@ -310,12 +319,7 @@ def replicated_pair(*, synchronous: bool = False, database: str = STORE_DATABASE
     """A primary with ``database`` created on it and a standby streaming from it
     (``synchronous``: every commit waits for the standby's flush, ``synchronous_commit``
     as the primary's settings say). Both are stopped and their files removed afterwards."""
-    bindir = postgres_bindir()
-    if bindir is None:
-        raise ClusterError("PostgreSQL's server programs (initdb, pg_basebackup) are not found")
-    with tempfile.TemporaryDirectory(prefix="customer-store-ha-") as name:
-        directory = Path(name)
-        _own_tree_root(directory)
+    with cluster_directory() as (directory, bindir):
         clusters: list[Cluster] = []
         try:
             primary = new_primary(directory, bindir, settings=primary_settings)

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from repository import CustomerRepository, make_engine, make_session_factory
 from repository.schema import upgrade_to_head
+from tests.conftest import StoreCustomers
 from tests.replication import lone_primary
 from tests.servers import Server, request, running_server
 from tests.voucherify_api import make_customers
@@ -31,22 +32,8 @@ AUTH = {"X-App-Id": APP_ID, "X-App-Token": APP_TOKEN}
 
 
 @pytest.fixture(scope="module")
-def postgres_url(make_postgres_database: Any) -> str:
-    url: str = make_postgres_database()
-    upgrade_to_head(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-def stored(postgres_url: str) -> list[dict[str, Any]]:
-    customers = make_customers(30, seed=24)
-    engine = make_engine(postgres_url)
-    try:
-        with make_session_factory(engine).begin() as session:
-            CustomerRepository(session).upsert_many(customers)
-    finally:
-        engine.dispose()
-    return customers
+def stored(postgres_url: str, store_customers: StoreCustomers) -> list[dict[str, Any]]:
+    return store_customers(postgres_url, make_customers(30, seed=24))
 
 
 @pytest.fixture

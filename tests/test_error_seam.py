@@ -43,6 +43,7 @@ from repository import (
 )
 from repository.retry import run_in_transaction
 from repository.schema import upgrade_to_head
+from tests.conftest import StoreCustomers
 from tests.pgbouncer import PgBouncer
 from tests.test_dropped_connections import terminate_backends
 from tests.voucherify_api import make_customers
@@ -53,22 +54,8 @@ UNDEFINED_TABLE = "42P01"
 
 
 @pytest.fixture(scope="module")
-def postgres_url(make_postgres_database: Any) -> str:
-    url: str = make_postgres_database()
-    upgrade_to_head(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-def stored(postgres_url: str) -> list[dict[str, Any]]:
-    customers = make_customers(12, seed=31)
-    engine = make_engine(postgres_url)
-    try:
-        with make_session_factory(engine).begin() as session:
-            CustomerRepository(session).upsert_many(customers)
-    finally:
-        engine.dispose()
-    return customers
+def stored(postgres_url: str, store_customers: StoreCustomers) -> list[dict[str, Any]]:
+    return store_customers(postgres_url, make_customers(12, seed=31))
 
 
 @pytest.fixture

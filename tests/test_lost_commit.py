@@ -28,7 +28,6 @@ from repository import (
     make_session_factory,
 )
 from repository.retry import run_in_transaction
-from repository.schema import upgrade_to_head
 from repository.tables import customers, events
 from tests.flaky_proxy import FlakyProxy, flaky_proxy
 from tests.voucherify_api import make_customers
@@ -36,29 +35,22 @@ from tests.webhook_streams import envelope, iso
 
 
 @pytest.fixture(scope="module")
-def direct_url(make_postgres_database: Any) -> str:
-    url: str = make_postgres_database()
-    upgrade_to_head(url)
-    return url
-
-
-@pytest.fixture(scope="module")
-def proxy(direct_url: str) -> Iterator[FlakyProxy]:
-    url = make_url(direct_url)
+def proxy(postgres_url: str) -> Iterator[FlakyProxy]:
+    url = make_url(postgres_url)
     with flaky_proxy(url.host or "127.0.0.1", url.port or 5432) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def proxied_url(direct_url: str, proxy: FlakyProxy) -> str:
-    url = make_url(direct_url).set(host="127.0.0.1", port=proxy.port)
+def proxied_url(postgres_url: str, proxy: FlakyProxy) -> str:
+    url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
     url = url.update_query_dict({"sslmode": "disable", "gssencmode": "disable"})
     return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="module")
-def direct(direct_url: str) -> Iterator[Engine]:
-    engine = make_engine(direct_url)
+def direct(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(postgres_url)
     yield engine
     engine.dispose()
 
