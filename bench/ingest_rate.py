@@ -79,21 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             # drifts between runs, and the ratio should not measure the drift.
             raw_times, ours_times = [], []
             for _ in range(3):
-                _reset(engine)
+                reset_store(engine)
                 raw_times.append(raw_ingest(_libpq(url), deliveries))
-                _reset(engine)
-                ours_times.append(_in_process(engine, deliveries))
-                ours_ok = _state_ok(engine, stream)
+                reset_store(engine)
+                ours_times.append(ingest_in_process(engine, deliveries))
+                ours_ok = state_is_newest(engine, stream)
             raw_seconds, ours_seconds = min(raw_times), min(ours_times)
             runs = []
             for count in args.processes:
-                _reset(engine)
+                reset_store(engine)
                 shards = split_round_robin(deliveries, count)
                 seconds, retries = _timed_ingest(url, shards, Path(tmp))
                 runs.append(Run(count, len(deliveries), seconds, retries,
-                                _state_ok(engine, stream)))
+                                state_is_newest(engine, stream)))
                 print(f"  {count} process(es): {seconds:.2f} s", file=sys.stderr)
-            _reset(engine)
+            reset_store(engine)
         finally:
             engine.dispose()
     backend = make_url(normalize_url(url)).get_backend_name()
@@ -174,7 +174,7 @@ def _holds_rows(url: str) -> bool:
         engine.dispose()
 
 
-def _reset(engine: Engine) -> None:
+def reset_store(engine: Engine) -> None:
     tables = list(reversed(Base.metadata.sorted_tables))
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
@@ -192,7 +192,7 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _in_process(engine: Engine, deliveries: list[bytes]) -> float:
+def ingest_in_process(engine: Engine, deliveries: list[bytes]) -> float:
     """Seconds for ``ingest_delivery`` of each delivery in turn, in this process."""
     sessions = make_session_factory(engine)
     started = time.perf_counter()
@@ -244,7 +244,7 @@ def _startup_seconds(url: str, tmp: Path) -> float:
     return time.perf_counter() - started
 
 
-def _state_ok(engine: Engine, stream: WebhookStream) -> bool:
+def state_is_newest(engine: Engine, stream: WebhookStream) -> bool:
     with make_session_factory(engine)() as session:
         repo = CustomerRepository(session)
         stored = {customer.id: customer.to_json() for customer in repo.iter_all()}

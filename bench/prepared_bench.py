@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from bench.async_bench import store
-from bench.ingest_rate import _state_ok
+from bench.ingest_rate import state_is_newest
 from bench.store_bench import DEFAULT_ADMIN_URL, percentiles, throwaway_database
 from repository import (
     CustomerRepository,
@@ -107,7 +107,7 @@ def ingest_rate(url: str, events: int, seed: int) -> tuple[float, int, bool]:
         elapsed = time.perf_counter() - started
         if errors:
             raise SystemExit(f"ingest failed: {errors[0]!r}")
-        state_ok = _state_ok(engine, stream)
+        state_ok = state_is_newest(engine, stream)
     finally:
         engine.dispose()
     return len(deliveries) / elapsed, len(deliveries), state_ok

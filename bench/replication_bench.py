@@ -70,7 +70,7 @@ from psycopg import sql
 from sqlalchemy.orm import Session
 
 from bench.customers import generate_customers, write_jsonl
-from bench.ingest_rate import _in_process, _reset, _state_ok
+from bench.ingest_rate import ingest_in_process, reset_store, state_is_newest
 from bench.read_api_bench import APP_ID, APP_TOKEN, HEADERS
 from bench.store_bench import libpq_url, run_import, sample_ids
 from customer_store.read_api import APP_ID_VARIABLE, APP_TOKEN_VARIABLE
@@ -301,11 +301,11 @@ def ingest_rate(url: str, events: int, seed: int) -> tuple[int, float, bool]:
     deliveries = stream.deliveries(seed)
     engine = make_engine(url)
     try:
-        _reset(engine)
-        seconds = _in_process(engine, deliveries)
-        return len(deliveries), seconds, _state_ok(engine, stream)
+        reset_store(engine)
+        seconds = ingest_in_process(engine, deliveries)
+        return len(deliveries), seconds, state_is_newest(engine, stream)
     finally:
-        _reset(engine)
+        reset_store(engine)
         engine.dispose()
 
 
