@@ -175,6 +175,7 @@ def _holds_rows(url: str) -> bool:
 
 
 def reset_store(engine: Engine) -> None:
+    """Empty every table of the store (the schema stays)."""
     tables = list(reversed(Base.metadata.sorted_tables))
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
@@ -245,6 +246,7 @@ def _startup_seconds(url: str, tmp: Path) -> float:
 
 
 def state_is_newest(engine: Engine, stream: WebhookStream) -> bool:
+    """Whether every customer stored is exactly the newest the stream delivered for it."""
     with make_session_factory(engine)() as session:
         repo = CustomerRepository(session)
         stored = {customer.id: customer.to_json() for customer in repo.iter_all()}
