@@ -122,6 +122,15 @@ class _Router:
     """What both faces expose about the routing."""
 
     _routing: _Routing
+    _check_timeout: float
+
+    def _start(self, has_replica: bool, max_lag: float, check_interval: float,
+               check_timeout: float) -> None:
+        """The routing state both faces begin with."""
+        self._routing = _Routing(
+            has_replica=has_replica, max_lag=max_lag, check_interval=check_interval
+        )
+        self._check_timeout = check_timeout
 
     @property
     def has_replica(self) -> bool:
@@ -182,10 +191,7 @@ class ReadRouter(_Router):
     ) -> None:
         self.primary = primary
         self.replica = _replica_on_postgresql(primary, replica)
-        self._routing = _Routing(
-            has_replica=self.replica is not None, max_lag=max_lag, check_interval=check_interval
-        )
-        self._check_timeout = check_timeout
+        self._start(self.replica is not None, max_lag, check_interval, check_timeout)
         self._lock = threading.Lock()
         self._factories = {
             engine: make_session_factory(engine, read_only=True)
@@ -202,7 +208,7 @@ class ReadRouter(_Router):
         self.refresh()
         reason = self._routing.problem()
         if reason is None and after is not None:
-            reason = self._nothas_replayed(replica, after, wait)
+            reason = self._not_replayed(replica, after, wait)
         if reason is None:
             return replica
         self._routing.fell_back(reason)
@@ -265,7 +271,7 @@ class ReadRouter(_Router):
                 ahead = None  # the primary is down: the standby is what there is
         return standby.lag(ahead)
 
-    def _nothas_replayed(self, replica: Engine, after: str, wait: float) -> FallbackReason | None:
+    def _not_replayed(self, replica: Engine, after: str, wait: float) -> FallbackReason | None:
         """Why the replica cannot serve a read after ``after`` (None: it has replayed it
         within ``wait`` seconds)."""
         deadline = time.monotonic() + wait
@@ -297,10 +303,7 @@ class AsyncReadRouter(_Router):
     ) -> None:
         self.primary = primary
         self.replica = _replica_on_postgresql(primary, replica)
-        self._routing = _Routing(
-            has_replica=self.replica is not None, max_lag=max_lag, check_interval=check_interval
-        )
-        self._check_timeout = check_timeout
+        self._start(self.replica is not None, max_lag, check_interval, check_timeout)
         self._lock = asyncio.Lock()
         self._factories = {
             engine: make_async_session_factory(engine, read_only=True)
@@ -317,7 +320,7 @@ class AsyncReadRouter(_Router):
         await self.refresh()
         reason = self._routing.problem()
         if reason is None and after is not None:
-            reason = await self._nothas_replayed(replica, after, wait)
+            reason = await self._not_replayed(replica, after, wait)
         if reason is None:
             return replica
         self._routing.fell_back(reason)
@@ -377,7 +380,7 @@ class AsyncReadRouter(_Router):
                 ahead = None
         return standby.lag(ahead)
 
-    async def _nothas_replayed(
+    async def _not_replayed(
         self, replica: AsyncEngine, after: str, wait: float
     ) -> FallbackReason | None:
         deadline = time.monotonic() + wait
