@@ -13,7 +13,7 @@ so the figures are the reader's: wall-clock seconds, records and errors yielded,
 peak resident memory (``VmHWM``, reset before reading) above what the process held before
 reading. The
 records module is the project's, or ``--reader FILE``, a copy of another version (for
-comparison: ``git show HEAD:repository/records.py > /tmp/old_records.py``, then
+comparison: ``git show HEAD:repository/importing/records.py > /tmp/old_records.py``, then
 ``--reader /tmp/old_records.py``). Figures only: nothing asserted.
 """
 
@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=100.0)
     parser.add_argument("--elements-mb", type=float, nargs="+", default=[5.0, 10.0, 20.0])
-    parser.add_argument("--reader", type=Path, help="another version of repository/records.py")
+    parser.add_argument(
+        "--reader", type=Path, help="another version of repository/importing/records.py"
+    )
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure is not None:
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reader = args.reader.resolve() if args.reader else None
     with tempfile.TemporaryDirectory(prefix="import-paths-") as directory:
         inputs = _write_inputs(Path(directory), args.size_mb, args.elements_mb)
-        print(f"reader: {reader or 'repository/records.py'}")
+        print(f"reader: {reader or 'repository/importing/records.py'}")
         print(f"{'input':<44} {'MB':>7} {'seconds':>8} {'records':>9} {'errors':>7} "
               f"{'peak MB':>8}")
         for name, path in inputs:
@@ -143,7 +145,7 @@ def _measure(path: Path, reader: Path | None) -> int:
 
 def _reader(path: Path | None) -> Callable[[TextIO], Iterator[Any]]:
     if path is None:
-        from repository.records import read_records
+        from repository.importing.records import read_records
 
         return read_records
     spec = importlib.util.spec_from_file_location("other_records", path)

@@ -39,8 +39,8 @@ from sqlalchemy.engine import make_url
 from bench.raw_ingest import raw_ingest
 from models import Base, CustomerRow, WebhookEventRow
 from repository import CustomerRepository, ingest_delivery, make_engine, make_session_factory
-from repository.engine import normalize_url
-from repository.schema import upgrade_to_head
+from repository.db.engine import normalize_url
+from repository.db.schema import upgrade_to_head
 from tests.webhook_streams import (
     WebhookStream,
     build_stream,

@@ -49,11 +49,11 @@ from sqlalchemy.engine import make_url
 from bench.customers import write_jsonl
 from bench.raw_rows import CHILD_TABLES, CUSTOMER_COLUMNS, customer_row
 from repository import CustomerFilter, CustomerReader, make_engine, make_session_factory
-from repository.customers import CustomerRepository
-from repository.engine import without_pooler_flag
-from repository.queries import cursor_after, find
-from repository.reads import get_by_id_statement
-from repository.schema import upgrade_to_head
+from repository.db.engine import without_pooler_flag
+from repository.db.schema import upgrade_to_head
+from repository.store.customers import CustomerRepository
+from repository.store.queries import cursor_after, find
+from repository.store.reads import get_by_id_statement
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PAGE = 100

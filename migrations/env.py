@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from migrations import include_object_for
 from models.base import Base
-from repository.engine import DEFAULT_DATABASE_URL, make_engine, normalize_url
+from repository.db.engine import DEFAULT_DATABASE_URL, make_engine, normalize_url
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

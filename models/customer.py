@@ -32,7 +32,7 @@ __all__ = [
 
 # The customer id's rule (a capped length: it is stored whole in every table's primary key)
 # lives in models.ids. Every other text is kept whatever its length: indexes hold a prefix or
-# a key of it (``models.long_text``, ``repository.mapping.campaign_key``).
+# a key of it (``models.long_text``, ``repository.store.mapping.campaign_key``).
 
 
 class _Shape(BaseModel):

@@ -3,7 +3,7 @@ entries and deletion tombstones in tables keyed by the customer id first.
 
 Each row keeps what the columns alone cannot say: ``absent_mask`` (which documented keys
 were absent), ``null_mask`` (which documented objects were ``null``) and ``extra`` (keys
-the documentation does not name). ``repository.mapping`` owns the meaning of the bits.
+the documentation does not name). ``repository.store.mapping`` owns the meaning of the bits.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class CustomerRow(Base):
     null_mask: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     extra: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
 
-    #: Search keys: email and name case-folded in Python (``repository.mapping.fold``), so
+    #: Search keys: email and name case-folded in Python (``repository.store.mapping.fold``), so
     #: that SQLite and PostgreSQL compare the same text (revision 0005). Derived data,
     #: written with every row and never part of the customer's JSON.
     email_folded: Mapped[str | None]
@@ -100,7 +100,7 @@ class CustomerRow(Base):
         # class.
         Index("ix_customers_created_at_id", "created_at", "id"),
         Index("ix_customers_updated_at_id", "updated_at", "id"),
-        # The indexes behind repository.queries' filters (revisions 0004 and 0005), with
+        # The indexes behind repository.store.queries' filters (revisions 0004 and 0005), with
         # the GIN index below the class.
         Index(None, "orders_last_order_date"),
         Index(None, "email_folded"),
@@ -142,7 +142,7 @@ Index("ix_customer_addresses_city_prefix", indexed_prefix(CustomerAddressRow.cit
 class LoyaltyCampaignRow(Base):
     """One entry of ``loyalty.campaigns``, keyed by the map key (the campaign name).
 
-    ``campaign`` is the name's key (``repository.mapping.campaign_key``): the name itself
+    ``campaign`` is the name's key (``repository.store.mapping.campaign_key``): the name itself
     up to 1,200 UTF-8 bytes, beyond that its start and a digest of the whole, so that the
     primary key holds any name and still tells names apart. ``campaign_name`` holds such a
     long name whole, and is NULL whenever ``campaign`` is the name (revision 0009).

@@ -6,17 +6,23 @@ This is the public surface: a service, an operator script and the project's own 
 points (the CLI, the receiver) import from here only. Names are grouped by concern.
 """
 
-from repository.async_customers import AsyncCustomerRepository
-from repository.customers import (
-    CustomerRepository,
-    DeleteOutcome,
-    UpsertOutcome,
-    UpsertSummary,
-    iter_customers,
+from repository.admin.erasure import (
+    ErasureReport,
+    InvalidCustomerId,
+    forget_customer,
+    require_customer_id,
 )
-from repository.database_urls import CONNECTION_DEFAULTS, parse_database_url
-from repository.driver import POOLER_HINT, is_pooler_clash
-from repository.engine import (
+from repository.admin.privileges import (
+    GrantReport,
+    InvalidRoleName,
+    MissingPrivilege,
+    grant_app_role,
+    require_role_name,
+)
+from repository.admin.stats import StoreStats, estimate_customer_count, last_applied_at, store_stats
+from repository.db.database_urls import CONNECTION_DEFAULTS, parse_database_url
+from repository.db.driver import POOLER_HINT, is_pooler_clash
+from repository.db.engine import (
     DEFAULT_DATABASE_URL,
     POOLER_PARAMETER,
     NoDatabaseFile,
@@ -26,49 +32,7 @@ from repository.engine import (
     make_engine,
     make_session_factory,
 )
-from repository.erasure import (
-    ErasureReport,
-    InvalidCustomerId,
-    forget_customer,
-    require_customer_id,
-)
-from repository.event_log import (
-    count_events,
-    iter_events,
-    list_events,
-    prune_events,
-    replay_rejected,
-)
-from repository.importer import DEFAULT_BATCH_SIZE, ImportReport, Rejection, import_records
-from repository.ingest import (
-    DEFAULT_DELIVERY_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES,
-    IngestResult,
-    ingest_delivery,
-    ingest_delivery_async,
-    ingest_or_record_refusal,
-)
-from repository.lookups import CustomerReader
-from repository.mapping import FOLD_LIMIT, fold
-from repository.privileges import (
-    GrantReport,
-    InvalidRoleName,
-    MissingPrivilege,
-    grant_app_role,
-    require_role_name,
-)
-from repository.queries import (
-    MAX_METADATA_DEPTH,
-    MAX_METADATA_TERMS,
-    MAX_PAGE_SIZE,
-    CustomerFilter,
-    InvalidArgument,
-    InvalidCursor,
-    Page,
-)
-from repository.reads import decode_customer_value
-from repository.records import Record, read_records
-from repository.replicas import (
+from repository.db.replicas import (
     DEFAULT_MAX_LAG,
     AsyncReadRouter,
     FallbackReason,
@@ -76,7 +40,7 @@ from repository.replicas import (
     commit_position,
     require_position,
 )
-from repository.retry import (
+from repository.db.retry import (
     DeadlineExceeded,
     NotReplicated,
     RetryListener,
@@ -87,12 +51,35 @@ from repository.retry import (
     run_in_transaction,
     run_in_transaction_async,
 )
-from repository.schema import alembic_config, current_revision, head_revision, upgrade_to_head
-from repository.stats import StoreStats, estimate_customer_count, last_applied_at, store_stats
-from repository.sweep import SweepRefused, default_max_deletions
-from repository.sync import DEFAULT_OVERLAP, SyncReport, TieOverflow, sync_customers
-from repository.sync_state import SyncState, sync_states
-from repository.voucherify_client import (
+from repository.db.schema import alembic_config, current_revision, head_revision, upgrade_to_head
+from repository.importing.importer import (
+    DEFAULT_BATCH_SIZE,
+    ImportReport,
+    Rejection,
+    import_records,
+)
+from repository.importing.records import Record, read_records
+from repository.store.async_customers import AsyncCustomerRepository
+from repository.store.customers import (
+    CustomerRepository,
+    DeleteOutcome,
+    UpsertOutcome,
+    UpsertSummary,
+    iter_customers,
+)
+from repository.store.lookups import CustomerReader
+from repository.store.mapping import FOLD_LIMIT, fold
+from repository.store.queries import (
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_TERMS,
+    MAX_PAGE_SIZE,
+    CustomerFilter,
+    InvalidArgument,
+    InvalidCursor,
+    Page,
+)
+from repository.store.reads import decode_customer_value
+from repository.voucherify.client import (
     DEFAULT_API_URL,
     DEFAULT_MAX_WAIT,
     DEFAULT_RESERVE,
@@ -105,7 +92,7 @@ from repository.voucherify_client import (
     VoucherifyClient,
     VoucherifyError,
 )
-from repository.voucherify_list import (
+from repository.voucherify.list_semantics import (
     CustomerList,
     InvalidListParameter,
     ListQuery,
@@ -113,6 +100,24 @@ from repository.voucherify_list import (
     count_listed,
     list_customers,
     parse_list_query,
+)
+from repository.voucherify.mirror import DEFAULT_OVERLAP, SyncReport, TieOverflow, sync_customers
+from repository.voucherify.mirror_state import SyncState, sync_states
+from repository.voucherify.sweep import SweepRefused, default_max_deletions
+from repository.webhooks.event_log import (
+    count_events,
+    iter_events,
+    list_events,
+    prune_events,
+    replay_rejected,
+)
+from repository.webhooks.ingest import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    IngestResult,
+    ingest_delivery,
+    ingest_delivery_async,
+    ingest_or_record_refusal,
 )
 
 __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base
 from repository import AsyncCustomerRepository, CustomerRepository, make_async_engine, make_engine
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.aio import APIS, Blocking
 from tests.pgbouncer import PgBouncer, find_pgbouncer, running_pgbouncer
 

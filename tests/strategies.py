@@ -264,7 +264,7 @@ def _summaries(date_times: SearchStrategy[Any], *, dense: bool) -> SearchStrateg
 
 # Campaign keys have no length limit. 400 characters, of four-byte characters up to 1,600
 # bytes, reach past the 1,200 bytes beyond which the stored key is a digest
-# (repository.mapping.campaign_key).
+# (repository.store.mapping.campaign_key).
 _CAMPAIGN_KEY_MAX = 400
 
 

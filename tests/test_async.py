@@ -26,7 +26,7 @@ from repository import (
     make_async_engine,
     make_async_session_factory,
 )
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.conftest import EXAMPLES
 
 TICK = 0.01

@@ -1,5 +1,5 @@
 """Bulk writes on PostgreSQL go through ``COPY``'s text format, written by the store itself
-(``repository.copy``), in an import's worker processes too. Whatever a value holds, it must
+(``repository.store.pg_copy``), in an import's worker processes too. Whatever a value holds, it must
 read back as it was, as a single upsert (plain ``INSERT`` statements) stores it."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from models import Base
 from models.validation import parse_customer
 from repository import CustomerRepository, import_records, make_session_factory
-from repository.copy import copy_line, copy_ready
-from repository.mapping import CUSTOMER_COLUMNS, customer_to_rows
-from repository.records import read_records
+from repository.importing.records import read_records
+from repository.store.mapping import CUSTOMER_COLUMNS, customer_to_rows
+from repository.store.pg_copy import copy_line, copy_ready
 
 #: Strings COPY's text format must escape or could mistake for something else.
 AWKWARD = ["a\tb", "line\nbreak", "carriage\rreturn", "back\\slash", "\\N", "", "\\.", "\\t"]

@@ -1,4 +1,4 @@
-"""Database URLs with several hosts, and the connection defaults (repository.database_urls).
+"""Database URLs with several hosts, and the connection defaults (repository.db.database_urls).
 
 libpq's spelling (``postgresql://app@h1:5432,h2:5432/db``, what ``pg_autoctl show uri``
 prints) and SQLAlchemy's (``?host=h1:5432&host=h2:5432``) both work, in the Python APIs, the
@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 from customer_store.common import mask_passwords, safe_url
 from repository import CONNECTION_DEFAULTS, parse_database_url
-from repository.engine import (
+from repository.db.engine import (
     behind_pooler,
     make_async_engine,
     make_engine,

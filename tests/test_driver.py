@@ -1,11 +1,11 @@
-"""Statements the hot paths run on the driver's cursor (``repository.driver``): on psycopg
+"""Statements the hot paths run on the driver's cursor (``repository.db.driver``): on psycopg
 with PostgreSQL's own ``$n`` placeholders, which the store writes from SQLAlchemy's."""
 
 from __future__ import annotations
 
 from sqlalchemy import Engine, Integer, String, column, text
 
-from repository.driver import fetch_first, pipelined, send
+from repository.db.driver import fetch_first, pipelined, send
 
 # Module-level: a plan is kept for the statement's lifetime.
 _PERCENT_AND_REPEATS = text(

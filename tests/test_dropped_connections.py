@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from repository import CustomerRepository, make_engine, make_session_factory
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.conftest import StoreCustomers
 from tests.replication import lone_primary
 from tests.servers import Server, request, running_server

@@ -1,4 +1,4 @@
-"""One error seam for every path, the driver fast path included (repository/driver.py):
+"""One error seam for every path, the driver fast path included (repository/db/driver.py):
 a user's ``handle_error`` listener sees the fast path's errors and may call one a
 disconnect, which invalidates the pool and gets the read retried; a prepared-statement
 clash behind PgBouncer says what to do once; a read in a caller's autocommit session is
@@ -41,8 +41,8 @@ from repository import (
     make_session_factory,
     read_in_session_async,
 )
-from repository.retry import run_in_transaction
-from repository.schema import upgrade_to_head
+from repository.db.retry import run_in_transaction
+from repository.db.schema import upgrade_to_head
 from tests.conftest import StoreCustomers
 from tests.pgbouncer import PgBouncer
 from tests.test_dropped_connections import terminate_backends
@@ -352,7 +352,7 @@ def test_a_read_in_a_callers_autocommit_session_is_retried_once_after_its_connec
             # The session holds a connection.
             assert customer["id"] in ids_found(repo, customer, read)
             assert terminate_backends(postgres_url) >= 1
-            with caplog.at_level(logging.WARNING, logger="repository.retry"):
+            with caplog.at_level(logging.WARNING, logger="repository.db.retry"):
                 assert customer["id"] in ids_found(repo, customer, read)
             # And the session goes on reading.
             assert customer["id"] in ids_found(repo, customer, read)

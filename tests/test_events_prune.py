@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from customer_store.cli import main
 from models import EventOutcome
 from repository import count_events, make_engine, make_session_factory, prune_events
-from repository.schema import upgrade_to_head
-from repository.tables import events
+from repository.db.schema import upgrade_to_head
+from repository.db.tables import events
 from tests.conftest import load_example_customers
 from tests.servers import running_server
 from tests.test_cli_arguments import assert_usage_error

@@ -30,8 +30,8 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.retry import run_in_transaction, run_in_transaction_async
-from repository.schema import upgrade_to_head
+from repository.db.retry import run_in_transaction, run_in_transaction_async
+from repository.db.schema import upgrade_to_head
 from tests.replication import Pair, replicated_pair
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope, iso

@@ -38,8 +38,8 @@ from bench.customers import customer as bench_customer
 from bench.customers import write_jsonl
 from models.events import WebhookEventRow
 from repository import CustomerRepository, make_engine, make_session_factory
-from repository.retry import run_in_transaction
-from repository.schema import upgrade_to_head
+from repository.db.retry import run_in_transaction
+from repository.db.schema import upgrade_to_head
 from tests.servers import ROOT, Reply, Server, child_env, cli_command, running_server
 from tests.webhook_streams import build_stream, envelope
 
@@ -598,7 +598,7 @@ def test_run_in_transaction_retries_a_locked_sqlite_database_until_the_lock_is_r
     sqlite_sessions: tuple[str, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, sessions = sqlite_sessions
-    caplog.set_level(logging.WARNING, logger="repository.retry")
+    caplog.set_level(logging.WARNING, logger="repository.db.retry")
     with sqlite_write_lock(url):
         # Without retries, the short busy timeout turns the held lock into an error.
         with pytest.raises(OperationalError, match="database is locked"):
@@ -626,7 +626,7 @@ def test_run_in_transaction_gives_up_on_a_sqlite_lock_that_is_never_released(
     sqlite_sessions: tuple[str, sessionmaker[Session]], caplog: pytest.LogCaptureFixture
 ) -> None:
     url, sessions = sqlite_sessions
-    caplog.set_level(logging.WARNING, logger="repository.retry")
+    caplog.set_level(logging.WARNING, logger="repository.db.retry")
     calls = 0
 
     def work(session: Session) -> Any:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from customer_store.cli import main
 from models.tables import CustomerRow
 from repository import CustomerRepository, make_engine
-from repository.queries import MAX_METADATA_DEPTH
+from repository.store.queries import MAX_METADATA_DEPTH
 from tests.servers import child_env, cli_command
 
 HUGE = "99999999999999999999999"

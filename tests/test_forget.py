@@ -27,8 +27,8 @@ from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
 
 from repository import CustomerRepository, list_events, make_engine
-from repository.schema import upgrade_to_head
-from repository.tables import events
+from repository.db.schema import upgrade_to_head
+from repository.db.tables import events
 from tests.test_secrets import Run, cli
 from tests.webhook_streams import envelope, iso
 

@@ -36,7 +36,7 @@ from models import Base
 from models.events import EventOutcome, WebhookEventRow
 from models.storability import MAX_NESTING
 from repository import CustomerRepository, import_records, make_session_factory, read_records
-from repository.ingest import MalformedDelivery, ingest_delivery
+from repository.webhooks.ingest import MalformedDelivery, ingest_delivery
 from tests.invariants import assert_invariants
 from tests.servers import Server, cli_command, running_server
 

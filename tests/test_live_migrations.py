@@ -46,9 +46,9 @@ from repository import (
     make_session_factory,
     read_records,
 )
-from repository.mapping import email_key, name_key
-from repository.queries import MAX_PAGE_SIZE
-from repository.schema import alembic_config, current_revision, head_revision
+from repository.db.schema import alembic_config, current_revision, head_revision
+from repository.store.mapping import email_key, name_key
+from repository.store.queries import MAX_PAGE_SIZE
 from tests.conftest import load_example_customers, load_example_events
 from tests.webhook_streams import envelope, iso
 
@@ -273,7 +273,7 @@ def upgrade_while_writing(url: str, target: str, writer_ids: list[str]) -> LiveU
         migration = subprocess.Popen(
             [sys.executable, "-c",
              "import sys; from alembic import command;"
-             " from repository.schema import alembic_config;"
+             " from repository.db.schema import alembic_config;"
              " command.upgrade(alembic_config(sys.argv[1]), sys.argv[2])", url, target],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

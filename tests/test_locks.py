@@ -8,7 +8,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from repository.locks import LOCK_NAMESPACE, lock_customers
+from repository.db.locks import LOCK_NAMESPACE, lock_customers
 
 
 @pytest.fixture

@@ -27,10 +27,10 @@ from repository import (
     read_records,
     sync_customers,
 )
-from repository.mapping import FOLD_LIMIT, campaign_key
-from repository.queries import InvalidArgument
-from repository.schema import alembic_config
-from repository.voucherify_list import list_customers, parse_list_query
+from repository.db.schema import alembic_config
+from repository.store.mapping import FOLD_LIMIT, campaign_key
+from repository.store.queries import InvalidArgument
+from repository.voucherify.list_semantics import list_customers, parse_list_query
 from tests.test_cli import cli
 from tests.voucherify_api import FakeVoucherify, make_customers
 from tests.webhook_streams import envelope
@@ -186,7 +186,7 @@ def test_a_long_customer_in_a_listing_is_synced_exactly_with_the_customers_after
 def test_the_receiver_answers_a_long_customer_200_and_stores_it(
     make_database: Any, tmp_path: Any, backend: str
 ) -> None:
-    from repository.schema import upgrade_to_head
+    from repository.db.schema import upgrade_to_head
     from tests.servers import running_server
 
     url = make_database(backend)

@@ -27,8 +27,8 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.retry import run_in_transaction
-from repository.tables import customers, events
+from repository.db.retry import run_in_transaction
+from repository.db.tables import customers, events
 from tests.flaky_proxy import FlakyProxy, flaky_proxy
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope, iso

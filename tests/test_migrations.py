@@ -25,8 +25,8 @@ from sqlalchemy import Engine, inspect
 from migrations import SCRIPT_LOCATION, include_object_for
 from models import Base
 from repository import make_engine
-from repository.schema import alembic_config as shipped_alembic_config
-from repository.schema import current_revision, head_revision
+from repository.db.schema import alembic_config as shipped_alembic_config
+from repository.db.schema import current_revision, head_revision
 
 __all__ = [
     "test_model_definitions_match_ddl",

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 from models import parse_customer
 from models.errors import CustomerValidationError
 from repository import CustomerFilter, CustomerRepository, make_engine
-from repository.privileges import grant_app_role
-from repository.schema import alembic_config, upgrade_to_head
+from repository.admin.privileges import grant_app_role
+from repository.db.schema import alembic_config, upgrade_to_head
 from tests.conftest import load_example_customers
 from tests.servers import running_server
 from tests.test_secrets import cli

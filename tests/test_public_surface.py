@@ -47,5 +47,5 @@ def test_every_exported_name_exists(package: str) -> None:
 
 def test_the_check_notices_a_private_import(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from repository.queries import _conditions\n")
-    assert library_imports(probe) == [("repository.queries", "_conditions", 2)]
+    probe.write_text("def f():\n    from repository.store.queries import _conditions\n")
+    assert library_imports(probe) == [("repository.store.queries", "_conditions", 2)]

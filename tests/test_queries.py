@@ -20,8 +20,9 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from models.tables import CustomerRow
 from repository import CustomerFilter, CustomerRepository, InvalidCursor, Page
-from repository.mapping import FOLD_LIMIT, email_key, fold
-from repository.queries import (
+from repository.db.schema import upgrade_to_head
+from repository.store.mapping import FOLD_LIMIT, email_key, fold
+from repository.store.queries import (
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
     MAX_PAGE_SIZE,
@@ -29,7 +30,6 @@ from repository.queries import (
     cursor_after,
     customer_select_for,
 )
-from repository.schema import upgrade_to_head
 
 EPOCH = datetime(2023, 1, 1, tzinfo=UTC)
 CAMPAIGNS = ["Summer Campaign", "Winter Campaign", "VIP Club"]

@@ -25,8 +25,8 @@ from voucherify.models.customers_list_response_body import CustomersListResponse
 from voucherify.models.parameter_order_list_customers import ParameterOrderListCustomers
 
 from repository import CustomerRepository, make_engine, make_session_factory
-from repository.schema import upgrade_to_head
-from repository.tables import customers as customers_table
+from repository.db.schema import upgrade_to_head
+from repository.db.tables import customers as customers_table
 from tests.servers import Reply, Server, child_env, cli_command, request, running_server
 from tests.voucherify_api import FakeVoucherify, make_customers, share_filter_values
 

@@ -31,7 +31,7 @@ from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
 from models.signature import sign
 from repository import CustomerRepository, list_events, make_engine
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.conftest import alter_database
 from tests.servers import (
     ROOT,

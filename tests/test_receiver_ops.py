@@ -47,9 +47,9 @@ from repository import (
     run_in_transaction,
     run_in_transaction_async,
 )
-from repository.schema import upgrade_to_head
-from repository.sync_state import save_sync_state
-from repository.tables import events
+from repository.db.schema import upgrade_to_head
+from repository.db.tables import events
+from repository.voucherify.mirror_state import save_sync_state
 from tests.conftest import load_example_customers
 from tests.servers import WEBHOOK_PATH, child_env, post, running_server
 from tests.test_secrets import cli

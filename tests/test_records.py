@@ -33,8 +33,8 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.records import decode_line, read_records
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
+from repository.importing.records import decode_line, read_records
 from tests.test_cli import BACKENDS, cli, describe, rejections, summary
 
 STOP_RE = re.compile(

@@ -1,4 +1,4 @@
-"""Reads on a streaming standby (repository.replicas, ``--read-database-url``), against a
+"""Reads on a streaming standby (repository.db.replicas, ``--read-database-url``), against a
 real primary and standby (tests/replication.py): reads are served by the standby, go to the
 primary past the lag bound, when the standby is down, and for a write not replayed in
 time; and keep answering while the primary is down."""
@@ -31,7 +31,7 @@ from repository import (
     make_session_factory,
     require_position,
 )
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.replication import Pair, postgres_bindir, replicated_pair, wait_for_replay
 from tests.servers import (
     ROOT,

@@ -22,9 +22,9 @@ from models import (
     parse_customer,
 )
 from repository import CustomerReader, CustomerRepository, UpsertOutcome, make_engine
-from repository.customers import DeleteOutcome
-from repository.erasure import forget_customer
-from repository.mapping import customer_to_rows
+from repository.admin.erasure import forget_customer
+from repository.store.customers import DeleteOutcome
+from repository.store.mapping import customer_to_rows
 from tests.conftest import load_example_customers
 
 VALID_EXAMPLE_REJECTIONS = {

@@ -28,7 +28,7 @@ from models import (
     parse_customer,
 )
 from repository import CustomerRepository, UpsertOutcome, make_engine
-from repository.mapping import customer_from_rows, customer_to_rows
+from repository.store.mapping import customer_from_rows, customer_to_rows
 from tests.strategies import customers, customers_with_offset_datetimes
 
 # function_scoped_fixture: one session (a function-scoped fixture) serves all examples of

@@ -30,7 +30,7 @@ from models import Base
 from models.events import WebhookEventRow
 from models.signature import compact_json, parse_secrets, sign, verify_signature
 from repository import CustomerRepository, make_engine
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.conftest import EXAMPLES
 from tests.servers import Server, running_server
 from tests.webhook_streams import envelope, iso

@@ -28,9 +28,9 @@ from repository import (
     make_session_factory,
     sync_customers,
 )
-from repository.erasure import forget_customer
-from repository.sync_state import load_sync_state
-from repository.tables import tombstones
+from repository.admin.erasure import forget_customer
+from repository.db.tables import tombstones
+from repository.voucherify.mirror_state import load_sync_state
 from tests.voucherify_api import FakeVoucherify, make_customers
 
 APP_ID, APP_TOKEN = "app-id", "app-token"

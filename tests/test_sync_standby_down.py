@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from repository.schema import upgrade_to_head
+from repository.db.schema import upgrade_to_head
 from tests.replication import Cluster, lone_primary
 from tests.servers import Server, running_server
 from tests.voucherify_api import make_customers

@@ -34,7 +34,7 @@ from repository import (
     sync_customers,
     sync_states,
 )
-from repository.sync_state import save_sync_state
+from repository.voucherify.mirror_state import save_sync_state
 from tests.servers import Reply, child_env, cli_command, free_port, request, serve_command, stop
 from tests.voucherify_api import FakeVoucherify, format_instant, make_customers
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from repository import CustomerRepository
-from repository.voucherify_list import (
+from repository.voucherify.list_semantics import (
     InvalidListParameter,
     TotalCache,
     count_listed,

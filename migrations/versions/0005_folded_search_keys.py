@@ -2,7 +2,7 @@
 
 ``lower()`` folds only ASCII on SQLite and follows the database's locale on PostgreSQL, so
 one search found different customers on the two. ``email_folded`` and ``name_folded`` hold
-the text folded in Python by ``repository.mapping`` (the functions that write every row and
+the text folded in Python by ``repository.store.mapping`` (the functions that write every row and
 fold every search argument; should the fold ever change, a later revision must fold every
 row again), and carry the search indexes instead.
 
@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from migrations.online import alter_without_queueing_writers, drop_if_invalid, sqlstate
-from repository.mapping import email_key, name_key
+from repository.store.mapping import email_key, name_key
 
 revision: str = "0005"
 down_revision: str | None = "0004"

@@ -21,7 +21,7 @@ did.
 - The campaign name is part of the primary key ``(customer_id, campaign)``, which must
   hold every name and tell them apart: a prefix cannot, and PostgreSQL takes no
   expression in a primary key. So ``campaign`` holds the name's key
-  (``repository.mapping.campaign_key``): the name itself up to 1,200 UTF-8 bytes, beyond
+  (``repository.store.mapping.campaign_key``): the name itself up to 1,200 UTF-8 bytes, beyond
   that its start and the SHA-256 digest of the whole, which no name of up to 1,200 bytes
   can equal (it is longer); a new nullable ``campaign_name`` keeps such a long name
   whole. Every name stored so far had at most 1,200 bytes, so every stored row is already

@@ -2,7 +2,7 @@
 
 Parsing never raises for bad data. A line that is not JSON becomes a :class:`Record` with
 an ``error``, so that one bad line costs one record, not the whole file; so does an array
-element, which is found by its brackets and decoded alone (:mod:`repository.json_text`).
+element, which is found by its brackets and decoded alone (:mod:`repository.importing.json_scan`).
 Where the input cannot be followed any further (a string or bracket still open at the end,
 more input after a multi-line document), the last record is an error with ``stopped`` set,
 saying where reading stopped. Memory holds about one chunk and the current record, however
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from models.json_decoding import FINITE_JSON_DECODER, NonFiniteNumber, loads_json
-from repository.json_text import Piece, Position, ValueScanner, Window, read_value
+from repository.importing.json_scan import Piece, Position, ValueScanner, Window, read_value
 
 __all__ = ["Record", "decode_line", "read_records"]
 

@@ -19,17 +19,17 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from repository.database_urls import (
+from repository.db.database_urls import (
     POOLER_PARAMETER,
     behind_pooler,
     connection_defaults,
     normalize_url,
     without_pooler_flag,
 )
-from repository.driver import explain_pooler_clash, is_server_gone
-from repository.jsonb import dumps_for_jsonb
+from repository.db.driver import explain_pooler_clash, is_server_gone
+from repository.db.jsonb import dumps_for_jsonb
 
-# The URL functions live in repository.database_urls; they are named here too, where
+# The URL functions live in repository.db.database_urls; they are named here too, where
 # callers have always imported them from.
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -77,9 +77,9 @@ def make_engine(
 
     A PostgreSQL URL may list several hosts, in libpq's spelling
     (``postgresql://app@h1:5432,h2:5432/db?target_session_attrs=read-write``) or
-    SQLAlchemy's (``?host=h1:5432&host=h2:5432``): see :mod:`repository.database_urls`.
+    SQLAlchemy's (``?host=h1:5432&host=h2:5432``): see :mod:`repository.db.database_urls`.
     Its connections get a connect timeout per host and TCP keepalives
-    (:data:`~repository.database_urls.CONNECTION_DEFAULTS`) unless the URL sets them.
+    (:data:`~repository.db.database_urls.CONNECTION_DEFAULTS`) unless the URL sets them.
 
     SQLite connections get foreign keys, WAL and a busy timeout; on PostgreSQL, JSON is
     written so that JSONB gives back every number as the same JSON value. Errors never quote
@@ -179,12 +179,12 @@ def _engine_arguments(
         options.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         return url, options
     # No pre-ping on checkout (a round trip per request): a connection found dead is
-    # invalidated with the rest of the pool, and writes are retried (repository.retry).
+    # invalidated with the rest of the pool, and writes are retried (repository.db.retry).
     options.setdefault("json_serializer", dumps_for_jsonb)
     # No startup parameters but the connection's own (poolers refuse others, such as
     # ``options``), and no session settings: the server's time zone is whatever it is, and
     # statements read timestamps in UTC themselves (models.base.UTCDateTime,
-    # repository.reads).
+    # repository.store.reads).
     # The connect timeout and keepalives are client-side, fine behind a pooler too. The
     # driver gets the URL's query and then connect_args: the defaults go in connect_args
     # only where neither the URL nor the caller sets them.

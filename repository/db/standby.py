@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from repository.retry import is_lost_connection
+from repository.db.retry import is_lost_connection
 
 __all__ = [
     "StandbyState",

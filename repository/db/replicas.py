@@ -9,7 +9,7 @@ reads go on while the primary is down. Without a replica, or on SQLite, every re
 to the primary.
 
 The lag is measured at most once per ``check_interval``, in one round trip bounded by
-``check_timeout`` (how it is read: :mod:`repository.standby`).
+``check_timeout`` (how it is read: :mod:`repository.db.standby`).
 
 Read-your-writes: after a write, :meth:`ReadRouter.commit_position` gives a WAL position
 (a ``pg_lsn`` text such as ``"0/3000148"``) that is at or past the commit. A read given
@@ -36,9 +36,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from repository.engine import make_async_session_factory, make_session_factory
-from repository.retry import read_in_session, read_in_session_async
-from repository.standby import (
+from repository.db.engine import make_async_session_factory, make_session_factory
+from repository.db.retry import read_in_session, read_in_session_async
+from repository.db.standby import (
     commit_position,
     has_replayed,
     look,

@@ -17,12 +17,12 @@ from functools import partial
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from repository.customers import CustomerRepository, DeleteOutcome
-from repository.keyset import keyset_pages
-from repository.retry import run_in_transaction
-from repository.sync_state import count_unlisted, unlisted_customers
-from repository.tables import customers
-from repository.voucherify_client import VoucherifyError
+from repository.db.keyset import keyset_pages
+from repository.db.retry import run_in_transaction
+from repository.db.tables import customers
+from repository.store.customers import CustomerRepository, DeleteOutcome
+from repository.voucherify.client import VoucherifyError
+from repository.voucherify.mirror_state import count_unlisted, unlisted_customers
 
 __all__ = [
     "SweepRefused",

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from models.base import Base
 from models.events import EventOutcome
 from models.wire import format_datetime
-from repository import queries
-from repository.engine import dialect_of
-from repository.event_log import count_events
-from repository.sync_state import sync_states
-from repository.tables import customers, events, tombstones
+from repository.db.engine import dialect_of
+from repository.db.tables import customers, events, tombstones
+from repository.store import queries
+from repository.voucherify.mirror_state import sync_states
+from repository.webhooks.event_log import count_events
 
 __all__ = ["StoreStats", "estimate_customer_count", "last_applied_at", "store_stats"]
 

@@ -4,9 +4,9 @@ PostgreSQL: customers neither stored nor deleted are streamed with ``COPY`` stra
 the table; the others into a temporary staging table, merged with one ``INSERT ... ON
 CONFLICT DO UPDATE ... WHERE newer`` (after the newest version per id within the batch is
 chosen and the tombstones checked). The customers arrive as rows or already as ``COPY``
-text (:class:`~repository.copy.CopyReady`, what an import's workers send). SQLite:
+text (:class:`~repository.store.pg_copy.CopyReady`, what an import's workers send). SQLite:
 multi-row upserts. The child rows of the customers that were applied are then replaced
-(:mod:`repository.children`).
+(:mod:`repository.store.children`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from sqlalchemy import Boolean, Connection, column, delete, exists, select, tabl
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from repository.children import copy_children, delete_children, replace_children
-from repository.copy import CopyReady, copy_ready, copy_text
-from repository.engine import dialect_of
-from repository.locks import lock_customers
-from repository.mapping import CUSTOMER_COLUMNS, CustomerRows
-from repository.newest_wins import (
+from repository.db.engine import dialect_of
+from repository.db.locks import lock_customers
+from repository.db.tables import customers, tombstones
+from repository.store.children import copy_children, delete_children, replace_children
+from repository.store.mapping import CUSTOMER_COLUMNS, CustomerRows
+from repository.store.newest_wins import (
     UpsertOutcome,
     clear_older_tombstones,
     upsert_newest,
     upsert_outcome,
 )
-from repository.tables import customers, tombstones
+from repository.store.pg_copy import CopyReady, copy_ready, copy_text
 
 __all__ = ["bulk_upsert"]
 

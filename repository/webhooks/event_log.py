@@ -1,7 +1,7 @@
 """The webhook event log: recorded deliveries, listed and counted, rejected ones
 processed again, and old ones pruned.
 
-Recording a delivery is :mod:`repository.ingest`'s work; this module reads what it left.
+Recording a delivery is :mod:`repository.webhooks.ingest`'s work; this module reads what it left.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.events import EventOutcome, WebhookEventRow
-from repository.ingest import IngestResult, MalformedDelivery, ingest_delivery, is_forgotten
-from repository.keyset import keyset_pages
-from repository.retry import run_in_transaction
-from repository.tables import events
+from repository.db.keyset import keyset_pages
+from repository.db.retry import run_in_transaction
+from repository.db.tables import events
+from repository.webhooks.ingest import (
+    IngestResult,
+    MalformedDelivery,
+    ingest_delivery,
+    is_forgotten,
+)
 
 __all__ = ["count_events", "iter_events", "list_events", "prune_events", "replay_rejected"]
 

@@ -8,8 +8,9 @@ answers that miss their deadline and an occasional ``429`` are retried with back
 (``Retry-After`` honoured); a refused key or an exhausted billing cycle stops at once.
 
 An upstream may stall or lie, so nothing it sends can hold the client for long: each
-request has one deadline from connecting to its last byte (:mod:`repository.http_deadline`),
-headers that make no sense (not finite, negative, absurdly large) are ignored or clamped,
+request has one deadline from connecting to its last byte
+(:mod:`repository.voucherify.http_deadline`), headers that make no sense (not finite,
+negative, absurdly large) are ignored or clamped,
 and no single wait lasts longer than ``max_wait``; a long or capped wait is told through
 ``on_wait``. A rate-limit window that renews later than that stops the run cleanly
 (:class:`RequestLimitReached`): the next run goes on from its checkpoint.
@@ -160,7 +161,7 @@ class VoucherifyClient:
         # is a tenth of a second of everyone's start-up.
         import httpx
 
-        from repository.http_deadline import DeadlineTransport
+        from repository.voucherify.http_deadline import DeadlineTransport
 
         self._transport_error = httpx.TransportError
         self._unsendable = httpx.LocalProtocolError

@@ -34,10 +34,10 @@ from sqlalchemy.orm import Session
 from models.customer import Customer
 from models.long_text import equals_indexed, indexed_prefix
 from models.storability import text_problem
-from repository.engine import dialect_of
-from repository.mapping import email_key, name_key
-from repository.reads import customer_select, decode_customer
-from repository.tables import addresses, customers
+from repository.db.engine import dialect_of
+from repository.db.tables import addresses, customers
+from repository.store.mapping import email_key, name_key
+from repository.store.reads import customer_select, decode_customer
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",

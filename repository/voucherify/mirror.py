@@ -17,7 +17,8 @@ A full listing (the first run, or ``full=True``) notes every id it sees; ``full=
 sweeps: it records a deletion (a ``swept`` tombstone, which any later payload of the
 customer undoes) for every stored customer it did not see and that is older than the
 listing's start (on the server's clock), only after a listing complete by every sign the
-API gives and within ``max_deletions`` (:mod:`repository.sweep`); else it deletes nothing.
+API gives and within ``max_deletions`` (:mod:`repository.voucherify.sweep`); else it deletes
+nothing.
 """
 
 from __future__ import annotations
@@ -33,19 +34,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.errors import CustomerValidationError
 from models.validation import parse_customer
 from models.wire import format_datetime, parse_datetime
-from repository.customers import CustomerRepository
-from repository.importer import Rejection
-from repository.mapping import CustomerRows, customer_to_rows
-from repository.newest_wins import UpsertOutcome, older_tombstone
-from repository.retry import run_in_transaction
-from repository.sweep import (
-    SweepRefused,
-    delete_unlisted,
-    excess_deletions,
-    incomplete_listing,
-    missing_from,
+from repository.db.retry import run_in_transaction
+from repository.db.tables import customers, tombstones
+from repository.importing.importer import Rejection
+from repository.store.customers import CustomerRepository
+from repository.store.mapping import CustomerRows, customer_to_rows
+from repository.store.newest_wins import UpsertOutcome, older_tombstone
+from repository.voucherify.client import (
+    ApiUnavailable,
+    CustomerPage,
+    RequestLimitReached,
+    VoucherifyClient,
+    VoucherifyError,
 )
-from repository.sync_state import (
+from repository.voucherify.mirror_state import (
     SyncState,
     count_listed,
     forget_listed,
@@ -53,13 +55,12 @@ from repository.sync_state import (
     remember_listed,
     save_sync_state,
 )
-from repository.tables import customers, tombstones
-from repository.voucherify_client import (
-    ApiUnavailable,
-    CustomerPage,
-    RequestLimitReached,
-    VoucherifyClient,
-    VoucherifyError,
+from repository.voucherify.sweep import (
+    SweepRefused,
+    delete_unlisted,
+    excess_deletions,
+    incomplete_listing,
+    missing_from,
 )
 
 __all__ = [

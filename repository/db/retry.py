@@ -47,9 +47,9 @@ from tenacity import (
     retry_if_exception,
 )
 
-from repository.commit_wait import NotReplicated, guarded_commit
-from repository.driver import is_pooler_clash, is_server_gone
-from repository.engine import set_sqlite_busy_timeout
+from repository.db.commit_wait import NotReplicated, guarded_commit
+from repository.db.driver import is_pooler_clash, is_server_gone
+from repository.db.engine import set_sqlite_busy_timeout
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -98,7 +98,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether running the same transaction again may succeed: a serialization failure or
     deadlock, SQLite's lock, a lost connection, or any error saying the connection or the
     primary is gone (class 08, 57P01-57P03, 25006 after a demotion: see
-    :func:`~repository.driver.is_server_gone`), or PostgreSQL not reached at all (the
+    :func:`~repository.db.driver.is_server_gone`), or PostgreSQL not reached at all (the
     driver's connect-time errors carry no SQLSTATE)."""
     if not isinstance(exc, DBAPIError):
         return False

@@ -26,9 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from repository.engine import native_insert
-from repository.mapping import CUSTOMER_COLUMNS
-from repository.tables import child_tables, customers, tombstones
+from repository.db.engine import native_insert
+from repository.db.tables import child_tables, customers, tombstones
+from repository.store.mapping import CUSTOMER_COLUMNS
 
 __all__ = [
     "UpsertOutcome",

@@ -1,6 +1,6 @@
 """The customer repository for asyncio services: the sync repository's rules, awaited.
 
-Each method runs :class:`~repository.customers.CustomerRepository`'s own code on the async
+Each method runs :class:`~repository.store.customers.CustomerRepository`'s own code on the async
 session's connection through ``AsyncSession.run_sync`` (SQLAlchemy's greenlet bridge): the
 newest-wins upserts, tombstones, mapping and queries exist once, and every database round
 trip is awaited on the event loop instead of blocking it. Like the sync repository, it
@@ -17,9 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
-from repository.bulk import Laid
-from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome, UpsertSummary
-from repository.queries import CustomerFilter, Page
+from repository.store.bulk import Laid
+from repository.store.customers import (
+    CustomerRepository,
+    DeleteOutcome,
+    UpsertOutcome,
+    UpsertSummary,
+)
+from repository.store.queries import CustomerFilter, Page
 
 __all__ = ["AsyncCustomerRepository"]
 
@@ -28,7 +33,7 @@ T = TypeVar("T")
 
 
 class AsyncCustomerRepository:
-    """:class:`~repository.customers.CustomerRepository` on an ``AsyncSession``: the same
+    """:class:`~repository.store.customers.CustomerRepository` on an ``AsyncSession``: the same
     methods with the same outcomes, awaited."""
 
     def __init__(self, session: AsyncSession) -> None:

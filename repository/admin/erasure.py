@@ -3,7 +3,7 @@
 What remains is a tombstone with the Voucherify id and a time, nothing personal, marked
 ``forgotten``: no later payload stores the customer again, however new, and a webhook
 delivered later about it is recorded without its body or error text (see
-repository.ingest).
+repository.webhooks.ingest).
 
 Other customers' events are removed only when they hold one of the forgotten customer's
 identifiers as a whole JSON string value (its id, email ignoring case, source_id, phone):
@@ -25,11 +25,11 @@ from sqlalchemy.orm import Session
 
 from models.ids import InvalidCustomerId, require_customer_id
 from models.json_decoding import loads_json
-from repository.customers import CustomerRepository, DeleteOutcome
-from repository.keyset import keyset_pages
-from repository.locks import lock_customers
-from repository.mapping import fold
-from repository.tables import events, tombstones
+from repository.db.keyset import keyset_pages
+from repository.db.locks import lock_customers
+from repository.db.tables import events, tombstones
+from repository.store.customers import CustomerRepository, DeleteOutcome
+from repository.store.mapping import fold
 
 __all__ = [
     "ErasureReport",
@@ -53,7 +53,7 @@ class ErasureReport:
 @dataclass
 class _Identifiers:
     """What names the customer in a JSON body: whole string values, emails compared as
-    search compares them (:func:`repository.mapping.fold`)."""
+    search compares them (:func:`repository.store.mapping.fold`)."""
 
     exact: set[str]
     emails: set[str] = field(default_factory=set)

@@ -3,7 +3,7 @@
 Every filter is one SQL condition backed by an index on PostgreSQL (see the migrations);
 a page is one statement whatever the filters, and pages follow the primary key, so a late
 page costs what the first one does. Email and name prefix are compared on the search keys
-that every write stores (``repository.mapping.fold``), with the argument folded alike.
+that every write stores (``repository.store.mapping.fold``), with the argument folded alike.
 Arguments are checked before any SQL is built (:class:`InvalidArgument`).
 """
 
@@ -36,10 +36,10 @@ from models.customer import Customer
 from models.long_text import equals_indexed
 from models.storability import text_problem
 from models.wire import INT64_MAX, INT64_MIN
-from repository.engine import dialect_of
-from repository.mapping import FOLD_LIMIT, campaign_key, email_key, fold
-from repository.reads import customer_select, decode_customer
-from repository.tables import campaigns, customers, referrals
+from repository.db.engine import dialect_of
+from repository.db.tables import campaigns, customers, referrals
+from repository.store.mapping import FOLD_LIMIT, campaign_key, email_key, fold
+from repository.store.reads import customer_select, decode_customer
 
 __all__ = [
     "MAX_METADATA_DEPTH",
@@ -91,14 +91,14 @@ class CustomerFilter:
 
     Arguments are checked when the filter is made and refused with :class:`InvalidArgument`:
     text with U+0000 or a lone surrogate, a ``name_prefix`` longer than
-    :data:`repository.mapping.FOLD_LIMIT` once case-folded, a time
+    :data:`repository.store.mapping.FOLD_LIMIT` once case-folded, a time
     without a zone, an integer beyond 64 bits, metadata that is not JSON (NaN, infinities)
     or that nests deeper than :data:`MAX_METADATA_DEPTH` or holds more than
     :data:`MAX_METADATA_TERMS` keys and elements.
     """
 
     email: str | None = None
-    """Equal, ignoring case (compared as :func:`repository.mapping.fold` makes them)."""
+    """Equal, ignoring case (compared as :func:`repository.store.mapping.fold` makes them)."""
     source_id: str | None = None
     name_prefix: str | None = None
     """The name starts with this, ignoring case (compared folded, as ``email``)."""

@@ -13,8 +13,8 @@ from datetime import datetime
 from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from repository.engine import native_insert
-from repository.tables import customers, sync_listed, sync_state
+from repository.db.engine import native_insert
+from repository.db.tables import customers, sync_listed, sync_state
 
 __all__ = [
     "SyncState",

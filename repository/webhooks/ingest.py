@@ -27,17 +27,17 @@ from models.ids import customer_id_problem
 from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
-from repository.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
-from repository.driver import Sent, fetch_first, pipelined, send
-from repository.engine import dialect_of, native_insert
-from repository.locks import lock_customers
-from repository.retry import (
+from repository.db.driver import Sent, fetch_first, pipelined, send
+from repository.db.engine import dialect_of, native_insert
+from repository.db.locks import lock_customers
+from repository.db.retry import (
     RetryListener,
     database_refusal,
     run_in_transaction,
     run_in_transaction_async,
 )
-from repository.tables import events, tombstones
+from repository.db.tables import events, tombstones
+from repository.store.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT",
@@ -160,7 +160,7 @@ def ingest_delivery(
     attempt did, not a duplicate: every attempt records the same receipt time.
 
     With ``timeout`` (seconds), lock waits and retries included, it commits within that
-    time or raises :class:`~repository.retry.DeadlineExceeded` having recorded nothing.
+    time or raises :class:`~repository.db.retry.DeadlineExceeded` having recorded nothing.
     ``on_retry`` is called with the error before each retry.
     """
     received_at = received_at or datetime.now(UTC)  # one for every attempt

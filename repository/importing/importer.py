@@ -27,13 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import CustomerValidationError
 from models.validation import parse_customer
-from repository.bulk import Laid
-from repository.copy import copy_ready
-from repository.customers import CustomerRepository, UpsertOutcome
-from repository.engine import dialect_of
-from repository.mapping import customer_to_rows
-from repository.records import Record, decode_line
-from repository.retry import database_refusal, run_in_transaction
+from repository.db.engine import dialect_of
+from repository.db.retry import database_refusal, run_in_transaction
+from repository.importing.records import Record, decode_line
+from repository.store.bulk import Laid
+from repository.store.customers import CustomerRepository, UpsertOutcome
+from repository.store.mapping import customer_to_rows
+from repository.store.pg_copy import copy_ready
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
 

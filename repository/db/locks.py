@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from sqlalchemy import Integer, column, text
 from sqlalchemy.orm import Session
 
-from repository.driver import send
-from repository.engine import dialect_of
+from repository.db.driver import send
+from repository.db.engine import dialect_of
 
 __all__ = ["LOCK_NAMESPACE", "lock_customers"]
 

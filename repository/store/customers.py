@@ -30,26 +30,26 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
 from models.validation import parse_customer
-from repository import queries
-from repository.bulk import Laid, bulk_upsert
-from repository.children import replace_children
-from repository.driver import fetch_first
-from repository.engine import dialect_of, native_insert
-from repository.keyset import keyset_pages
-from repository.locks import lock_customers
-from repository.lookups import Lookups, supported_dialect
-from repository.mapping import CustomerRows, customer_to_rows
-from repository.newest_wins import (
+from repository.db.driver import fetch_first
+from repository.db.engine import dialect_of, native_insert
+from repository.db.keyset import keyset_pages
+from repository.db.locks import lock_customers
+from repository.db.retry import read_in_session, retries_reads, run_read
+from repository.db.tables import customers, tombstones
+from repository.store import queries
+from repository.store.bulk import Laid, bulk_upsert
+from repository.store.children import replace_children
+from repository.store.lookups import Lookups, supported_dialect
+from repository.store.mapping import CustomerRows, customer_to_rows
+from repository.store.newest_wins import (
     UpsertOutcome,
     clear_older_tombstones,
     upsert_one_statement,
     upsert_one_unless_deleted_postgresql,
     upsert_outcome,
 )
-from repository.queries import CustomerFilter, Page
-from repository.reads import customer_select, decode_customer
-from repository.retry import read_in_session, retries_reads, run_read
-from repository.tables import customers, tombstones
+from repository.store.queries import CustomerFilter, Page
+from repository.store.reads import customer_select, decode_customer
 
 __all__ = [
     "CustomerRepository",
@@ -126,7 +126,7 @@ class CustomerRepository(Lookups):
 
     def upsert_rows(self, batch: Sequence[Laid]) -> list[UpsertOutcome]:
         """:meth:`upsert_many` of customers already validated and mapped to rows, or on
-        PostgreSQL to ``COPY`` text (:func:`repository.copy.copy_ready`; what an import
+        PostgreSQL to ``COPY`` text (:func:`repository.store.pg_copy.copy_ready`; what an import
         pipelines): for each, what was done with it."""
         return bulk_upsert(self.session, batch)
 
@@ -138,7 +138,7 @@ class CustomerRepository(Lookups):
         The tombstone is kept (or moved later) even when the customer was never stored:
         its creation may still be on its way. ``swept``: the deletion is only a full sync's
         finding that Voucherify no longer lists the customer, which any later payload of it
-        undoes (:func:`repository.newest_wins.older_tombstone`); a deletion that is not
+        undoes (:func:`repository.store.newest_wins.older_tombstone`); a deletion that is not
         swept makes a swept tombstone final.
         """
         if deleted_at.tzinfo is None:
@@ -246,7 +246,7 @@ class CustomerRepository(Lookups):
         """A deletion that blocks this payload: None if there is none, else whether it is
         an erasure's (``forgotten``).
 
-        The tombstones the payload clears (:func:`~repository.newest_wins.older_tombstone`)
+        The tombstones the payload clears (:func:`~repository.store.newest_wins.older_tombstone`)
         go first. That statement is a write so that SQLite takes its write lock here, before
         the check is read.
         """
@@ -289,7 +289,7 @@ class CustomerRepository(Lookups):
 
 def iter_customers(sessions: sessionmaker[Session], *, batch_size: int = 500) -> Iterator[Customer]:
     """:meth:`CustomerRepository.iter_all` with each page read on a session of its own
-    (:func:`~repository.retry.read_in_session`): a page that meets a lost connection is
+    (:func:`~repository.db.retry.read_in_session`): a page that meets a lost connection is
     read again on a new one, and a long walk holds no connection between pages."""
 
     def page(after: str | None) -> list[Customer]:

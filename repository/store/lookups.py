@@ -1,7 +1,7 @@
 """Single-customer reads, by id or by ``source_id``: one statement each, for the repository
 on a session and for :class:`CustomerReader` straight on an engine.
 
-:class:`Lookups` holds the reads once. :class:`~repository.customers.CustomerRepository`
+:class:`Lookups` holds the reads once. :class:`~repository.store.customers.CustomerRepository`
 runs them on its session's connection; :class:`CustomerReader` on a connection checked out
 of the engine's pool for the one statement and given back at once, for request handlers
 that only read: they then pay for no session (its transaction bookkeeping and identity
@@ -19,16 +19,16 @@ from sqlalchemy import Engine, Select
 from models.customer import Customer
 from models.storability import text_problem
 from models.wire import json_text
-from repository.driver import AnyConnection, PooledConnection, fetch_first, watched_engine
-from repository.engine import is_read_only
-from repository.reads import (
+from repository.db.driver import AnyConnection, PooledConnection, fetch_first, watched_engine
+from repository.db.engine import is_read_only
+from repository.db.retry import run_read
+from repository.store.reads import (
     decode_customer,
     decode_customer_value,
     get_by_id_statement,
     get_by_key_statement,
     get_by_source_id_statement,
 )
-from repository.retry import run_read
 
 __all__ = ["CustomerReader", "Lookups", "supported_dialect"]
 

@@ -18,9 +18,9 @@ import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.util import await_only
 
-from repository.driver import driver_errors
-from repository.jsonb import dumps_for_jsonb
-from repository.mapping import (
+from repository.db.driver import driver_errors
+from repository.db.jsonb import dumps_for_jsonb
+from repository.store.mapping import (
     ADDRESS_COLUMNS,
     CAMPAIGN_COLUMNS,
     CUSTOMER_COLUMNS,

@@ -27,7 +27,8 @@ from sqlalchemy import (
 from models.base import UTCDateTime, in_utc
 from models.customer import Customer
 from models.long_text import equals_indexed
-from repository.mapping import (
+from repository.db.tables import addresses, campaigns, customers, referrals
+from repository.store.mapping import (
     ADDRESS_COLUMNS,
     CAMPAIGN_COLUMNS,
     REFERRAL_COLUMNS,
@@ -35,7 +36,6 @@ from repository.mapping import (
     customer_from_rows,
     customer_value_from_rows,
 )
-from repository.tables import addresses, campaigns, customers, referrals
 
 __all__ = [
     "customer_select",
@@ -107,7 +107,7 @@ def _newest_with_source_id(source_id: ColumnElement[Any]) -> ScalarSelect[Any]:
 
 def decode_customer(row: Mapping[Any, Any]) -> Customer:
     """Reassemble the documented shape from one row of :func:`customer_select` (its columns
-    by name: ``Row._mapping``, or :func:`repository.driver.fetch_first`'s dict)."""
+    by name: ``Row._mapping``, or :func:`repository.db.driver.fetch_first`'s dict)."""
     return customer_from_rows(*_customer_rows(row))
 
 

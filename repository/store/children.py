@@ -13,11 +13,16 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert
 from sqlalchemy.orm import Session
 
-from repository.copy import CopyReady, copy_rows, copy_text
-from repository.engine import dialect_of
-from repository.jsonb import dumps_for_jsonb
-from repository.mapping import ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS, CustomerRows
-from repository.tables import addresses, campaigns, child_tables, referrals
+from repository.db.engine import dialect_of
+from repository.db.jsonb import dumps_for_jsonb
+from repository.db.tables import addresses, campaigns, child_tables, referrals
+from repository.store.mapping import (
+    ADDRESS_COLUMNS,
+    CAMPAIGN_COLUMNS,
+    REFERRAL_COLUMNS,
+    CustomerRows,
+)
+from repository.store.pg_copy import CopyReady, copy_rows, copy_text
 
 __all__ = ["copy_children", "delete_children", "replace_children"]
 

@@ -1,0 +1,1 @@
+"""Operators' tools: erasure, database privileges and statistics."""

@@ -1,0 +1,1 @@
+"""Imports from files: scanning records out of JSON and JSON Lines, and the importer."""

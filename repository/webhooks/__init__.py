@@ -1,0 +1,1 @@
+"""Webhook deliveries: ingesting one (claim, apply, record) and the event log it leaves."""
