@@ -82,6 +82,31 @@ def run_sync_api(example: Example, url: str, _tmp: Path) -> None:
     assert stored is None  # the example deletes what it stored, last
 
 
+def run_tour(example: Example, url: str, _tmp: Path) -> None:
+    scope = run(example, with_database(example.code, url))
+    assert [c.id for c in scope["found"].customers] == ["cust_T0urJane"]
+    assert scope["found"].next_cursor is None
+    _assert_deleted(url, "cust_T0urJane")  # the tour deletes what it stored, last
+
+
+def run_async_tour(example: Example, url: str, _tmp: Path) -> None:
+    code = with_database(example.code, url)
+    assert code != example.code, "the example's database URL is not where it was"
+    run(example, code)
+    _assert_deleted(url, "cust_T0urAnn")
+
+
+def _assert_deleted(url: str, customer_id: str) -> None:
+    engine = make_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            repo = CustomerRepository(session)
+            assert repo.get(customer_id) is None
+            assert repo.is_deleted(customer_id) is not None
+    finally:
+        engine.dispose()
+
+
 def run_search(example: Example, url: str, _tmp: Path) -> None:
     run(example, with_database(example.code, url))
 
@@ -153,6 +178,8 @@ def run_read_replicas(example: Example, url: str, _tmp: Path) -> None:
 #: A distinctive line of each example, and how it is run.
 RUNNERS: dict[str, Callable[[Example, str, Path], None]] = {
     "outcome = repo.upsert(payload)": run_sync_api,
+    "found = repo.find(CustomerFilter(": run_tour,
+    "asyncio.run(main())": run_async_tour,
     "page = repo.find(gold, limit=100)": run_search,
     "app = FastAPI()": run_fastapi,
     "report = sync_customers(Session, client": run_sync_from_voucherify,
@@ -190,7 +217,7 @@ def test_the_example_runs(example: Example, fresh_url: str, tmp_path: Path) -> N
 
 def test_the_documented_downgrade_one_liner_says_where_the_schema_is(fresh_url_any: str) -> None:
     (line,) = [
-        line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        line for path in DOCUMENTS for line in path.read_text(encoding="utf-8").splitlines()
         if line.startswith("python -c ") and "command.downgrade" in line
     ]
     env = {**os.environ, "DATABASE_URL": fresh_url_any}
