@@ -237,3 +237,32 @@ def fresh_url_any(request: pytest.FixtureRequest, make_database: Any) -> str:
     url: str = make_database(request.param)
     upgrade_to_head(url)
     return url
+
+
+# --- links between the documents ----------------------------------------------------------
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes of a document's headings."""
+    text = _FENCE.sub("", path.read_text(encoding="utf-8"))
+    headings = re.findall(r"^#+ (.*)$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_link_between_the_documents_resolves() -> None:
+    broken = []
+    for document in DOCUMENTS:
+        text = _FENCE.sub("", document.read_text(encoding="utf-8"))
+        for target in _LINK.findall(text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            destination = (document.parent / path).resolve() if path else document
+            if not destination.exists():
+                broken.append(f"{document.name}: {target}")
+            elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
+                broken.append(f"{document.name}: {target} (no such heading)")
+    assert not broken, broken
