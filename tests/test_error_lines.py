@@ -8,6 +8,7 @@ line as it prints any database error's.
 
 from __future__ import annotations
 
+import ast
 import json
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+import customer_store
 from repository import CustomerRepository, first_line, make_engine
 from repository.admin.privileges import grant_app_role
 from repository.db.schema import upgrade_to_head
@@ -105,3 +107,16 @@ def test_a_refused_grant_is_sqlalchemys_error_and_the_cli_prints_its_first_line(
     run = cli(["--database-url", url, "grant-app-role", missing], cwd=tmp_path)
     assert run.returncode == 1, str(run)
     assert run.output == f"customer-store: database error: {line}\n", str(run)
+
+
+def test_the_cli_never_meets_the_drivers_own_errors() -> None:
+    """Every database error reaches the commands and the server as SQLAlchemy's: none of
+    their modules imports the driver (to catch ``psycopg.Error``)."""
+    importing = []
+    for path in Path(customer_store.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            importing += [f"{path.name}: {name}" for name in names
+                          if name.split(".")[0] == "psycopg"]
+    assert importing == []
