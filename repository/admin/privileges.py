@@ -15,7 +15,7 @@ wire nor into the server's statement log; the verifier is composed in as a liter
 The statements are composed with the driver's SQL composition (identifiers and literals
 quoted by the driver) and run on its cursor, with their errors handed to SQLAlchemy
 (:mod:`repository.db.errors`): they arrive as SQLAlchemy's ``DBAPIError``, as any other
-statement's, without the statement (nor so the verifier) in them.
+statement's, without the statement in them (so never the password's verifier).
 """
 
 from __future__ import annotations
