@@ -8,7 +8,6 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import Engine
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, checked
@@ -77,13 +76,6 @@ def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
         report = run_in_transaction(make_session_factory(engine), work)
     except MissingPrivilege as exc:
         raise CommandError(str(exc)) from None
-    except psycopg.Error as exc:
-        # Statements composed on the driver's cursor fail with the driver's own errors;
-        # their first line is the server's message, never the statement.
-        message = str(exc).strip().splitlines()
-        raise CommandError(
-            f"database error: {message[0] if message else type(exc).__name__}"
-        ) from None
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(

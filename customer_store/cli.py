@@ -30,7 +30,6 @@ from customer_store.common import (
     CommandError,
     add_read_options,
     checked,
-    db_message,
     int_between,
     mask_passwords,
     open_engine,
@@ -51,6 +50,7 @@ from repository import (
     ImportReport,
     Rejection,
     current_revision,
+    first_line,
     import_records,
     iter_customers,
     make_session_factory,
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"customer-store: {exc}", file=sys.stderr)
         return exc.status
     except SQLAlchemyError as exc:
-        print(f"customer-store: database error: {db_message(exc)}", file=sys.stderr)
+        print(f"customer-store: database error: {first_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:
         # The reader went away (`customer-store export | head`): stop quietly.
@@ -186,7 +186,7 @@ def _require_schema(engine: Engine, url: str, args: argparse.Namespace) -> None:
         if read_url(args, engine) is None:
             raise
         print(f"customer-store: warning: the database cannot be reached "
-              f"({mask_passwords(db_message(exc))}): reading from the read replica",
+              f"({mask_passwords(first_line(exc))}): reading from the read replica",
               file=sys.stderr)
 
 

@@ -20,12 +20,11 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import (
     DEFAULT_MAX_LAG,
-    POOLER_HINT,
     NoDatabaseFile,
     ReadRouter,
     current_revision,
+    first_line,
     head_revision,
-    is_pooler_clash,
     make_engine,
     parse_database_url,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "add_read_options",
     "check_replica",
     "checked",
-    "db_message",
     "int_between",
     "mask_passwords",
     "open_binary_input",
@@ -228,7 +226,7 @@ def check_replica(url: str) -> None:
         current = current_revision(engine)
     except SQLAlchemyError as exc:
         print(f"customer-store: warning: the read replica {safe_url(url)} cannot be reached "
-              f"({mask_passwords(db_message(exc))}): reading from the primary until it "
+              f"({mask_passwords(first_line(exc))}): reading from the primary until it "
               "can", file=sys.stderr)
         return
     finally:
@@ -422,11 +420,3 @@ def mask_passwords(text: str) -> str:
 def _is_secret_parameter(name: str) -> bool:
     return any(word in name.lower() for word in _SECRET_QUERY_WORDS)
 
-
-def db_message(exc: SQLAlchemyError) -> str:
-    """The first line of the driver's message (never the statement or its parameters), and
-    what to do when it is a clash of prepared statements behind a transaction pooler."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return f"{line} ({POOLER_HINT})" if is_pooler_clash(exc) else line

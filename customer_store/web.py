@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from customer_store.common import db_message, mask_passwords
+from customer_store.common import mask_passwords
 from customer_store.http_errors import (
     RETRY_AFTER_SECONDS,
     UnexpectedErrors,
@@ -58,14 +58,14 @@ from models import (
 from repository import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
-    POOLER_HINT,
     DeadlineExceeded,
     IngestResult,
     NotReplicated,
     current_revision,
+    first_line,
     head_revision,
     ingest_delivery_async,
-    is_pooler_clash,
+    with_pooler_hint,
 )
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -157,9 +157,8 @@ def create_app(
             return _retry_later("the delivery could not be replicated in time; deliver it again")
         except SQLAlchemyError as exc:
             metrics.database_error()
-            hint = f" ({POOLER_HINT})" if is_pooler_clash(exc) else ""
             answered(503, "unavailable", started,
-                     reason=f"database unavailable: {type(exc).__name__}{hint}")
+                     reason=with_pooler_hint(f"database unavailable: {type(exc).__name__}", exc))
             return _retry_later("the database is unavailable; deliver again later")
         status = 422 if result.outcome is EventOutcome.REJECTED else 200
         answered(status, result.outcome.value, started,
@@ -181,7 +180,7 @@ def create_app(
         except SQLAlchemyError as exc:
             metrics.database_error()
             # The driver's first line (never a statement), any URL in it without password.
-            return _unavailable(f"database unreachable: {mask_passwords(db_message(exc))}")
+            return _unavailable(f"database unreachable: {mask_passwords(first_line(exc))}")
         if current != head:
             return _unavailable(f"schema at revision {current or 'none'}, not head {head}")
         return JSONResponse({"status": "ok"})

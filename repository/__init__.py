@@ -21,7 +21,6 @@ from repository.admin.privileges import (
 )
 from repository.admin.stats import StoreStats, estimate_customer_count, last_applied_at, store_stats
 from repository.db.database_urls import CONNECTION_DEFAULTS, parse_database_url
-from repository.db.driver import POOLER_HINT, is_pooler_clash
 from repository.db.engine import (
     DEFAULT_DATABASE_URL,
     POOLER_PARAMETER,
@@ -32,6 +31,7 @@ from repository.db.engine import (
     make_engine,
     make_session_factory,
 )
+from repository.db.errors import POOLER_HINT, first_line, is_pooler_clash, with_pooler_hint
 from repository.db.replicas import (
     DEFAULT_MAX_LAG,
     AsyncReadRouter,
@@ -136,6 +136,9 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "NoDatabaseFile",
     "behind_pooler",
     "is_pooler_clash",
+    # what a person reads of a database error: one line, the pooler hint where it applies
+    "first_line",
+    "with_pooler_hint",
     # reads on a streaming standby (read replicas)
     "DEFAULT_MAX_LAG",
     "AsyncReadRouter",

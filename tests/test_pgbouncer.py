@@ -29,7 +29,6 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from customer_store.common import db_message
 from repository import (
     POOLER_HINT,
     AsyncCustomerRepository,
@@ -38,6 +37,7 @@ from repository import (
     UpsertOutcome,
     behind_pooler,
     current_revision,
+    first_line,
     head_revision,
     is_pooler_clash,
     make_async_engine,
@@ -188,7 +188,7 @@ def test_clashes_of_prepared_statements_are_told_apart(
 ) -> None:
     error = DBAPIError.instance(None, None, _ServerError(sqlstate, message), Exception)
     assert is_pooler_clash(error) is clash
-    assert db_message(error) == (f"{message} ({POOLER_HINT})" if clash else message)
+    assert first_line(error) == (f"{message} ({POOLER_HINT})" if clash else message)
 
 
 def _driver_settings(engine: Engine) -> tuple[int | None, str, list[str]]:
@@ -527,7 +527,7 @@ def test_without_the_flag_a_second_client_clashes_and_is_told_to_add_it(
     assert str(error.orig) == 'prepared statement "_pg3_0" already exists'
     assert is_pooler_clash(error)
     assert error.__notes__ == [POOLER_HINT]
-    assert db_message(error) == f'prepared statement "_pg3_0" already exists ({POOLER_HINT})'
+    assert first_line(error) == f'prepared statement "_pg3_0" already exists ({POOLER_HINT})'
     assert FLAG_HINT in POOLER_HINT
 
 
@@ -571,7 +571,7 @@ def test_without_the_flag_concurrent_reads_work_or_fail_naming_the_flag(
     for error in errors:
         assert getattr(error.orig, "sqlstate", None) in ("42P05", "26000"), error
         assert error.__notes__ == [POOLER_HINT]
-        assert db_message(error).endswith(f"({POOLER_HINT})")
+        assert first_line(error).endswith(f"({POOLER_HINT})")
 
 
 def test_without_the_flag_the_cli_says_to_add_it(

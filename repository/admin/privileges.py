@@ -11,6 +11,11 @@ the schema, ownership, TRUNCATE, REFERENCES or TRIGGER: the role cannot change t
 Role names are quoted as identifiers. A password is turned into a SCRAM-SHA-256 verifier
 on the client (as ``psql``'s ``\\password`` does), so the clear text goes neither over the
 wire nor into the server's statement log; the verifier is composed in as a literal.
+
+The statements are composed with the driver's SQL composition (identifiers and literals
+quoted by the driver) and run on its cursor, with their errors handed to SQLAlchemy
+(:mod:`repository.db.errors`): they arrive as SQLAlchemy's ``DBAPIError``, as any other
+statement's, without the statement in them (so never the password's verifier).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from psycopg import errors, sql
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from models.base import Base
+from repository.db.errors import driver_errors
 
 __all__ = [
     "APP_TABLE_PRIVILEGES",
@@ -108,9 +115,10 @@ def grant_app_role(
     its password needs CREATEROLE: :class:`MissingPrivilege` says so when it is lacking.
     """
     require_role_name(role)
-    pg = _driver_connection(session_or_connection)
+    connection = _connection(session_or_connection)
+    pg = cast(psycopg.Connection[Any], connection.connection.driver_connection)
     ident = sql.Identifier(role)
-    with pg.cursor() as cursor:
+    with pg.cursor() as cursor, driver_errors(connection, cursor):
         cursor.execute("SELECT current_database(), current_schema()")
         database, schema = cursor.fetchone() or (None, None)
         if database is None or schema is None:
@@ -196,7 +204,7 @@ def _needing(privilege: str, action: str) -> Iterator[None]:
         ) from None
 
 
-def _driver_connection(session_or_connection: Session | Connection) -> Any:
+def _connection(session_or_connection: Session | Connection) -> Connection:
     connection = (
         session_or_connection.connection()
         if isinstance(session_or_connection, Session)
@@ -206,7 +214,7 @@ def _driver_connection(session_or_connection: Session | Connection) -> Any:
         raise ValueError(
             f"roles and privileges are PostgreSQL's; this is {connection.dialect.name}"
         )
-    return connection.connection.driver_connection
+    return connection
 
 
 def _existing_tables(cursor: Any, schema: str) -> set[str]:

@@ -1,8 +1,6 @@
 """Talking to the driver directly where SQLAlchemy has no construct (COPY) or costs too
 much on a hot path (``get``, a webhook's writes), with errors going through SQLAlchemy's
-own error handling all the same (one seam: :func:`raise_as_sqlalchemy`); and what the
-driver's errors mean when a transaction pooler mixes up
-prepared statements."""
+own error handling all the same (the one error seam: :mod:`repository.db.errors`)."""
 
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import psycopg
 from sqlalchemy import Connection, Dialect, Engine
@@ -21,39 +19,15 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.expression import Executable
 
+from repository.db.errors import driver_errors, raise_checkout_error
+
 __all__ = [
-    "GONE_SQLSTATES",
-    "POOLER_HINT",
     "PooledConnection",
     "Sent",
-    "driver_errors",
-    "explain_pooler_clash",
     "fetch_first",
-    "is_pooler_clash",
-    "is_server_gone",
     "pipelined",
-    "raise_as_sqlalchemy",
     "send",
 ]
-
-#: Added to an error that comes from prepared statements shared through a transaction
-#: pooler (shown by ``customer-store`` after the server's message, and in tracebacks).
-POOLER_HINT = (
-    "is a transaction pooler such as PgBouncer in between? Add ?pgbouncer=true to the "
-    "database URL, so that no statements are prepared on the server"
-)
-# duplicate_prepared_statement, invalid_sql_statement_name, protocol_violation, each with
-# the message the server gives when a statement prepared on one client connection meets
-# another's on the same server connection, or is missing from the server connection.
-_CLASHES = {
-    "42P05": ("prepared statement",),  # prepared statement "_pg3_0" already exists
-    "26000": ("prepared statement",),  # prepared statement "_pg3_0" does not exist
-    "08P01": (
-        "bind message supplies",  # ... 2 parameters, but prepared statement requires 1
-        # The parameters bound to another client's statement of as many parameters.
-        "insufficient data left in message",
-    ),
-}
 
 
 class PooledConnection:
@@ -74,9 +48,7 @@ class PooledConnection:
         try:
             self.connection: PoolProxiedConnection = engine.raw_connection()
         except engine.dialect.loaded_dbapi.Error as exc:
-            # What Engine.connect() does with an error at checkout (handle_error included).
-            Connection._handle_dbapi_exception_noconnection(exc, engine.dialect, engine)
-            raise  # not reached: the call above raises SQLAlchemy's error
+            raise_checkout_error(engine, exc)
 
     def __enter__(self) -> PooledConnection:
         return self
@@ -98,91 +70,6 @@ def watched_engine(engine: Engine) -> bool:
     ``before_cursor_execute`` or ``after_cursor_execute`` listener, as tracing
     instrumentation adds): they then go through SQLAlchemy's ``execute``."""
     return _watching(bool(engine.echo), engine.dispatch)
-
-
-class driver_errors:  # a lower-case name: used as a function, ``with driver_errors(c):``
-    """The one error seam of the statements run on the driver's cursor: the driver's
-    errors (and an interruption, which leaves the connection in an unknown state) are
-    handled by :func:`raise_as_sqlalchemy`, as SQLAlchemy handles its own statements'.
-
-    A class rather than a generator: it wraps every statement of the hot paths.
-    """
-
-    __slots__ = ("_connection", "_cursor")
-
-    def __init__(self, connection: AnyConnection, cursor: Any = None) -> None:
-        self._connection = connection
-        self._cursor = cursor
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
-        if exc is None or isinstance(exc, GeneratorExit):
-            return
-        if isinstance(exc, self._connection.dialect.loaded_dbapi.Error) or not isinstance(
-            exc, Exception
-        ):
-            raise_as_sqlalchemy(self._connection, exc, self._cursor)
-
-
-def raise_as_sqlalchemy(
-    connection: AnyConnection, exc: BaseException, cursor: Any = None
-) -> NoReturn:
-    """Raise ``exc``, the driver's error in a statement run on ``connection``'s cursor, the
-    way SQLAlchemy raises its own statements' errors: the ``handle_error`` listeners run
-    (tracing, error reporting, custom disconnect rules: they may change ``is_disconnect``
-    or raise another error), a lost connection is invalidated, and with it the whole pool
-    (every connection opened before is replaced at its next checkout), and the error is
-    SQLAlchemy's ``DBAPIError`` saying ``connection_invalidated``. An interruption
-    (``KeyboardInterrupt``, a cancelled task) invalidates the connection alone and is
-    raised as it is.
-
-    This is SQLAlchemy's own ``Connection._handle_dbapi_exception`` (engine/base.py), the
-    one private method relied on here, rather than a copy of it: the listeners, the
-    disconnect rule and ``invalidate_pool_on_disconnect`` stay exactly SQLAlchemy's. A
-    connection checked out without a ``Connection`` (:class:`PooledConnection`) gets one
-    around it for this; it is never closed (the checkout is given back by its owner).
-    """
-    if isinstance(connection, PooledConnection):
-        # _has_events=False: not a new connection for the engine_connect listeners.
-        wrapper = Connection(connection.engine, connection.connection, _has_events=False)
-    else:
-        wrapper = connection
-    wrapper._handle_dbapi_exception(exc, None, None, cursor, None)
-    raise AssertionError("unreachable: SQLAlchemy raises the error")  # pragma: no cover
-
-
-#: SQLSTATEs that mean the server behind a connection is gone, or is no longer the primary:
-#: admin_shutdown (a terminated backend), crash_shutdown, cannot_connect_now (starting
-#: up or shutting down), read_only_sql_transaction (a demoted primary answering as a
-#: standby); and every connection_exception (class 08) but a pooler clash.
-GONE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
-
-
-def is_server_gone(exc: BaseException) -> bool:
-    """Whether ``exc`` (the driver's error, or SQLAlchemy's around it) says the connection
-    or the primary is gone (:data:`GONE_SQLSTATES`, class 08): the connection must not be
-    used again, and a new one may reach a server that takes the work."""
-    orig = getattr(exc, "orig", None) or exc
-    sqlstate = getattr(orig, "sqlstate", None) or ""
-    if sqlstate in GONE_SQLSTATES:
-        return True
-    return sqlstate.startswith("08") and not is_pooler_clash(orig)
-
-
-def is_pooler_clash(exc: BaseException) -> bool:
-    """Whether ``exc`` (the driver's error, or SQLAlchemy's around it) is one a transaction
-    pooler causes when the connections prepare statements on the server."""
-    orig = getattr(exc, "orig", None) or exc
-    message = str(orig)
-    return any(text in message for text in _CLASHES.get(getattr(orig, "sqlstate", None) or "", ()))
-
-
-def explain_pooler_clash(exc: BaseException) -> None:
-    """Add :data:`POOLER_HINT` to ``exc`` (once) when :func:`is_pooler_clash`."""
-    if is_pooler_clash(exc) and POOLER_HINT not in getattr(exc, "__notes__", ()):
-        exc.add_note(POOLER_HINT)
 
 
 @dataclass(frozen=True)

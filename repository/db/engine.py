@@ -26,7 +26,7 @@ from repository.db.database_urls import (
     normalize_url,
     without_pooler_flag,
 )
-from repository.db.driver import explain_pooler_clash, is_server_gone
+from repository.db.errors import watch_errors
 from repository.db.jsonb import dumps_for_jsonb
 
 # The URL functions live in repository.db.database_urls; they are named here too, where
@@ -219,22 +219,7 @@ def _configure(engine: Engine) -> None:
         event.listen(engine, "connect", _configure_sqlite)
         event.listen(engine, "checkin", _restore_busy_timeout)
     else:
-        event.listen(engine, "handle_error", _explain_pooler_clash)
-        event.listen(engine, "handle_error", _server_gone_is_disconnect)
-
-
-def _explain_pooler_clash(context: Any) -> None:
-    """Say what to do when prepared statements clash behind a transaction pooler."""
-    explain_pooler_clash(context.sqlalchemy_exception)
-
-
-def _server_gone_is_disconnect(context: Any) -> None:
-    """An error saying the server is gone or no longer the primary (a read-only answer
-    after a demotion: every pooled connection then reaches a standby) counts as a
-    disconnect: SQLAlchemy invalidates the connection and the pool, and the error says
-    ``connection_invalidated``, which retries act on."""
-    if is_server_gone(context.original_exception):
-        context.is_disconnect = True
+        watch_errors(engine)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

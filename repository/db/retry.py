@@ -48,8 +48,8 @@ from tenacity import (
 )
 
 from repository.db.commit_wait import NotReplicated, guarded_commit
-from repository.db.driver import is_pooler_clash, is_server_gone
 from repository.db.engine import set_sqlite_busy_timeout
+from repository.db.errors import first_line, is_pooler_clash, is_server_gone
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -98,7 +98,7 @@ def is_retryable(exc: BaseException) -> bool:
     """Whether running the same transaction again may succeed: a serialization failure or
     deadlock, SQLite's lock, a lost connection, or any error saying the connection or the
     primary is gone (class 08, 57P01-57P03, 25006 after a demotion: see
-    :func:`~repository.db.driver.is_server_gone`), or PostgreSQL not reached at all (the
+    :func:`~repository.db.errors.is_server_gone`), or PostgreSQL not reached at all (the
     driver's connect-time errors carry no SQLSTATE)."""
     if not isinstance(exc, DBAPIError):
         return False
@@ -116,11 +116,10 @@ def is_retryable(exc: BaseException) -> bool:
 def database_refusal(exc: BaseException) -> str | None:
     """Why the database refused what a transaction wrote, when ``exc`` (raised once its
     retries were spent) says so: not a transient failure, nor prepared statements clashing
-    behind a pooler (no record's fault). One line, the driver's first, never a statement."""
+    behind a pooler (no record's fault). One line: :func:`~repository.db.errors.first_line`."""
     if not isinstance(exc, DBAPIError) or is_retryable(exc) or is_pooler_clash(exc):
         return None
-    text = str(exc.orig).strip() if exc.orig is not None else ""
-    return f"the database refused it: {text.splitlines()[0] if text else type(exc).__name__}"
+    return f"the database refused it: {first_line(exc)}"
 
 
 def run_in_transaction(

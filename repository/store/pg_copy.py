@@ -18,7 +18,7 @@ import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.util import await_only
 
-from repository.db.driver import driver_errors
+from repository.db.errors import driver_errors
 from repository.db.jsonb import dumps_for_jsonb
 from repository.store.mapping import (
     ADDRESS_COLUMNS,
