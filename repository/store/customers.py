@@ -37,7 +37,7 @@ from repository.db.locks import lock_customers
 from repository.db.retry import read_in_session, retries_reads, run_read
 from repository.db.tables import customers, tombstones
 from repository.store import queries
-from repository.store.bulk import Laid, bulk_upsert
+from repository.store.bulk import Laid, bulk_upsert, lay_out
 from repository.store.children import replace_children
 from repository.store.lookups import Lookups, supported_dialect
 from repository.store.mapping import CustomerRows, customer_to_rows
@@ -57,6 +57,7 @@ __all__ = [
     "UpsertOutcome",
     "UpsertSummary",
     "iter_customers",
+    "summarized",
 ]
 
 T = TypeVar("T")
@@ -82,6 +83,14 @@ class UpsertSummary:
 
     def count(self, outcome: UpsertOutcome) -> None:
         setattr(self, outcome.value, getattr(self, outcome.value) + 1)
+
+
+def summarized(outcomes: Iterable[UpsertOutcome]) -> UpsertSummary:
+    """How many of ``outcomes`` there are of each kind."""
+    summary = UpsertSummary()
+    for outcome in outcomes:
+        summary.count(outcome)
+    return summary
 
 
 # The statements of a single write's tombstone check, built once (a write runs both).
@@ -110,8 +119,7 @@ class CustomerRepository(Lookups):
         harmless. Raises :class:`models.CustomerValidationError` for bad input, before
         anything is written.
         """
-        rows = customer_to_rows(parse_customer(customer))
-        return self._write(rows)
+        return self.upsert_row(customer_to_rows(parse_customer(customer)))
 
     def upsert_many(self, customers: Iterable[Customer | Mapping[str, Any]]) -> UpsertSummary:
         """Upsert several customers with set-based statements (``COPY`` on PostgreSQL).
@@ -119,10 +127,12 @@ class CustomerRepository(Lookups):
         All are validated before the first is written. Within the batch the newest version
         of an id wins (the later one among equals); the versions it supersedes count as stale.
         """
-        summary = UpsertSummary()
-        for outcome in self.upsert_rows([customer_to_rows(parse_customer(c)) for c in customers]):
-            summary.count(outcome)
-        return summary
+        return summarized(self.upsert_rows(lay_out(self.session, customers)))
+
+    def upsert_row(self, rows: CustomerRows) -> UpsertOutcome:
+        """:meth:`upsert` of a customer already validated and mapped to rows
+        (:func:`~repository.store.mapping.customer_to_rows`): nothing is validated again."""
+        return self._write(rows)
 
     def upsert_rows(self, batch: Sequence[Laid]) -> list[UpsertOutcome]:
         """:meth:`upsert_many` of customers already validated and mapped to rows, or on
