@@ -9,6 +9,11 @@ first round is the engine's first work (what a service's first requests meet); t
 ``--rounds`` run on the warm engine. Then the same ticker beside ``upsert_many`` batches of
 ``--batch`` customers (about 1 MiB of JSON at the default), one after another.
 
+The schema is migrated in a process of its own, so that nothing the first call builds is
+built before it; the objects this process holds once the customers are generated are then
+frozen out of the garbage collector's way (``gc.freeze``, as a long-running service does
+after start-up), so that a full collection of them is not what holds the loop.
+
 Prints the worst and p99 tick lateness of each round. Figures only; nothing is asserted
 (``tests/test_async.py`` holds the bound).
 """
@@ -17,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import multiprocessing
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from bench.customers import generate_customers
@@ -59,12 +67,14 @@ def summary(label: str, lateness: list[float], elapsed: float) -> str:
     ordered = sorted(lateness)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
     worst = ordered[-1] if ordered else 0.0
-    return (f"{label:<34}{worst * 1000:>9.1f}{p99 * 1000:>9.1f}{len(ordered):>7}"
+    return (f"{label:<42}{worst * 1000:>9.1f}{p99 * 1000:>9.1f}{len(ordered):>7}"
             f"{elapsed:>9.2f}")
 
 
 async def measure(url: str, upserts: int, rounds: int, batch: int) -> list[str]:
     customers = list(generate_customers(upserts * (rounds + 1) + batch * rounds))
+    gc.collect()
+    gc.freeze()
     engine = make_async_engine(url, pool_size=POOL, max_overflow=0)
     sessions = make_async_session_factory(engine)
 
@@ -111,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_ADMIN_URL", DEFAULT_ADMIN_URL))
     args = parser.parse_args(argv)
     with throwaway_database(args.admin_url) as url:
-        upgrade_to_head(url)
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn) as migration:
+            migration.submit(upgrade_to_head, url).result()
         lines = asyncio.run(measure(url, args.upserts, args.rounds, args.batch))
-    print(f"{'10 ms ticker lateness beside':<34}{'worst ms':>9}{'p99 ms':>9}{'ticks':>7}"
+    print(f"{'10 ms ticker lateness beside':<42}{'worst ms':>9}{'p99 ms':>9}{'ticks':>7}"
           f"{'secs':>9}")
     for line in lines:
         print(line)

@@ -8,7 +8,9 @@ never commits: the caller owns the transaction (``async with sessions.begin(): .
 
 Writes validate and lay out their customers before that, once, and a batch of more than a
 few customers in a worker thread (:mod:`repository.store.off_loop`): the greenlet then
-only talks to the database, and the loop is not held for the batch's validation.
+only talks to the database, and the loop is not held for the batch's validation. The
+statements a first call would compile on the loop are compiled when the engine is made
+(:mod:`repository.db.warm_up`).
 """
 
 from __future__ import annotations

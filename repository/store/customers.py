@@ -27,15 +27,17 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from models.customer import Customer
 from models.validation import parse_customer
 from repository.db.driver import fetch_first
 from repository.db.engine import dialect_of, native_insert
 from repository.db.keyset import keyset_pages
-from repository.db.locks import lock_customers
+from repository.db.locks import LOCK_STATEMENTS, lock_customers
 from repository.db.retry import read_in_session, retries_reads, run_read
 from repository.db.tables import customers, tombstones
+from repository.db.warm_up import hot_statements
 from repository.store import queries
 from repository.store.bulk import Laid, bulk_upsert, lay_out
 from repository.store.children import replace_children
@@ -49,7 +51,12 @@ from repository.store.newest_wins import (
     upsert_outcome,
 )
 from repository.store.queries import CustomerFilter, Page
-from repository.store.reads import customer_select, decode_customer
+from repository.store.reads import (
+    customer_select,
+    decode_customer,
+    get_by_id_statement,
+    get_by_source_id_statement,
+)
 
 __all__ = [
     "CustomerRepository",
@@ -100,6 +107,20 @@ _DELETED_AT = select(tombstones.c.deleted_at).where(tombstones.c.customer_id == 
 _FORGOTTEN = select(tombstones.c.forgotten).where(tombstones.c.customer_id == _P_ID)
 _STORED_VERSION = select(customers.c.version_at).where(customers.c.id == _P_ID)
 _CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
+
+
+@hot_statements
+def _hot_statements(dialect: str) -> list[Executable]:
+    """A single write's and a ``get``'s statements sent through the driver, built when an
+    async engine is made (:mod:`repository.db.warm_up`)."""
+    statements = [
+        upsert_one_statement(dialect),
+        get_by_id_statement(dialect),
+        get_by_source_id_statement(dialect),
+    ]
+    if dialect == "postgresql":
+        statements += [upsert_one_unless_deleted_postgresql(), *LOCK_STATEMENTS]
+    return statements
 
 
 class CustomerRepository(Lookups):

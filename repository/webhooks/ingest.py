@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, LargeBinary, and_, bindparam, case, litera
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from models.errors import CustomerValidationError
 from models.events import EventOutcome
@@ -36,6 +37,7 @@ from repository.db.retry import (
     run_in_transaction_async,
 )
 from repository.db.tables import events, tombstones
+from repository.db.warm_up import hot_statements
 from repository.store.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
 from repository.store.mapping import CustomerRows, customer_to_rows
 from repository.store.off_loop import INLINE_BODY_BYTES, off_loop
@@ -230,6 +232,8 @@ async def ingest_delivery_async(
 
     The body is read and validated once, before the transaction: on the loop if it is
     small (:data:`~repository.store.off_loop.INLINE_BODY_BYTES`), else in a worker thread.
+    A delivery's statements are compiled when the engine is made
+    (:mod:`repository.db.warm_up`).
     """
     received_at = received_at or datetime.now(UTC)  # one for every attempt
     delivery = await off_loop(len(body) > INLINE_BODY_BYTES, _read, body)
@@ -238,6 +242,18 @@ async def ingest_delivery_async(
         received_at=received_at, count_delivery=count_delivery,
     )
     return await run_in_transaction_async(sessions, work, timeout=timeout, on_retry=on_retry)
+
+
+@hot_statements
+def _hot_statements(dialect: str) -> list[Executable]:
+    """What recording a delivery sends through the driver, for building ahead of use."""
+    return [
+        _claim_statement(dialect, True),
+        _claim_statement(dialect, False),
+        _REDELIVERED,
+        _OWN_ATTEMPT,
+        _SET_OUTCOME,
+    ]
 
 
 def _plan(envelope: Envelope) -> _Action:
