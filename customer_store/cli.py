@@ -66,8 +66,6 @@ __all__ = ["MAX_BATCH_SIZE", "MAX_WORKERS", "build_parser", "main"]
 MAX_BATCH_SIZE = 100_000
 #: Seconds a thread runs before another may take the interpreter, while importing.
 _IMPORT_SWITCH_INTERVAL = 0.0005
-#: Batches an import writes between two runs of the cyclic garbage collector.
-_IMPORT_COLLECT_EVERY = 20
 #: Most validating processes ``import --workers`` takes.
 MAX_WORKERS = 64
 #: Input size from which ``import`` validates in a process of its own by default: smaller
@@ -229,8 +227,9 @@ def _import(engine: Engine, args: argparse.Namespace) -> int:
                 on_reject=on_reject,
                 on_progress=on_progress,
                 workers=workers,
-                # This process is the import's own: its garbage collector can run sparsely.
-                collect_every=_IMPORT_COLLECT_EVERY,
+                # This process is the import's own: its garbage collector can run
+                # sparsely, and be kept off the objects forked workers share.
+                tune_gc=True,
             )
             on_progress(report)
         finally:

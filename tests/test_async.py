@@ -13,12 +13,18 @@ import asyncio
 import copy
 import gc
 import json
+import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from models import Customer, CustomerValidationError
+from models.events import EventOutcome
 from repository import (
     AsyncCustomerRepository,
     CustomerFilter,
@@ -27,7 +33,11 @@ from repository import (
     make_async_session_factory,
 )
 from repository.db.schema import upgrade_to_head
+from repository.store.customers import UpsertSummary
+from repository.store.off_loop import INLINE_BODY_BYTES
+from repository.webhooks.ingest import IngestResult, ingest_delivery_async
 from tests.conftest import EXAMPLES
+from tests.webhook_streams import envelope
 
 TICK = 0.01
 MAX_LATE = 0.1
@@ -150,3 +160,131 @@ def test_async_find_count_and_iter_all_agree_with_what_was_stored(
     assert page == tens[:5]
     assert streamed == sorted(c["id"] for c in customers)
     assert by_source == "cust_iter0003"
+
+
+# -- validation: once, before the transaction, off the loop for large inputs -------------
+
+
+@pytest.fixture(scope="module")
+def pg_url(make_database: Any) -> str:
+    url: str = make_database("postgresql")
+    upgrade_to_head(url)
+    return url
+
+
+class _Validations:
+    """Where each customer was validated: a hook on the model's own validation (which
+    every path calls), recording the thread and how many connections were checked out."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, engine: AsyncEngine) -> None:
+        self.calls: list[tuple[int, int]] = []
+        validate = Customer.model_validate
+        pool = engine.sync_engine.pool
+
+        def recorded(obj: Any, *args: Any, **kwargs: Any) -> Customer:
+            self.calls.append((threading.get_ident(), pool.checkedout()))  # type: ignore[attr-defined]
+            return validate(obj, *args, **kwargs)
+
+        monkeypatch.setattr(Customer, "model_validate", recorded)
+
+    def threads(self) -> set[int]:
+        return {thread for thread, _ in self.calls}
+
+    def checked_out(self) -> set[int]:
+        return {count for _, count in self.calls}
+
+
+def test_a_large_batch_is_validated_once_off_the_loop_before_any_connection(
+    pg_url: str, runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_async_engine(pg_url)
+    sessions = make_async_session_factory(engine)
+    customers = [example_customer(f"cust_big{i:04d}", f"Big {i}") for i in range(40)]
+    validations = _Validations(monkeypatch, engine)
+
+    async def scenario() -> UpsertSummary:
+        async with sessions.begin() as session:
+            return await AsyncCustomerRepository(session).upsert_many(customers)
+
+    try:
+        summary = runner.run(scenario())
+    finally:
+        runner.run(engine.dispose())
+    assert summary.applied == 40
+    assert len(validations.calls) == 40  # once each
+    # Not on the loop's thread (the runner runs the loop on this one), and before the
+    # transaction took a connection.
+    assert threading.get_ident() not in validations.threads()
+    assert validations.checked_out() == {0}
+
+
+def test_an_invalid_batch_raises_before_the_database_is_touched(
+    pg_url: str, runner: asyncio.Runner
+) -> None:
+    engine = make_async_engine(pg_url)
+    sessions = make_async_session_factory(engine)
+    checkouts: list[object] = []
+    event.listen(engine.sync_engine, "checkout", lambda *args: checkouts.append(args))
+    customers = [example_customer(f"cust_bad{i:04d}", f"Bad {i}") for i in range(40)]
+    customers[30]["email"] = 42
+
+    async def scenario() -> None:
+        async with sessions.begin() as session:
+            await AsyncCustomerRepository(session).upsert_many(customers)
+
+    try:
+        with pytest.raises(CustomerValidationError):
+            runner.run(scenario())
+    finally:
+        runner.run(engine.dispose())
+    assert checkouts == []
+
+
+def _terminate_backends(url: str) -> None:
+    """End every server connection to the database at ``url``: the next statement on a
+    pooled one meets a lost connection, which the transaction runner retries."""
+    parsed = make_url(url)
+    with psycopg.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, dbname="postgres",
+        autocommit=True,
+    ) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [parsed.database],
+        )
+
+
+def test_a_large_delivery_is_validated_once_off_the_loop_however_often_it_is_retried(
+    pg_url: str, runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One pooled connection, ended by the server before the delivery: the first attempt
+    # meets it lost, the second runs on a new one.
+    engine = make_async_engine(pg_url, pool_size=1, max_overflow=0)
+    sessions = make_async_session_factory(engine)
+    customer = example_customer("cust_retried01", "Retried")
+    customer["metadata"] = {f"note_{i:03d}": "x" * 200 for i in range(150)}
+    body = json.dumps(envelope(
+        "evt_retried0000000001", "customer.updated", {"customer": customer},
+        customer["updated_at"],
+    )).encode()
+    assert len(body) > INLINE_BODY_BYTES
+    retries: list[BaseException | None] = []
+
+    async def scenario() -> IngestResult:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")
+        _terminate_backends(pg_url)
+        validations.calls.clear()
+        return await ingest_delivery_async(sessions, body, on_retry=retries.append)
+
+    validations = _Validations(monkeypatch, engine)
+    try:
+        result = runner.run(scenario())
+    finally:
+        runner.run(engine.dispose())
+    assert result.outcome is EventOutcome.APPLIED
+    assert len(retries) == 1
+    assert len(validations.calls) == 1
+    assert threading.get_ident() not in validations.threads()
+    assert validations.checked_out() == {0}

@@ -9,6 +9,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
@@ -422,25 +423,49 @@ def test_workers_import_what_this_process_would_with_the_same_rejections(
     ]
 
 
-def _freeze_counts_of_an_import_with_workers(url: str) -> tuple[list[int], int]:
-    """Run in a process of its own: the freeze count seen after each batch of an import
-    with two workers, and the one after it."""
+class _Interrupted(Exception):
+    pass
+
+
+def _collector_states_around_imports(url: str) -> dict[str, Any]:
+    """Run in a process of its own: the collector's state (freeze count, whether it is
+    enabled) seen after each batch and after the import, for imports with two workers:
+    as a library caller makes one, as the command line does (``tune_gc``), one of those
+    that fails halfway, and one in a process that froze its own start-up heap first."""
     engine = make_engine(url)
-    during: list[int] = []
+    states: dict[str, Any] = {}
+
+    def run(name: str, *, fail: bool = False, **options: Any) -> None:
+        during: list[tuple[int, bool]] = []
+
+        def on_progress(report: Any) -> None:
+            during.append((gc.get_freeze_count(), gc.isenabled()))
+            if fail:
+                raise _Interrupted
+
+        with contextlib.suppress(_Interrupted):
+            import_records(
+                make_session_factory(engine),
+                read_records(io.StringIO(mixed_lines()), decode_lines=False),
+                batch_size=3, workers=2, on_progress=on_progress, **options,
+            )
+        states[name] = (during, (gc.get_freeze_count(), gc.isenabled()))
+
     try:
-        import_records(
-            make_session_factory(engine),
-            read_records(io.StringIO(mixed_lines()), decode_lines=False),
-            batch_size=3,
-            workers=2,
-            on_progress=lambda report: during.append(gc.get_freeze_count()),
-        )
+        run("library")
+        run("tuned", tune_gc=True)
+        run("tuned, failing", fail=True, tune_gc=True)
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        run("tuned, host froze", tune_gc=True)
+        states["host froze"] = frozen
+        gc.unfreeze()
     finally:
         engine.dispose()
-    return during, gc.get_freeze_count()
+    return states
 
 
-def test_forked_workers_share_the_importing_process_objects_and_the_collector_gets_them_back(
+def test_importing_touches_the_garbage_collector_only_when_asked_and_restores_it(
     session: Session, database_url: str,
 ) -> None:
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -448,11 +473,27 @@ def test_forked_workers_share_the_importing_process_objects_and_the_collector_ge
     # A fresh process, with no thread of this test run's (a fork could inherit a lock one
     # holds, so with threads running the import spawns its workers instead).
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        during, after = pool.submit(_freeze_counts_of_an_import_with_workers, database_url).result()
-    # Out of the collector's sight while the workers ran (a collection would copy the
-    # pages they share), back in it afterwards.
-    assert during and min(during) > 0
-    assert after == 0
+        states = pool.submit(_collector_states_around_imports, database_url).result()
+
+    # A library caller's process keeps its collector as it was, even with forked workers.
+    during, after = states["library"]
+    assert during and set(during) == {(0, True)}
+    assert after == (0, True)
+    # The command line's: the collector runs sparsely (off in between), and the objects
+    # the forked workers share stay out of its sight while they run; all back afterwards.
+    during, after = states["tuned"]
+    assert during and all(count > 0 and not enabled for count, enabled in during)
+    assert after == (0, True)
+    # Also when the import fails.
+    during, after = states["tuned, failing"]
+    assert len(during) == 1 and during[0][0] > 0 and not during[0][1]
+    assert after == (0, True)
+    # A process that froze objects itself keeps them frozen (a few may be freed meanwhile):
+    # nothing more is frozen for it, and nothing is unfrozen.
+    during, after = states["tuned, host froze"]
+    frozen = states["host froze"]
+    assert during and all(0 < count <= frozen for count, _ in during), (during, frozen)
+    assert 0 < after[0] <= frozen and after[1]
     assert CustomerRepository(session).count() == 6
 
 

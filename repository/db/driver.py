@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,6 +24,7 @@ from repository.db.errors import driver_errors, raise_checkout_error
 __all__ = [
     "PooledConnection",
     "Sent",
+    "build_plans",
     "fetch_first",
     "pipelined",
     "send",
@@ -203,6 +204,14 @@ def _watched(connection: Connection) -> bool:
 
 def _watching(echo: bool, dispatch: Any) -> bool:
     return bool(echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
+
+def build_plans(statements: Iterable[Executable], dialect: Dialect) -> None:
+    """Build what :func:`send` needs to run each of ``statements`` on ``dialect`` (its SQL
+    and processors) ahead of their first use: in a worker thread, so that an event loop's
+    first requests do not compile them."""
+    for statement in statements:
+        _plan(statement, dialect)
 
 
 def _plan(statement: Executable, dialect: Dialect) -> _Plan:

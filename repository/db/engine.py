@@ -28,6 +28,7 @@ from repository.db.database_urls import (
 )
 from repository.db.errors import watch_errors
 from repository.db.jsonb import dumps_for_jsonb
+from repository.db.warm_up import build_hot_statements
 
 # The URL functions live in repository.db.database_urls; they are named here too, where
 # callers have always imported them from.
@@ -119,10 +120,14 @@ def make_async_engine(
     url: str = DEFAULT_DATABASE_URL, *, read_only: bool = False, **kwargs: Any
 ) -> AsyncEngine:
     """:func:`make_engine` for asyncio: the same URLs and the same connection setup, on
-    psycopg 3's async connection or aiosqlite."""
+    psycopg 3's async connection or aiosqlite. The statements of the hot paths are
+    compiled for it here (:mod:`repository.db.warm_up`), so that the first requests do
+    not compile them on the event loop."""
     url, options = _engine_arguments(url, read_only, kwargs, asynchronous=True)
     engine = create_async_engine(url, **options)
     _configure(engine.sync_engine)
+    # What the first requests would compile on the event loop, compiled before they come.
+    build_hot_statements(engine.dialect)
     return engine
 
 

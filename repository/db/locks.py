@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from repository.db.driver import send
 from repository.db.engine import dialect_of
 
-__all__ = ["LOCK_NAMESPACE", "lock_customers"]
+__all__ = ["LOCK_NAMESPACE", "LOCK_STATEMENTS", "lock_customers"]
 
 #: First key of the two-key advisory locks, so they cannot clash with other users' locks.
 LOCK_NAMESPACE = 0x43535431
@@ -33,6 +33,9 @@ _LOCK_MANY = text(
 _LOCK_ONE = text(
     "SELECT count(pg_advisory_xact_lock(:namespace, hashtext(:id))) AS locked"
 ).columns(column("locked", Integer))
+
+#: The statements :func:`lock_customers` sends (PostgreSQL), for building ahead of use.
+LOCK_STATEMENTS = (_LOCK_ONE, _LOCK_MANY)
 
 
 def lock_customers(session: Session, customer_ids: Sequence[str]) -> None:

@@ -35,9 +35,11 @@ from repository.store.customers import CustomerRepository, UpsertOutcome
 from repository.store.mapping import customer_to_rows
 from repository.store.pg_copy import copy_ready
 
-__all__ = ["DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
+__all__ = ["COLLECT_EVERY", "DEFAULT_BATCH_SIZE", "ImportReport", "Rejection", "import_records"]
 
 DEFAULT_BATCH_SIZE = 1000
+#: Batches written between two runs of the cyclic garbage collector, with ``tune_gc``.
+COLLECT_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def import_records(
     on_reject: Callable[[Rejection], None] | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
     workers: int = 0,
-    collect_every: int | None = None,
+    tune_gc: bool = False,
 ) -> ImportReport:
     """Validate and store ``records``; return what happened to each kind.
 
@@ -94,18 +96,21 @@ def import_records(
     ``workers`` (processes) validate and lay out the batches instead of this thread, which
     then only writes: for large inputs on a machine with CPUs to spare (validation is
     Python, held to one CPU per process). Records read with ``decode_lines=False`` are
-    decoded there too. Up to ``workers + 2`` batches more are then held, in flight. Where
-    the workers are forked, this process's objects stay out of the cyclic garbage
-    collector's runs until they end (``gc.freeze``), so that the workers keep sharing this
-    process's memory rather than copying it.
+    decoded there too. Up to ``workers + 2`` batches more are then held, in flight. The
+    default (0) validates in this process: a library caller's process is not forked unless
+    it asks.
 
-    ``collect_every`` (batches) sets this process's cyclic garbage collector aside during
-    the import, to run once every that many batches written (:class:`_SparseCollection`;
-    workers always do so): for a process that is the import's own, such as the command
-    line's, since the collector serves every thread of the process.
+    ``tune_gc`` is for a process that is the import's own, such as the command line's: the
+    garbage collector serves every thread of the process, so it is changed only on request.
+    This process's cyclic collector is then set aside during the import, to run once every
+    :data:`COLLECT_EVERY` batches written (:class:`_SparseCollection`; workers always do
+    so), and where workers are forked, the objects this process holds stay out of the
+    collector's runs until the workers end (``gc.freeze``), so that the workers keep
+    sharing its memory rather than copying it. Both are undone when the import ends, by
+    error too.
     """
     report = ImportReport()
-    collection = _SparseCollection(collect_every) if collect_every else None
+    collection = _SparseCollection(COLLECT_EVERY) if tune_gc else None
 
     def reject(rejection: Rejection) -> None:
         report.rejected += 1
@@ -129,9 +134,11 @@ def import_records(
     # On PostgreSQL, batches are laid out as COPY text where they are validated (in workers,
     # if any): the writing thread then only sends them.
     lay_out = partial(_prepare, for_copy=_dialect(sessions) == "postgresql")
-    with _sparse(collection), _preparing(lay_out, workers) as prepare, ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="import-writer"
-    ) as writer:
+    with (
+        _sparse(collection),
+        _preparing(lay_out, workers, freeze=tune_gc) as prepare,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer") as writer,
+    ):
         pending: Future[_BatchResult] | None = None
         for batch in prepare(_chunks(records, batch_size)):
             for rejection, stopped in batch.rejections:
@@ -182,10 +189,11 @@ _Prepare = Callable[[Iterator[list[Record]]], Iterator[_Prepared]]
 
 @contextmanager
 def _preparing(
-    lay_out: Callable[[list[Record]], _Prepared], workers: int
+    lay_out: Callable[[list[Record]], _Prepared], workers: int, *, freeze: bool
 ) -> Iterator[_Prepare]:
     """What turns batches of records into prepared batches, in order: ``lay_out``
-    here, or on ``workers`` processes with ``workers + 2`` batches in flight."""
+    here, or on ``workers`` processes with ``workers + 2`` batches in flight (``freeze``:
+    this process's objects frozen while forked ones run, :func:`_frozen`)."""
     if workers < 1:
         yield partial(map, lay_out)
         return
@@ -193,7 +201,7 @@ def _preparing(
     # missing, or threads run that a fork could catch holding a lock), they import them.
     fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
     context = multiprocessing.get_context("fork" if fork else "spawn")
-    with _frozen(fork), ProcessPoolExecutor(
+    with _frozen(fork and freeze), ProcessPoolExecutor(
         workers, mp_context=context, initializer=_start_worker
     ) as pool:
 
@@ -252,9 +260,10 @@ def _frozen(forking: bool) -> Iterator[None]:
     collection, in the worker or here, writes to every object it scans: each worker would
     soon hold a private copy of what it inherited (about 25 MB more per worker at 50,000
     customers, as the collections came). Nothing is lost: the objects return to the
-    collector at the end.
+    collector at the end. A process that froze objects itself (a service's start-up heap)
+    is left as it is: unfreezing would give the collector back its objects too.
     """
-    if not forking:
+    if not forking or gc.get_freeze_count():
         yield
         return
     gc.collect()  # garbage made so far is freed, not kept for the import's length

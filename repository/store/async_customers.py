@@ -5,6 +5,12 @@ session's connection through ``AsyncSession.run_sync`` (SQLAlchemy's greenlet br
 newest-wins upserts, tombstones, mapping and queries exist once, and every database round
 trip is awaited on the event loop instead of blocking it. Like the sync repository, it
 never commits: the caller owns the transaction (``async with sessions.begin(): ...``).
+
+Writes validate and lay out their customers before that, once, and a batch of more than a
+few customers in a worker thread (:mod:`repository.store.off_loop`): the greenlet then
+only talks to the database, and the loop is not held for the batch's validation. The
+statements a first call would compile on the loop are compiled when the engine is made
+(:mod:`repository.db.warm_up`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
-from repository.store.bulk import Laid
+from models.validation import parse_customer
+from repository.store.bulk import Laid, lay_out
 from repository.store.customers import (
     CustomerRepository,
     DeleteOutcome,
     UpsertOutcome,
     UpsertSummary,
+    summarized,
 )
+from repository.store.mapping import customer_to_rows
+from repository.store.off_loop import INLINE_BATCH, off_loop
 from repository.store.queries import CustomerFilter, Page
 
 __all__ = ["AsyncCustomerRepository"]
@@ -40,14 +50,21 @@ class AsyncCustomerRepository:
         self.session = session
 
     async def upsert(self, customer: Customer | Mapping[str, Any]) -> UpsertOutcome:
-        """See :meth:`CustomerRepository.upsert`."""
-        return await self._run(CustomerRepository.upsert, customer)
+        """See :meth:`CustomerRepository.upsert`. One customer is validated on the loop
+        (a fraction of a millisecond), before the database is touched."""
+        rows = customer_to_rows(parse_customer(customer))
+        return await self._run(CustomerRepository.upsert_row, rows)
 
     async def upsert_many(
         self, customers: Iterable[Customer | Mapping[str, Any]]
     ) -> UpsertSummary:
-        """See :meth:`CustomerRepository.upsert_many` (``COPY`` on PostgreSQL here too)."""
-        return await self._run(CustomerRepository.upsert_many, list(customers))
+        """See :meth:`CustomerRepository.upsert_many` (``COPY`` on PostgreSQL here too).
+        The batch is validated and laid out before the database is touched, in a worker
+        thread when it holds more than :data:`~repository.store.off_loop.INLINE_BATCH`."""
+        batch = list(customers)
+        heavy = len(batch) > INLINE_BATCH
+        laid = await off_loop(heavy, lay_out, self.session.sync_session, batch)
+        return summarized(await self._run(CustomerRepository.upsert_rows, laid))
 
     async def upsert_rows(self, batch: Sequence[Laid]) -> list[UpsertOutcome]:
         """See :meth:`CustomerRepository.upsert_rows`."""

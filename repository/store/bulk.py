@@ -11,19 +11,22 @@ multi-row upserts. The child rows of the customers that were applied are then re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Boolean, Connection, column, delete, exists, select, table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from models.customer import Customer
+from models.validation import parse_customer
 from repository.db.engine import dialect_of
 from repository.db.locks import lock_customers
 from repository.db.tables import customers, tombstones
 from repository.store.children import copy_children, delete_children, replace_children
-from repository.store.mapping import CUSTOMER_COLUMNS, CustomerRows
+from repository.store.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
 from repository.store.newest_wins import (
     UpsertOutcome,
     clear_older_tombstones,
@@ -32,7 +35,7 @@ from repository.store.newest_wins import (
 )
 from repository.store.pg_copy import CopyReady, copy_ready, copy_text
 
-__all__ = ["bulk_upsert"]
+__all__ = ["Laid", "bulk_upsert", "lay_out"]
 
 
 #: A customer as a bulk upsert takes it: rows, or (PostgreSQL only) ``COPY`` text.
@@ -48,6 +51,20 @@ class _Merged:
     stored: dict[str, datetime | None] = field(default_factory=dict)
     #: Ids erased on request (``forget``).
     forgotten: set[str] = field(default_factory=set)
+
+
+def lay_out(session: Session, batch: Iterable[Customer | Mapping[str, Any]]) -> list[Laid]:
+    """Validate ``batch`` and lay each customer out as :func:`bulk_upsert` takes it (``COPY``
+    text on PostgreSQL, so that the write only sends it). Raises
+    :class:`models.CustomerValidationError` at the first bad one. Needs no connection, only
+    the session's database: the async face runs it in a worker thread.
+    """
+    for_copy = dialect_of(session) == "postgresql"
+    laid: list[Laid] = []
+    for customer in batch:
+        rows = customer_to_rows(parse_customer(customer))
+        laid.append(copy_ready(rows) if for_copy else rows)
+    return laid
 
 
 def bulk_upsert(session: Session, batch: Sequence[Laid]) -> list[UpsertOutcome]:

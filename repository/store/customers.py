@@ -27,17 +27,19 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from models.customer import Customer
 from models.validation import parse_customer
 from repository.db.driver import fetch_first
 from repository.db.engine import dialect_of, native_insert
 from repository.db.keyset import keyset_pages
-from repository.db.locks import lock_customers
+from repository.db.locks import LOCK_STATEMENTS, lock_customers
 from repository.db.retry import read_in_session, retries_reads, run_read
 from repository.db.tables import customers, tombstones
+from repository.db.warm_up import hot_statements
 from repository.store import queries
-from repository.store.bulk import Laid, bulk_upsert
+from repository.store.bulk import Laid, bulk_upsert, lay_out
 from repository.store.children import replace_children
 from repository.store.lookups import Lookups, supported_dialect
 from repository.store.mapping import CustomerRows, customer_to_rows
@@ -49,7 +51,12 @@ from repository.store.newest_wins import (
     upsert_outcome,
 )
 from repository.store.queries import CustomerFilter, Page
-from repository.store.reads import customer_select, decode_customer
+from repository.store.reads import (
+    customer_select,
+    decode_customer,
+    get_by_id_statement,
+    get_by_source_id_statement,
+)
 
 __all__ = [
     "CustomerRepository",
@@ -57,6 +64,7 @@ __all__ = [
     "UpsertOutcome",
     "UpsertSummary",
     "iter_customers",
+    "summarized",
 ]
 
 T = TypeVar("T")
@@ -84,6 +92,14 @@ class UpsertSummary:
         setattr(self, outcome.value, getattr(self, outcome.value) + 1)
 
 
+def summarized(outcomes: Iterable[UpsertOutcome]) -> UpsertSummary:
+    """How many of ``outcomes`` there are of each kind."""
+    summary = UpsertSummary()
+    for outcome in outcomes:
+        summary.count(outcome)
+    return summary
+
+
 # The statements of a single write's tombstone check, built once (a write runs both).
 _P_ID = bindparam("p_id", type_=tombstones.c.customer_id.type)
 _P_VERSION_AT = bindparam("p_version_at", type_=tombstones.c.deleted_at.type)
@@ -91,6 +107,20 @@ _DELETED_AT = select(tombstones.c.deleted_at).where(tombstones.c.customer_id == 
 _FORGOTTEN = select(tombstones.c.forgotten).where(tombstones.c.customer_id == _P_ID)
 _STORED_VERSION = select(customers.c.version_at).where(customers.c.id == _P_ID)
 _CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
+
+
+@hot_statements
+def _hot_statements(dialect: str) -> list[Executable]:
+    """A single write's and a ``get``'s statements sent through the driver, built when an
+    async engine is made (:mod:`repository.db.warm_up`)."""
+    statements = [
+        upsert_one_statement(dialect),
+        get_by_id_statement(dialect),
+        get_by_source_id_statement(dialect),
+    ]
+    if dialect == "postgresql":
+        statements += [upsert_one_unless_deleted_postgresql(), *LOCK_STATEMENTS]
+    return statements
 
 
 class CustomerRepository(Lookups):
@@ -110,8 +140,7 @@ class CustomerRepository(Lookups):
         harmless. Raises :class:`models.CustomerValidationError` for bad input, before
         anything is written.
         """
-        rows = customer_to_rows(parse_customer(customer))
-        return self._write(rows)
+        return self.upsert_row(customer_to_rows(parse_customer(customer)))
 
     def upsert_many(self, customers: Iterable[Customer | Mapping[str, Any]]) -> UpsertSummary:
         """Upsert several customers with set-based statements (``COPY`` on PostgreSQL).
@@ -119,10 +148,12 @@ class CustomerRepository(Lookups):
         All are validated before the first is written. Within the batch the newest version
         of an id wins (the later one among equals); the versions it supersedes count as stale.
         """
-        summary = UpsertSummary()
-        for outcome in self.upsert_rows([customer_to_rows(parse_customer(c)) for c in customers]):
-            summary.count(outcome)
-        return summary
+        return summarized(self.upsert_rows(lay_out(self.session, customers)))
+
+    def upsert_row(self, rows: CustomerRows) -> UpsertOutcome:
+        """:meth:`upsert` of a customer already validated and mapped to rows
+        (:func:`~repository.store.mapping.customer_to_rows`): nothing is validated again."""
+        return self._write(rows)
 
     def upsert_rows(self, batch: Sequence[Laid]) -> list[UpsertOutcome]:
         """:meth:`upsert_many` of customers already validated and mapped to rows, or on

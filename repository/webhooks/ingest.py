@@ -19,8 +19,8 @@ from sqlalchemy import ColumnElement, LargeBinary, and_, bindparam, case, litera
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
-from models.customer import Customer
 from models.errors import CustomerValidationError
 from models.events import EventOutcome
 from models.ids import customer_id_problem
@@ -37,7 +37,10 @@ from repository.db.retry import (
     run_in_transaction_async,
 )
 from repository.db.tables import events, tombstones
+from repository.db.warm_up import hot_statements
 from repository.store.customers import CustomerRepository, DeleteOutcome, UpsertOutcome
+from repository.store.mapping import CustomerRows, customer_to_rows
+from repository.store.off_loop import INLINE_BODY_BYTES, off_loop
 
 __all__ = [
     "DEFAULT_DELIVERY_TIMEOUT",
@@ -75,7 +78,7 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class _Upsert:
-    customer: Customer
+    rows: CustomerRows
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,38 @@ def ingest(
     object with an event id. With ``refused`` (why the database refused the delivery's
     change), it is recorded as rejected with that error, and nothing else is written.
     """
+    return _record(
+        session, _read(body, refused), body,
+        received_at=received_at, count_delivery=count_delivery,
+    )
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """A body read and validated: what it is, and what it asks for."""
+
+    envelope: Envelope
+    action: _Action
+
+
+def _read(body: bytes, refused: str | None = None) -> _Delivery:
+    """Read and validate a delivery's body (:class:`MalformedDelivery` if it cannot be),
+    before any transaction: once, whatever the retries, and off the loop for a large one
+    (:func:`ingest_delivery_async`)."""
     envelope = parse_envelope(body)
-    action = _Reject(refused) if refused is not None else _plan(envelope)
+    return _Delivery(envelope, _Reject(refused) if refused is not None else _plan(envelope))
+
+
+def _record(
+    session: Session,
+    delivery: _Delivery,
+    body: bytes,
+    *,
+    received_at: datetime | None,
+    count_delivery: bool,
+) -> IngestResult:
+    """:func:`ingest` of a delivery already read (:func:`_read`)."""
+    envelope, action = delivery.envelope, delivery.action
     now = received_at or datetime.now(UTC)
     provisional = _provisional_outcome(action)
     error = _storable_text(action.error) if isinstance(action, _Reject) else None
@@ -164,7 +197,10 @@ def ingest_delivery(
     ``on_retry`` is called with the error before each retry.
     """
     received_at = received_at or datetime.now(UTC)  # one for every attempt
-    work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
+    work = partial(
+        _record, delivery=_read(body), body=body,
+        received_at=received_at, count_delivery=count_delivery,
+    )
     return run_in_transaction(sessions, work, timeout=timeout, on_retry=on_retry)
 
 
@@ -192,10 +228,32 @@ async def ingest_delivery_async(
     on_retry: RetryListener | None = None,
 ) -> IngestResult:
     """:func:`ingest_delivery` for asyncio: the same transaction, retries, time bound and
-    ``on_retry``, awaited on an async session factory."""
+    ``on_retry``, awaited on an async session factory.
+
+    The body is read and validated once, before the transaction: on the loop if it is
+    small (:data:`~repository.store.off_loop.INLINE_BODY_BYTES`), else in a worker thread.
+    A delivery's statements are compiled when the engine is made
+    (:mod:`repository.db.warm_up`).
+    """
     received_at = received_at or datetime.now(UTC)  # one for every attempt
-    work = partial(ingest, body=body, received_at=received_at, count_delivery=count_delivery)
+    delivery = await off_loop(len(body) > INLINE_BODY_BYTES, _read, body)
+    work = partial(
+        _record, delivery=delivery, body=body,
+        received_at=received_at, count_delivery=count_delivery,
+    )
     return await run_in_transaction_async(sessions, work, timeout=timeout, on_retry=on_retry)
+
+
+@hot_statements
+def _hot_statements(dialect: str) -> list[Executable]:
+    """What recording a delivery sends through the driver, for building ahead of use."""
+    return [
+        _claim_statement(dialect, True),
+        _claim_statement(dialect, False),
+        _REDELIVERED,
+        _OWN_ATTEMPT,
+        _SET_OUTCOME,
+    ]
 
 
 def _plan(envelope: Envelope) -> _Action:
@@ -211,7 +269,7 @@ def _plan(envelope: Envelope) -> _Action:
     if envelope.event_type == "customer.deleted":
         return _plan_deletion(envelope, customer)
     try:
-        return _Upsert(parse_customer(customer, source=envelope.text))
+        return _Upsert(customer_to_rows(parse_customer(customer, source=envelope.text)))
     except CustomerValidationError as exc:
         return _Reject("; ".join(
             f"$.data.customer{e.path[1:]}: {e.message}" for e in exc.errors
@@ -399,6 +457,6 @@ def _perform(session: Session, action: _Action) -> EventOutcome:
         return EventOutcome.IGNORED
     repo = CustomerRepository(session)
     if isinstance(action, _Upsert):
-        return _EVENT_OUTCOMES[repo.upsert(action.customer)]
+        return _EVENT_OUTCOMES[repo.upsert_row(action.rows)]
     deleted = repo.delete(action.customer_id, deleted_at=action.deleted_at)
     return EventOutcome.STALE if deleted is DeleteOutcome.STALE else EventOutcome.APPLIED
