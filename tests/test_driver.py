@@ -21,9 +21,15 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.sql.expression import Executable
 
 from repository.db import driver
 from repository.db.driver import PooledConnection, fetch_first, needs_execute, pipelined, send
+from repository.store.reads import (
+    get_by_id_statement,
+    get_by_key_statement,
+    get_by_source_id_statement,
+)
 
 # Module-level: a plan is kept for the statement's lifetime.
 _PERCENT_AND_REPEATS = text(
@@ -123,3 +129,17 @@ def test_statements_go_through_execute_while_the_engine_logs_them(
         with engine.connect() as connection:
             assert fetch_first(connection, _ADD, {"x": 1, "y": 2}) == {"total": 3}
     assert any("CAST" in record.getMessage() for record in caplog.records)
+
+
+def test_a_plan_names_the_columns_as_sqlalchemys_own_result_does(engine: Engine) -> None:
+    dialect = engine.dialect.name
+    statements: dict[Executable, dict[str, str]] = {
+        get_by_id_statement(dialect): {"id": "cust_none"},
+        get_by_source_id_statement(dialect): {"source_id": "none"},
+        get_by_key_statement(dialect): {"key": "none"},
+        _PERCENT_AND_REPEATS: {"a": "a", "b": "b"},
+    }
+    with engine.connect() as connection:
+        for statement, params in statements.items():
+            keys = tuple(connection.execute(statement, params).keys())
+            assert driver._plan(statement, engine.dialect).names == keys
