@@ -17,7 +17,7 @@ from models.validation import parse_customer
 from repository import CustomerRepository, import_records, make_session_factory
 from repository.importing.records import read_records
 from repository.store.mapping import CUSTOMER_COLUMNS, customer_to_rows
-from repository.store.pg_copy import copy_line, copy_ready
+from repository.store.pg_copy import copy_line, copy_ready, copy_text
 
 #: Strings COPY's text format must escape or could mistake for something else.
 AWKWARD = ["a\tb", "line\nbreak", "carriage\rreturn", "back\\slash", "\\N", "", "\\.", "\\t"]
@@ -99,3 +99,12 @@ def test_a_row_with_no_text_to_escape_is_written_as_it_is() -> None:
     line = copy_line(["a", "b", "c", "d"], {"a": "plain", "b": 12, "c": None, "d": ""})
 
     assert line == "plain\t12\t\\N\t\n"
+
+
+def test_copy_refuses_a_schema_translate_map_rather_than_write_beside_it(
+    engine: Engine,
+) -> None:
+    # COPY names its table as it is: the map the other statements apply would be missed.
+    translated = engine.execution_options(schema_translate_map={None: "elsewhere"})
+    with translated.connect() as connection, pytest.raises(ValueError, match="translate"):
+        copy_text(connection, "customers", CUSTOMER_COLUMNS, [b"never sent\n"])

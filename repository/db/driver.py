@@ -5,8 +5,10 @@ own error handling all the same (the one error seam: :mod:`repository.db.errors`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,15 +19,17 @@ from sqlalchemy import Connection, Dialect, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import Executable, ReturnsRows
 
 from repository.db.errors import driver_errors, raise_checkout_error
 
 __all__ = [
+    "PLANS_KEPT",
     "PooledConnection",
     "Sent",
     "build_plans",
     "fetch_first",
+    "needs_execute",
     "pipelined",
     "send",
 ]
@@ -38,12 +42,16 @@ class PooledConnection:
     end, reset as the pool resets any.
 
     For read-only engines (their connections in autocommit from the start, where a
-    ``Connection`` would add nothing) that nothing watches (:func:`watched_engine`).
+    ``Connection`` would add nothing) whose statements need no ``execute``
+    (:func:`needs_execute`); ValueError for an engine with a ``schema_translate_map``, which
+    only SQLAlchemy's ``execute`` applies.
     """
 
     __slots__ = ("connection", "dialect", "engine")
 
     def __init__(self, engine: Engine) -> None:
+        if engine.get_execution_options().get("schema_translate_map"):
+            raise ValueError("schema_translate_map needs a Connection: use engine.connect()")
         self.engine = engine
         self.dialect = engine.dialect
         try:
@@ -66,16 +74,19 @@ class PooledConnection:
 AnyConnection = Connection | PooledConnection
 
 
-def watched_engine(engine: Engine) -> bool:
-    """Whether something watches ``engine``'s statements (``echo``, a
-    ``before_cursor_execute`` or ``after_cursor_execute`` listener, as tracing
-    instrumentation adds): they then go through SQLAlchemy's ``execute``."""
-    return _watching(bool(engine.echo), engine.dispatch)
+def needs_execute(engine: Engine) -> bool:
+    """Whether ``engine``'s statements must go through SQLAlchemy's ``execute`` rather than
+    the driver's cursor: something watches them (``echo`` or the engine's logger at
+    ``INFO``, a ``before_cursor_execute`` or ``after_cursor_execute`` listener, as tracing
+    instrumentation adds), or the ``schema_translate_map`` execution option rewrites them."""
+    return _needs_execute(engine, engine.get_execution_options(), engine.dispatch)
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """A statement compiled once for a dialect, with what running it by hand needs."""
+    """A statement compiled once for a dialect, with what running it by hand needs: all of
+    it read through SQLAlchemy's public API (the compiled string and parameters, each bound
+    parameter's and each result column's type, asked for its processor on the dialect)."""
 
     sql: str
     #: Parameter names in placeholder order for positional drivers (SQLite); None: by name.
@@ -91,7 +102,15 @@ class _Plan:
     raw_order: tuple[str, ...] = ()
 
 
-_plans: dict[tuple[int, type[Dialect], str], tuple[Executable, _Plan]] = {}
+#: How many plans are kept, over all dialects: far more than the hot paths' statements (a
+#: dozen per dialect), so that they stay compiled, while statements made anew for each call
+#: (a caller's mistake) cannot grow the cache without end. The oldest plan goes first.
+PLANS_KEPT = 1024
+
+# By the statement's and the dialect instance's ids (two engines of one dialect class may
+# differ, a JSON serializer for one), with the statement itself (an id is only unique while
+# its object lives) and a weak reference to the dialect (kept no longer than its engine).
+_plans: dict[tuple[int, int], tuple[Executable, weakref.ref[Dialect], _Plan]] = {}
 _plans_lock = threading.Lock()
 
 
@@ -104,12 +123,15 @@ def fetch_first(
     SQLAlchemy's own compilation and type processing (bound values in, column values out),
     run on the driver's cursor of ``connection``: what a Core ``execute`` costs beyond the
     driver (per-execution context, result metadata, row objects) is left out, which is most
-    of the difference on a one-row read. ``statement`` must live as long as the process (a
-    module-level or cached one): it is compiled once per dialect.
+    of the difference on a one-row read. ``statement`` should live as long as the process
+    (a module-level or cached one): it is compiled once per dialect instance and kept among
+    the last :data:`PLANS_KEPT`. One with its own ``schema_translate_map`` is refused
+    (ValueError): run it with ``execute``.
 
-    When something watches the statements (``echo``, a ``before_cursor_execute`` or
-    ``after_cursor_execute`` listener, as tracing instrumentation adds), the statement goes
-    through SQLAlchemy's ``execute`` instead, so that they see it.
+    When something watches the statements or an execution option rewrites them
+    (:func:`needs_execute`: ``echo``, a ``before_cursor_execute`` listener as tracing
+    instrumentation adds, a ``schema_translate_map``), the statement goes through
+    SQLAlchemy's ``execute`` on ``connection`` instead, so that they see it or apply.
     """
     return send(connection, statement, params).first()
 
@@ -118,7 +140,7 @@ def send(connection: AnyConnection, statement: Executable, params: Mapping[str, 
     """:func:`fetch_first` in two steps: the statement is sent now, its first row read when
     asked for (:meth:`Sent.first`), so that within :func:`pipelined` the statements sent
     share one round trip. Elsewhere it has run when this returns."""
-    if isinstance(connection, Connection) and _watched(connection):
+    if isinstance(connection, Connection) and _connection_needs_execute(connection):
         found = connection.execute(statement, params).first()
         return Sent(connection, None, None, dict(found._mapping) if found is not None else None)
     plan = _plan(statement, connection.dialect)
@@ -191,19 +213,26 @@ def pipelined(connection: Connection) -> Iterator[None]:
     asyncio driver) or something watches the statements, each runs as it is sent.
     """
     driver = connection.connection.driver_connection
-    if not isinstance(driver, psycopg.Connection) or _watched(connection):
+    if not isinstance(driver, psycopg.Connection) or _connection_needs_execute(connection):
         yield
         return
     with driver_errors(connection), driver.pipeline():
         yield
 
 
-def _watched(connection: Connection) -> bool:
-    return _watching(connection._echo, connection.dispatch)
+def _connection_needs_execute(connection: Connection) -> bool:
+    options = connection.get_execution_options()
+    return _needs_execute(connection.engine, options, connection.dispatch)
 
 
-def _watching(echo: bool, dispatch: Any) -> bool:
-    return bool(echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+def _needs_execute(engine: Engine, options: Mapping[str, Any], dispatch: Any) -> bool:
+    return bool(
+        dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
+        or options.get("schema_translate_map")
+        # What a Connection asks its engine before logging a statement.
+        or engine.logger.isEnabledFor(logging.INFO)
+    )
 
 
 def build_plans(statements: Iterable[Executable], dialect: Dialect) -> None:
@@ -215,28 +244,44 @@ def build_plans(statements: Iterable[Executable], dialect: Dialect) -> None:
 
 
 def _plan(statement: Executable, dialect: Dialect) -> _Plan:
-    key = (id(statement), type(dialect), dialect.paramstyle)
+    key = (id(statement), id(dialect))
     found = _plans.get(key)
-    if found is not None and found[0] is statement:
-        return found[1]
+    if found is not None and found[0] is statement and found[1]() is dialect:
+        return found[2]
+    plan = _compile(statement, dialect)
+    with _plans_lock:
+        while len(_plans) >= PLANS_KEPT:
+            del _plans[next(iter(_plans))]
+        _plans[key] = (statement, weakref.ref(dialect), plan)
+    return plan
+
+
+def _compile(statement: Executable, dialect: Dialect) -> _Plan:
+    if statement.get_execution_options().get("schema_translate_map"):
+        raise ValueError("a statement with a schema_translate_map runs only with execute()")
     compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
+    columns = cast(ReturnsRows, statement).exported_columns
+    names = tuple(columns.keys())
+    if len(set(names)) != len(names):
+        raise ValueError(f"give each column of the statement a name of its own: {names}")
     plan = _Plan(
         sql=compiled.string,
         positions=tuple(compiled.positiontup) if compiled.positional and compiled.positiontup
         else None,
         bound={k: v for k, v in compiled.params.items() if v is not None},
-        bind_processors=dict(compiled._bind_processors),  # type: ignore[arg-type]
-        names=tuple(column[0] for column in compiled._result_columns),
+        bind_processors={
+            name: process
+            for name, parameter in compiled.binds.items()
+            if (process := parameter.type.dialect_impl(dialect).bind_processor(dialect))
+        },
+        names=names,
         result_processors=tuple(
-            column[3]._cached_result_processor(dialect, None)
-            for column in compiled._result_columns
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in columns
         ),
     )
     if dialect.driver == "psycopg" and not dialect.is_async and not plan.positions:
         plan = _with_raw_placeholders(plan)
-    with _plans_lock:
-        # Kept with its statement: an id is only unique while the object lives.
-        _plans[key] = (statement, plan)
     return plan
 
 

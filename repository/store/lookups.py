@@ -19,7 +19,7 @@ from sqlalchemy import Engine, Select
 from models.customer import Customer
 from models.storability import text_problem
 from models.wire import json_text
-from repository.db.driver import AnyConnection, PooledConnection, fetch_first, watched_engine
+from repository.db.driver import AnyConnection, PooledConnection, fetch_first, needs_execute
 from repository.db.engine import is_read_only
 from repository.db.retry import run_read
 from repository.store.reads import (
@@ -130,8 +130,8 @@ class CustomerReader(Lookups):
 
     def _connection(self) -> AbstractContextManager[AnyConnection]:
         # Listeners may be added at any time (tracing): they see the statement only through
-        # a Connection.
-        if self._read_only and not watched_engine(self.engine):
+        # a Connection, which also applies a schema_translate_map.
+        if self._read_only and not needs_execute(self.engine):
             return PooledConnection(self.engine)
         return self.engine.connect()
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import Connection
-from sqlalchemy.util import await_only
+from sqlalchemy.engine import AdaptedConnection
 
 from repository.db.errors import driver_errors
 from repository.db.jsonb import dumps_for_jsonb
@@ -130,17 +130,26 @@ def copy_rows(
 def copy_text(
     connection: Connection, table: str, columns: Sequence[str], lines: Iterable[bytes]
 ) -> None:
-    """Append ``lines`` (``COPY`` text, as :func:`copy_line` writes it) to ``table``."""
+    """Append ``lines`` (``COPY`` text, as :func:`copy_line` writes it) to ``table``.
+
+    ValueError on a connection with a ``schema_translate_map``: the ``COPY`` names the table
+    as it is, and would write where the other statements do not.
+    """
+    if connection.get_execution_options().get("schema_translate_map"):
+        raise ValueError("COPY does not apply a schema_translate_map")
     data = b"".join(lines)
     if not data:
         return
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
     with driver_errors(connection):
-        driver = connection.connection.driver_connection
-        if isinstance(driver, psycopg.AsyncConnection):
+        adapted = connection.connection.dbapi_connection
+        if isinstance(adapted, AdaptedConnection) and isinstance(
+            adapted.driver_connection, psycopg.AsyncConnection
+        ):
             # The async API runs this code through run_sync: await the driver from here.
-            await_only(_copy_async(driver, statement, data))
+            adapted.run_async(lambda driver: _copy_async(driver, statement, data))
             return
+        driver = connection.connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
             copy.write(data)
 
