@@ -18,7 +18,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from repository import (
+from repository import make_engine
+from repository.admin import (
     DEFAULT_MAX_LAG,
     POOLER_HINT,
     NoDatabaseFile,
@@ -26,7 +27,6 @@ from repository import (
     current_revision,
     head_revision,
     is_pooler_clash,
-    make_engine,
     parse_database_url,
 )
 

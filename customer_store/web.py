@@ -55,16 +55,14 @@ from models import (
     UnsupportedEncoding,
     verify_signature,
 )
-from repository import (
+from repository import DeadlineExceeded, IngestResult, ingest_delivery_async
+from repository.admin import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     POOLER_HINT,
-    DeadlineExceeded,
-    IngestResult,
     NotReplicated,
     current_revision,
     head_revision,
-    ingest_delivery_async,
     is_pooler_clash,
 )
 
