@@ -32,8 +32,8 @@ from repository import (
     make_async_session_factory,
     make_engine,
     make_session_factory,
-    upgrade_to_head,
 )
+from repository.admin import upgrade_to_head
 
 CONCURRENT = 50
 POOL = int(os.environ.get("BENCH_POOL", "10"))

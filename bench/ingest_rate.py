@@ -249,7 +249,7 @@ def state_is_newest(engine: Engine, stream: WebhookStream) -> bool:
     """Whether every customer stored is exactly the newest the stream delivered for it."""
     with make_session_factory(engine)() as session:
         repo = CustomerRepository(session)
-        stored = {customer.id: customer.to_json() for customer in repo.iter_all()}
+        stored = {customer.id: customer.to_dict() for customer in repo.iter_all()}
         events = session.scalar(select(func.count()).select_from(WebhookEventRow))
     return stored == stream.expected and events == len(stream.events)
 

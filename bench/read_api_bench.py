@@ -46,7 +46,8 @@ from bench.store_bench import (
     throwaway_database,
 )
 from customer_store.read_api import APP_ID_VARIABLE, APP_TOKEN_VARIABLE
-from repository import CustomerRepository, make_engine, make_session_factory, upgrade_to_head
+from repository import CustomerRepository, make_engine, make_session_factory
+from repository.admin import upgrade_to_head
 from tests.servers import running_server
 
 APP_ID = "bench-app"

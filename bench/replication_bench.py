@@ -80,8 +80,8 @@ from repository import (
     make_engine,
     make_session_factory,
     run_in_transaction,
-    upgrade_to_head,
 )
+from repository.admin import upgrade_to_head
 from tests.replication import (
     STORE_DATABASE,
     Cluster,

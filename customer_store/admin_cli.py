@@ -12,16 +12,15 @@ from sqlalchemy import Engine
 
 from customer_store.common import EXIT_OK, EXIT_USAGE, CommandError, checked
 from customer_store.progress import progress_bar
-from repository import (
+from repository import make_session_factory, run_in_transaction
+from repository.admin import (
     ErasureReport,
     GrantReport,
     MissingPrivilege,
     forget_customer,
     grant_app_role,
-    make_session_factory,
     require_customer_id,
     require_role_name,
-    run_in_transaction,
 )
 
 __all__ = ["add_commands"]

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from customer_store import admin_cli, search_cli, sync_cli, webhooks_cli
+from customer_store import admin_cli, mirror_cli, search_cli, webhooks_cli
 from customer_store.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -43,18 +43,16 @@ from customer_store.common import (
 )
 from customer_store.progress import print_message, progress_bar
 from models import Customer
-from repository import (
+from repository import CustomerRepository, make_session_factory, read_in_session
+from repository.admin import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATABASE_URL,
-    CustomerRepository,
     ImportReport,
     Rejection,
     current_revision,
     first_line,
     import_records,
     iter_customers,
-    make_session_factory,
-    read_in_session,
     read_records,
     require_customer_id,
     upgrade_to_head,
@@ -139,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cli.add_commands(commands)
     admin_cli.add_commands(commands)
     webhooks_cli.add_commands(commands)
-    sync_cli.add_commands(commands)
+    mirror_cli.add_commands(commands)
     return parser
 
 
@@ -276,7 +274,7 @@ def _get(engine: Engine, args: argparse.Namespace) -> int:
     key = f"source_id {args.source_id!r}" if args.source_id is not None else f"id {args.id!r}"
     if customer is None:
         raise CommandError(f"no customer with {key}")
-    json.dump(customer.to_json(), sys.stdout, ensure_ascii=False, indent=2)
+    json.dump(customer.to_dict(), sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
     return EXIT_OK
 
@@ -291,7 +289,7 @@ def _export(engine: Engine, args: argparse.Namespace) -> int:
                 bar.reset(total=read_in_session(sessions, lambda s: CustomerRepository(s).count()))
             for customer in iter_customers(sessions):
                 out.write(
-                    json.dumps(customer.to_json(), ensure_ascii=False, separators=(",", ":"))
+                    json.dumps(customer.to_dict(), ensure_ascii=False, separators=(",", ":"))
                 )
                 out.write("\n")
                 count += 1

@@ -18,14 +18,14 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from repository import (
+from repository import make_engine
+from repository.admin import (
     DEFAULT_MAX_LAG,
     NoDatabaseFile,
     ReadRouter,
     current_revision,
     first_line,
     head_revision,
-    make_engine,
     parse_database_url,
 )
 

@@ -55,12 +55,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from repository import (
-    AsyncReadRouter,
-    estimate_customer_count,
-    last_applied_at,
-    sync_states,
-)
+from repository.admin import AsyncReadRouter, estimate_customer_count, last_applied_at
+from repository.voucherify import mirror_states
 
 __all__ = ["REFRESH_INTERVAL", "ReceiverMetrics"]
 
@@ -145,7 +141,7 @@ class ReceiverMetrics:
             self._last_applied = time.time()
 
     def retry(self, _error: BaseException | None) -> None:
-        """A transaction is about to run again (a :data:`repository.RetryListener`)."""
+        """A transaction is about to run again (a :data:`repository.admin.RetryListener`)."""
         self.retries.inc()
 
     def database_error(self) -> None:
@@ -269,7 +265,7 @@ def _read_figures(session: Session) -> _Figures:
         customers=estimate_customer_count(session),
         syncs=[
             (state.api_url, state.last_success_at.timestamp())
-            for state in sync_states(session)
+            for state in mirror_states(session)
             if state.last_success_at is not None
         ],
     )

@@ -26,10 +26,10 @@ from starlette.routing import BaseRoute, Route
 
 from customer_store.http_errors import error_response
 from models import json_text
-from repository import (
-    AsyncReadRouter,
+from repository import CustomerRepository, read_in_session_async
+from repository.admin import AsyncReadRouter
+from repository.voucherify import (
     CustomerList,
-    CustomerRepository,
     InvalidListParameter,
     ListQuery,
     TotalCache,
@@ -37,7 +37,6 @@ from repository import (
     decode_customer_value,
     list_customers,
     parse_list_query,
-    read_in_session_async,
 )
 
 __all__ = ["APP_ID_VARIABLE", "APP_TOKEN_VARIABLE", "read_routes"]

@@ -22,16 +22,12 @@ from customer_store.common import (
     read_router,
 )
 from models import INT64_MAX, INT64_MIN, loads_json, parse_datetime
-from repository import (
+from repository import CustomerFilter, CustomerRepository, InvalidArgument, Page, read_in_session
+from repository.admin import (
     FOLD_LIMIT,
     MAX_METADATA_DEPTH,
     MAX_METADATA_TERMS,
     MAX_PAGE_SIZE,
-    CustomerFilter,
-    CustomerRepository,
-    InvalidArgument,
-    Page,
-    read_in_session,
     store_stats,
 )
 
@@ -117,7 +113,7 @@ def _find(engine: Engine, args: argparse.Namespace) -> int:
                 page = read_in_session(sessions, partial(_find_page, filters=filters,
                                                          cursor=cursor, limit=args.limit))
                 for customer in page.customers:
-                    print(json.dumps(customer.to_json(), ensure_ascii=False,
+                    print(json.dumps(customer.to_dict(), ensure_ascii=False,
                                      separators=(",", ":")))
                 cursor = page.next_cursor
                 if cursor is None or not args.all:

@@ -55,16 +55,14 @@ from models import (
     UnsupportedEncoding,
     verify_signature,
 )
-from repository import (
+from repository import DeadlineExceeded, IngestResult, ingest_delivery_async
+from repository.admin import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
-    DeadlineExceeded,
-    IngestResult,
     NotReplicated,
     current_revision,
     first_line,
     head_revision,
-    ingest_delivery_async,
     with_pooler_hint,
 )
 

@@ -39,16 +39,18 @@ from customer_store.common import (
 from customer_store.progress import print_message, progress_bar
 from models import EventOutcome, MalformedDelivery, parse_secrets
 from repository import (
-    DEFAULT_DELIVERY_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES,
-    AsyncReadRouter,
     IngestResult,
-    count_events,
-    ingest_or_record_refusal,
-    iter_events,
     make_async_engine,
     make_async_session_factory,
     make_session_factory,
+)
+from repository.admin import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    AsyncReadRouter,
+    count_events,
+    ingest_or_record_refusal,
+    iter_events,
     prune_events,
     replay_rejected,
 )

@@ -5,10 +5,12 @@ No I/O happens here: the repository package reads and writes these.
 
 from models.base import Base
 from models.customer import Customer
+from models.deprecation import deprecated_names
 from models.errors import CustomerValidationError, FieldError
 from models.events import EventOutcome, WebhookEventRow
 from models.ids import InvalidCustomerId, customer_id_problem, require_customer_id
 from models.json_decoding import loads_json
+from models.mirror import MirrorListedRow, MirrorStateRow
 from models.signature import (
     SIGNATURE_HEADER,
     SignatureMatch,
@@ -17,7 +19,6 @@ from models.signature import (
     sign,
     verify_signature,
 )
-from models.sync import SyncListedRow, SyncStateRow
 from models.tables import (
     CustomerAddressRow,
     CustomerRow,
@@ -52,10 +53,10 @@ __all__ = [
     "InvalidCustomerId",
     "LoyaltyCampaignRow",
     "MalformedDelivery",
+    "MirrorListedRow",
+    "MirrorStateRow",
     "ReferralEntryRow",
     "SignatureMatch",
-    "SyncListedRow",
-    "SyncStateRow",
     "UnsupportedEncoding",
     "WebhookEventRow",
     "compact_json",
@@ -71,3 +72,9 @@ __all__ = [
     "sign",
     "verify_signature",
 ]
+
+#: Renamed: the Voucherify mirror's tables are no longer called "sync" in the code.
+__getattr__ = deprecated_names(__name__, {
+    "SyncListedRow": ("models.mirror", "MirrorListedRow"),
+    "SyncStateRow": ("models.mirror", "MirrorStateRow"),
+})

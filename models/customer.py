@@ -1,7 +1,7 @@
 """The documented shape: Voucherify's "Customer With Summary Loyalty Referrals".
 
 Every model keeps unknown keys (Voucherify adds fields over time) and remembers which
-keys were sent, so that :meth:`Customer.to_json` gives back exactly the JSON that came
+keys were sent, so that :meth:`Customer.to_dict` gives back exactly the JSON that came
 in: absent keys stay absent, ``null`` stays ``null``. Types are strict: no string to
 integer coercion, no fractions in integer fields.
 """
@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from models.deprecation import warn_renamed
 from models.ids import CustomerId
 from models.wire import Int64, WireDate, WireDateTime
 
@@ -132,6 +133,11 @@ class Customer(_Shape):
     assets: Assets | None = None
     object: Literal["customer"] | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The customer as JSON values, exactly the keys that were given."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """Deprecated: :meth:`to_dict` (the name said text; it returns a dict)."""
+        warn_renamed("Customer.to_json()", "Customer.to_dict()")
+        return self.to_dict()

@@ -155,5 +155,5 @@ def _wire_value(value: Any) -> str:
 
 def json_text(value: Any) -> str:
     """Compact JSON text of JSON-shaped ``value`` whose date-times and dates may still be
-    Python objects: written in the wire forms the models' ``to_json`` uses."""
+    Python objects: written in the wire forms the models' ``to_dict`` uses."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_wire_value)

@@ -265,8 +265,8 @@ def assert_survived(load: FailoverLoad, timeline: Timeline, store_url: str, *,
     for delivery in load.deliveries:
         customer = stored[delivery.customer_id]
         assert customer is not None, f"{delivery.customer_id} acknowledged but not stored"
-        assert customer.to_json()["metadata"]["version"] >= delivery.version, delivery.event_id
+        assert customer.to_dict()["metadata"]["version"] >= delivery.version, delivery.event_id
     for customer_id, delivery in newest.items():
         customer = stored[customer_id]
-        assert customer is not None and customer.to_json() == delivery.payload, customer_id
+        assert customer is not None and customer.to_dict() == delivery.payload, customer_id
     return time_to_2xx

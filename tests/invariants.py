@@ -8,7 +8,7 @@
   newer than the deletion clears the tombstone; a customer without a version never
   outlives one);
 - every stored customer reassembles, by ``repo.get`` and by ``repo.iter_all`` alike, and
-  its JSON validates again into the same JSON (``parse_customer(c.to_json())``);
+  its JSON validates again into the same JSON (``parse_customer(c.to_dict())``);
 - every ``webhook_events`` row has an outcome a row may have, at least one delivery, an
   error exactly when rejected, and its raw body: an envelope whose event id is the row's.
 """
@@ -94,7 +94,7 @@ def _customers_reassemble(session: Session) -> list[str]:
     repo = CustomerRepository(session)
     ids = list(session.execute(select(_customers.c.id).order_by(_customers.c.id)).scalars())
     try:
-        iterated = {c.id: c.to_json() for c in repo.iter_all(batch_size=7)}
+        iterated = {c.id: c.to_dict() for c in repo.iter_all(batch_size=7)}
     except Exception as exc:  # what is stored must read back; say why it does not
         problems.append(f"iter_all fails: {type(exc).__name__}: {str(exc)[:300]}")
         iterated = {}
@@ -111,11 +111,11 @@ def _customers_reassemble(session: Session) -> list[str]:
         if fetched is None:
             problems.append(f"{where}: get finds nothing")
             continue
-        as_json = fetched.to_json()
+        as_json = fetched.to_dict()
         if iterated and iterated.get(customer_id) != as_json:
             problems.append(f"{where}: get differs from iter_all")
         try:
-            again = parse_customer(json.loads(json.dumps(as_json))).to_json()
+            again = parse_customer(json.loads(json.dumps(as_json))).to_dict()
         except CustomerValidationError as exc:
             problems.append(f"{where}: stored JSON does not validate: {str(exc)[:300]}")
             continue

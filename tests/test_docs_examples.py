@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from repository import CustomerRepository, current_revision, make_engine, make_session_factory
+from repository import CustomerRepository, make_engine, make_session_factory
+from repository.admin import current_revision
 from repository.db.schema import upgrade_to_head
 from tests.servers import ROOT, running_server
 from tests.voucherify_api import FakeVoucherify, make_customers
@@ -182,7 +183,7 @@ RUNNERS: dict[str, Callable[[Example, str, Path], None]] = {
     "asyncio.run(main())": run_async_tour,
     "page = repo.find(gold, limit=100)": run_search,
     "app = FastAPI()": run_fastapi,
-    "report = sync_customers(Session, client": run_sync_from_voucherify,
+    "report = mirror_customers(Session, client": run_sync_from_voucherify,
     "customers = CustomersApi(ApiClient(configuration))": run_voucherify_sdk,
     "router = ReadRouter(primary, replica": run_read_replicas,
 }

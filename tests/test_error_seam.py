@@ -28,19 +28,18 @@ from sqlalchemy.orm import Session
 
 from models import EventOutcome
 from repository import (
-    POOLER_HINT,
     AsyncCustomerRepository,
     CustomerReader,
     CustomerRepository,
     UpsertOutcome,
     ingest_delivery,
-    is_pooler_clash,
     make_async_engine,
     make_async_session_factory,
     make_engine,
     make_session_factory,
     read_in_session_async,
 )
+from repository.admin import POOLER_HINT, is_pooler_clash
 from repository.db.retry import run_in_transaction
 from repository.db.schema import upgrade_to_head
 from tests.conftest import StoreCustomers
@@ -324,8 +323,8 @@ def ids_found(repo: CustomerRepository, customer: dict[str, Any], read: str) -> 
     if read == "by-source-id":
         found = repo.get_by_source_id(customer["source_id"])
         return {found.id} if found is not None else set()
-    if read == "is_deleted":  # no tombstone for it: None, read without error
-        return {customer["id"]} if repo.is_deleted(customer["id"]) is None else set()
+    if read == "deleted_at":  # no tombstone for it: None, read without error
+        return {customer["id"]} if repo.deleted_at(customer["id"]) is None else set()
     if read == "count":
         return {customer["id"]} if repo.count() >= 12 else set()
     if read == "find":
@@ -334,7 +333,7 @@ def ids_found(repo: CustomerRepository, customer: dict[str, Any], read: str) -> 
     return {found.id for found in repo.iter_all(batch_size=5)}
 
 
-SESSION_READS = ["get", "get_json", "by-source-id", "is_deleted", "count", "find", "iter_all"]
+SESSION_READS = ["get", "get_json", "by-source-id", "deleted_at", "count", "find", "iter_all"]
 
 
 @pytest.mark.parametrize("read", SESSION_READS)

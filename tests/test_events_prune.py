@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, inspect, select
 from sqlalchemy.orm import Session
 
 from customer_store.cli import main
-from models import EventOutcome
-from repository import count_events, make_engine, make_session_factory, prune_events
+from models import EventOutcome, WebhookEventRow
+from repository import make_engine, make_session_factory
+from repository.admin import count_events, iter_events, prune_events
 from repository.db.schema import upgrade_to_head
 from repository.db.tables import events
 from tests.conftest import load_example_customers
@@ -138,6 +139,27 @@ def test_count_events_received_before_counts_what_prune_would_take(log: Engine) 
         "applied": 3, "stale": 3, "ignored": 3, "rejected": 3
     }
     assert everything["applied"] == 5
+
+
+def test_iter_events_leaves_the_callers_session_as_it_was(log: Engine) -> None:
+    """Objects the caller holds, pending or loaded, stay in its session; the events handed
+    out are detached and the session keeps none of them."""
+    with make_session_factory(log)() as session:
+        loaded = session.get(WebhookEventRow, "ev_old_applied_0")
+        pending = WebhookEventRow(**event_row("ev_pending", RECENT))
+        session.add(pending)
+        held = set(session.identity_map.values())
+        read = list(iter_events(session, outcome=EventOutcome.STALE, page_size=2))
+        assert loaded in session and pending in session
+        assert inspect(pending).pending or inspect(pending).persistent
+        assert set(session.identity_map.values()) <= held | {pending}
+        assert [e.event_id for e in read] == sorted(
+            f"ev_{age}_stale_{n}" for age, count in (("old", 3), ("new", 2)) for n in range(count)
+        )
+        assert all(inspect(e).detached and e not in session for e in read)
+        assert read[0].body == b"{}" and read[0].deliveries == 1
+        with pytest.raises(ValueError, match=r"^page_size must be at least 1, got 0$"):
+            next(iter_events(session, page_size=0))
 
 
 def test_bad_arguments_are_refused(engine: Engine) -> None:

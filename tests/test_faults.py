@@ -116,7 +116,7 @@ def stored_customers(url: str) -> dict[str, Any]:
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            return {c.id: c.to_json() for c in CustomerRepository(session).iter_all()}
+            return {c.id: c.to_dict() for c in CustomerRepository(session).iter_all()}
     finally:
         engine.dispose()
 
@@ -435,7 +435,7 @@ def _assert_stored_once(
             assert row.deliveries == (2 if twice else 1), (delivery.event_id, row.deliveries)
             stored = repo.get(delivery.customer["id"])
             if delivery.expected_outcome == "applied":
-                assert stored is not None and stored.to_json() == delivery.customer
+                assert stored is not None and stored.to_dict() == delivery.customer
             else:
                 assert stored is None  # another event type never stores its customer
 

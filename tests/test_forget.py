@@ -26,7 +26,8 @@ from sqlalchemy import Engine, MetaData, select, update
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
 
-from repository import CustomerRepository, list_events, make_engine
+from repository import CustomerRepository, make_engine
+from repository.admin import list_events
 from repository.db.schema import upgrade_to_head
 from repository.db.tables import events
 from tests.test_secrets import Run, cli
@@ -155,11 +156,11 @@ class Store:
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             found = CustomerRepository(session).get(customer_id)
-            return None if found is None else found.to_json()
+            return None if found is None else found.to_dict()
 
     def tombstone(self, customer_id: str) -> datetime | None:
         with Session(self.engine) as session:
-            return CustomerRepository(session).is_deleted(customer_id)
+            return CustomerRepository(session).deleted_at(customer_id)
 
     def tombstone_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:

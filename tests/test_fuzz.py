@@ -35,7 +35,8 @@ from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base
 from models.events import EventOutcome, WebhookEventRow
 from models.storability import MAX_NESTING
-from repository import CustomerRepository, import_records, make_session_factory, read_records
+from repository import CustomerRepository, make_session_factory
+from repository.admin import import_records, read_records
 from repository.webhooks.ingest import MalformedDelivery, ingest_delivery
 from tests.invariants import assert_invariants
 from tests.servers import Server, cli_command, running_server
@@ -353,7 +354,7 @@ def test_import_reads_back_the_10_mb_values_and_huge_metadata_numbers_exactly(
         for nasty in kept:
             customer = repo.get(nasty.customer_id)
             assert customer is not None, nasty.label
-            assert customer.to_json() == json.loads(nasty.data), nasty.label
+            assert customer.to_dict() == json.loads(nasty.data), nasty.label
     assert_invariants(store)
 
 
@@ -393,7 +394,7 @@ def test_import_whose_first_line_is_garbage_keeps_line_numbers_despite_unicode_s
     assert set(rejected_lines(run)) == {1, 3}
     with Session(store) as session:
         customer = CustomerRepository(session).get("cust_separators")
-    assert customer is not None and customer.to_json() == tricky
+    assert customer is not None and customer.to_dict() == tricky
     assert_invariants(store)
 
 
@@ -639,7 +640,7 @@ def test_limit_accepts_just_under_and_rejects_just_over_with_a_clear_message(
     assert re.match(reason, reasons["line 2"]), reasons["line 2"][:300]
     with Session(store) as session:
         stored = CustomerRepository(session).get(accepted["id"])
-    assert stored is not None and stored.to_json() == accepted
+    assert stored is not None and stored.to_dict() == accepted
     assert_invariants(store)
 
 
@@ -657,7 +658,7 @@ def test_metadata_integers_are_kept_up_to_pythons_digit_limit_and_refused_beyond
     assert f"{digits + 1} digits, too many to read" in reasons["line 2"]
     with Session(store) as session:
         stored = CustomerRepository(session).get("cust_digits")
-    assert stored is not None and stored.to_json()["metadata"] == {"n": longest, "m": -(2**64)}
+    assert stored is not None and stored.to_dict()["metadata"] == {"n": longest, "m": -(2**64)}
     assert_invariants(store)
 
 

@@ -23,13 +23,11 @@ from models import EventOutcome, MalformedDelivery, WebhookEventRow
 from repository import (
     CustomerRepository,
     IngestResult,
-    count_events,
-    forget_customer,
     ingest_delivery,
     ingest_delivery_async,
     make_async_session_factory,
-    replay_rejected,
 )
+from repository.admin import count_events, forget_customer, replay_rejected
 from tests.aio import APIS
 from tests.conftest import load_example_events
 from tests.webhook_streams import build_stream, envelope, legacy_envelope
@@ -132,7 +130,7 @@ def _deliver(sessions: sessionmaker[Session], body: bytes) -> IngestResult:
 def _stored(sessions: sessionmaker[Session], customer_id: str = CUSTOMER_ID) -> Any:
     with sessions() as s:
         found = CustomerRepository(s).get(customer_id)
-        return None if found is None else found.to_json()
+        return None if found is None else found.to_dict()
 
 
 def _row(sessions: sessionmaker[Session], event_id: str) -> WebhookEventRow | None:
@@ -255,7 +253,7 @@ def test_deletion_removes_the_customer_and_a_late_older_update_cannot_revive_it(
     assert _stored(sessions) is None
     with sessions() as s:
         repo = CustomerRepository(s)
-        assert repo.is_deleted(CUSTOMER_ID) is not None
+        assert repo.deleted_at(CUSTOMER_ID) is not None
         assert repo.get_by_source_id("ada@shop.example") is None
 
 
@@ -465,7 +463,7 @@ def test_source_id_handover_resolves_to_the_new_customer_in_any_arrival_order(
     with sessions() as s:
         repo = CustomerRepository(s)
         holder = repo.get_by_source_id(source_id)
-        assert holder is not None and holder.to_json() == new
+        assert holder is not None and holder.to_dict() == new
         assert repo.get(old_id) is None
         assert repo.get_by_source_id(renamed["source_id"]) is None
 
@@ -552,7 +550,7 @@ def test_every_voucherify_example_event_is_applied_or_ignored(
     elif event_type == "customer.deleted":
         assert result.outcome is EventOutcome.APPLIED
         with sessions() as s:
-            assert CustomerRepository(s).is_deleted(customer["id"]) is not None
+            assert CustomerRepository(s).deleted_at(customer["id"]) is not None
     else:
         assert result.outcome is EventOutcome.IGNORED
         with sessions() as s:
@@ -580,13 +578,13 @@ def test_shuffled_duplicated_stream_ends_in_the_expected_state(
     assert outcomes[EventOutcome.IGNORED] == noise
     with sessions() as s:
         repo = CustomerRepository(s)
-        stored = {c.id: c.to_json() for c in repo.iter_all(batch_size=17)}
+        stored = {c.id: c.to_dict() for c in repo.iter_all(batch_size=17)}
         assert stored.keys() == stream.expected.keys()
         assert stored == stream.expected
         for customer_id in stream.deleted_ids | stream.noise_only_ids:
             assert repo.get(customer_id) is None
         for customer_id in stream.deleted_ids:
-            assert repo.is_deleted(customer_id) is not None
+            assert repo.deleted_at(customer_id) is not None
         assert stream.source_id_answers_of(repo) == stream.source_id_answers
         counts = count_events(s)
     assert counts["applied"] + counts["stale"] + counts["ignored"] == len(stream.events)

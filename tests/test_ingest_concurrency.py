@@ -27,11 +27,11 @@ from models import Base, EventOutcome, WebhookEventRow
 from repository import (
     CustomerRepository,
     IngestResult,
-    count_events,
     ingest_delivery,
     make_engine,
     make_session_factory,
 )
+from repository.admin import count_events
 from tests.servers import cli_command
 from tests.webhook_streams import build_stream, envelope, iso
 
@@ -116,7 +116,7 @@ def _body(event_id: str, event_type: str, customer: dict[str, Any], created_at: 
 def _stored(sessions: sessionmaker[Session], customer_id: str) -> Any:
     with sessions() as s:
         found = CustomerRepository(s).get(customer_id)
-        return None if found is None else found.to_json()
+        return None if found is None else found.to_dict()
 
 
 _SUMMARY = re.compile(r"(\d+) (applied|stale|duplicate|ignored|rejected|malformed)")
@@ -156,10 +156,10 @@ def test_four_processes_ingesting_one_stream_end_in_the_expected_state(
 
     with sessions() as s:
         repo = CustomerRepository(s)
-        stored = {c.id: c.to_json() for c in repo.iter_all()}
+        stored = {c.id: c.to_dict() for c in repo.iter_all()}
         assert stored == stream.expected
         for customer_id in stream.deleted_ids:
-            assert repo.is_deleted(customer_id) is not None
+            assert repo.deleted_at(customer_id) is not None
         assert stream.source_id_answers_of(repo) == stream.source_id_answers
 
         rows = s.execute(select(WebhookEventRow.event_id, WebhookEventRow.deliveries)).all()
@@ -257,4 +257,4 @@ def test_a_deletion_racing_an_older_update_never_leaves_the_customer_alive(
             repo = CustomerRepository(s)
             for customer_id in ids:
                 assert repo.get(customer_id) is None, customer_id
-                assert repo.is_deleted(customer_id) is not None, customer_id
+                assert repo.deleted_at(customer_id) is not None, customer_id

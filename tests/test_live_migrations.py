@@ -39,13 +39,11 @@ from models.tables import CustomerRow, CustomerTombstoneRow
 from repository import (
     CustomerFilter,
     CustomerRepository,
-    import_records,
     ingest_delivery,
-    list_events,
     make_engine,
     make_session_factory,
-    read_records,
 )
+from repository.admin import import_records, list_events, read_records
 from repository.db.schema import alembic_config, current_revision, head_revision
 from repository.store.mapping import email_key, name_key
 from repository.store.queries import MAX_PAGE_SIZE
@@ -92,7 +90,7 @@ class Snapshot:
 def snapshot(engine: Engine) -> Snapshot:
     with Session(engine) as session:
         customers = [
-            json.dumps(c.to_json(), ensure_ascii=False, separators=(",", ":"))
+            json.dumps(c.to_dict(), ensure_ascii=False, separators=(",", ":"))
             for c in CustomerRepository(session).iter_all()
         ]
         # Only the columns every revision since 0002 has.
@@ -423,7 +421,7 @@ def assert_found_by_folded_email_and_name(engine: Engine) -> None:
     """Every customer is found by its email in other cases and by its name as a prefix."""
     with Session(engine) as session:
         repo = CustomerRepository(session)
-        customers = [c.to_json() for c in repo.iter_all()]
+        customers = [c.to_dict() for c in repo.iter_all()]
         assert customers
         for customer in customers[::7]:
             email = customer.get("email")

@@ -19,17 +19,15 @@ from models import parse_customer
 from repository import (
     CustomerFilter,
     CustomerRepository,
-    VoucherifyClient,
-    import_records,
     ingest_delivery,
     make_engine,
     make_session_factory,
-    read_records,
-    sync_customers,
 )
+from repository.admin import import_records, read_records
 from repository.db.schema import alembic_config
 from repository.store.mapping import FOLD_LIMIT, campaign_key
 from repository.store.queries import InvalidArgument
+from repository.voucherify import VoucherifyClient, mirror_customers
 from repository.voucherify.list_semantics import list_customers, parse_list_query
 from tests.test_cli import cli
 from tests.voucherify_api import FakeVoucherify, make_customers
@@ -87,7 +85,7 @@ def sessions(engine: Engine, session: Session) -> sessionmaker[Session]:
 def stored_json(sessions: sessionmaker[Session], customer_id: str) -> Any:
     with sessions() as session:
         found = CustomerRepository(session).get(customer_id)
-        return None if found is None else found.to_json()
+        return None if found is None else found.to_dict()
 
 
 def assert_found_by_every_search(sessions: sessionmaker[Session], raw: dict[str, Any]) -> None:
@@ -132,9 +130,9 @@ def test_indexed_fields_past_the_old_500_character_cap_are_accepted(path: tuple[
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-    assert parse_customer(raw).to_json() == raw
+    assert parse_customer(raw).to_dict() == raw
     long_key = {"id": "cust_cap", "loyalty": {"campaigns": {value: {"points": 1}}}}
-    assert parse_customer(long_key).to_json() == long_key
+    assert parse_customer(long_key).to_dict() == long_key
 
 
 # --- every way in -----------------------------------------------------------------------
@@ -176,7 +174,7 @@ def test_a_long_customer_in_a_listing_is_synced_exactly_with_the_customers_after
     with FakeVoucherify(app_id="app", app_token="token") as fake:
         fake.put_many([raw, *others])
         with VoucherifyClient(app_id="app", app_token="token", api_url=fake.url) as client:
-            report = sync_customers(sessions, client)
+            report = mirror_customers(sessions, client)
     assert report.complete and (report.applied, report.rejected) == (150, 0)
     assert stored_json(sessions, raw["id"]) == raw
     assert all(stored_json(sessions, c["id"]) == c for c in others)

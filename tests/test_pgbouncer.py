@@ -30,19 +30,21 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from repository import (
-    POOLER_HINT,
     AsyncCustomerRepository,
     CustomerFilter,
     CustomerRepository,
     UpsertOutcome,
+    make_async_engine,
+    make_async_session_factory,
+    make_engine,
+)
+from repository.admin import (
+    POOLER_HINT,
     behind_pooler,
     current_revision,
     first_line,
     head_revision,
     is_pooler_clash,
-    make_async_engine,
-    make_async_session_factory,
-    make_engine,
     upgrade_to_head,
 )
 from tests.pgbouncer import PgBouncer
@@ -101,7 +103,7 @@ def stored_state(url: str) -> list[dict[str, Any]]:
     engine = make_engine(url)
     try:
         with Session(engine) as session:
-            return [customer.to_json() for customer in CustomerRepository(session).iter_all()]
+            return [customer.to_dict() for customer in CustomerRepository(session).iter_all()]
     finally:
         engine.dispose()
 
@@ -295,9 +297,9 @@ class Workload:
         problems = []
         if outcomes[0] is not UpsertOutcome.APPLIED:
             problems.append(f"{own['id']}: {outcomes[0]}")
-        if got is None or got.to_json() != own:
-            problems.append(f"{own['id']} read back as {got and got.to_json()}")
-        if got_shared is None or got_shared.to_json()["updated_at"] < shared["updated_at"]:
+        if got is None or got.to_dict() != own:
+            problems.append(f"{own['id']} read back as {got and got.to_dict()}")
+        if got_shared is None or got_shared.to_dict()["updated_at"] < shared["updated_at"]:
             problems.append(f"{shared['id']} read back older than {shared['updated_at']}")
         if problems:
             with self._lock:
@@ -491,7 +493,7 @@ def test_serve_receives_webhooks_and_serves_reads_through_pgbouncer_with_the_fla
     engine = make_engine(migrated.direct)
     try:
         with Session(engine) as session:
-            assert CustomerRepository(session).is_deleted(SHARED[0]) == T0 + timedelta(seconds=10)
+            assert CustomerRepository(session).deleted_at(SHARED[0]) == T0 + timedelta(seconds=10)
     finally:
         engine.dispose()
 

@@ -226,13 +226,13 @@ def test_the_repository_works_as_the_app_role(app_role: AppRole) -> None:
             session.commit()
             stored = repo.get(customer["id"])
             assert stored is not None
-            assert stored.to_json() == parse_customer(customer).to_json()
+            assert stored.to_dict() == parse_customer(customer).to_dict()
             page = repo.find(CustomerFilter(email=customer.get("email")), limit=10)
             assert customer["id"] in [c.id for c in page.customers]
             assert repo.delete(customer["id"], deleted_at=datetime.now(UTC))
             session.commit()
             assert repo.get(customer["id"]) is None
-            assert repo.is_deleted(customer["id"]) is not None
+            assert repo.deleted_at(customer["id"]) is not None
     finally:
         engine.dispose()
 
@@ -286,7 +286,7 @@ def test_serve_as_the_app_role_stores_a_signed_delivery(app_role: AppRole, tmp_p
     owner = make_engine(app_role.owner_url)
     with Session(owner) as session:
         stored = CustomerRepository(session).get(customer["id"])
-        assert stored is not None and stored.to_json() == parse_customer(customer).to_json()
+        assert stored is not None and stored.to_dict() == parse_customer(customer).to_dict()
     owner.dispose()
 
 

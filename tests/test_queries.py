@@ -201,7 +201,7 @@ def test_pages_return_the_whole_customers(stored: Engine) -> None:
         page = CustomerRepository(session).find(CustomerFilter(source_id="src-5"), limit=50)
     assert page.customers
     for customer in page.customers:
-        assert customer.to_json() == by_id[customer.id]
+        assert customer.to_dict() == by_id[customer.id]
 
 
 def test_a_page_is_one_statement_whatever_the_filters(stored: Engine) -> None:
@@ -346,7 +346,7 @@ def test_the_folded_keys_follow_every_write_and_stay_out_of_the_json(
     assert _ids(repo.find(CustomerFilter(email="ωMEGA@x.gr"))) == ["cust_fold"]
     assert _ids(repo.find(CustomerFilter(name_prefix=""))) == []
     stored = repo.get("cust_fold")
-    assert stored is not None and stored.to_json() == renamed
+    assert stored is not None and stored.to_dict() == renamed
     assert session.scalars(select(CustomerRow.name_folded)).all() == [None]
 
 

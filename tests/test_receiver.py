@@ -30,7 +30,8 @@ from customer_store.web import DEFAULT_MAX_BODY_BYTES
 from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
 from models.signature import sign
-from repository import CustomerRepository, list_events, make_engine
+from repository import CustomerRepository, make_engine
+from repository.admin import list_events
 from repository.db.schema import upgrade_to_head
 from tests.conftest import alter_database
 from tests.servers import (
@@ -150,11 +151,11 @@ class Store:
     def customer_json(self, customer_id: str) -> Any:
         with Session(self.engine) as session:
             customer = CustomerRepository(session).get(customer_id)
-            return None if customer is None else customer.to_json()
+            return None if customer is None else customer.to_dict()
 
-    def is_deleted(self, customer_id: str) -> bool:
+    def deleted_at(self, customer_id: str) -> bool:
         with Session(self.engine) as session:
-            return CustomerRepository(session).is_deleted(customer_id) is not None
+            return CustomerRepository(session).deleted_at(customer_id) is not None
 
     def customer_count(self) -> int:
         with Session(self.engine) as session:
@@ -538,7 +539,7 @@ class TestReceiver:
                 continue
             assert customer_id is not None, name
             if event_type == "customer.deleted":
-                assert store.is_deleted(customer_id), name
+                assert store.deleted_at(customer_id), name
                 assert store.customer_json(customer_id) is None, name
             else:
                 assert store.customer_json(customer_id) == customer, name

@@ -37,9 +37,6 @@ from customer_store.metrics import ReceiverMetrics
 from customer_store.web import create_app
 from models.signature import SIGNATURE_HEADER, sign
 from repository import (
-    SyncState,
-    alembic_config,
-    head_revision,
     make_async_engine,
     make_async_session_factory,
     make_engine,
@@ -47,9 +44,11 @@ from repository import (
     run_in_transaction,
     run_in_transaction_async,
 )
+from repository.admin import alembic_config, head_revision
 from repository.db.schema import upgrade_to_head
 from repository.db.tables import events
-from repository.voucherify.mirror_state import save_sync_state
+from repository.voucherify import MirrorState
+from repository.voucherify.mirror_state import save_mirror_state
 from tests.conftest import load_example_customers
 from tests.servers import WEBHOOK_PATH, child_env, post, running_server
 from tests.test_secrets import cli
@@ -145,7 +144,7 @@ def test_metrics_count_deliveries_by_outcome_and_read_the_store(
     sqlite_url: str, client_for: Any
 ) -> None:
     with make_session_factory(make_engine(sqlite_url)).begin() as session:
-        save_sync_state(session, SyncState(
+        save_mirror_state(session, MirrorState(
             api_url="https://api.voucherify.io",
             last_success_at=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
         ))

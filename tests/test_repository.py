@@ -67,7 +67,7 @@ def repo(api_repo: CustomerRepository) -> CustomerRepository:
 
 def _stored(repo: CustomerRepository, customer_id: str) -> dict[str, Any] | None:
     found = repo.get(customer_id)
-    return None if found is None else found.to_json()
+    return None if found is None else found.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_all_examples_stored_together_keep_the_newest_version_of_each_id(
         ):
             expected[payload["id"]] = payload
     repo.session.commit()
-    stored = [c.to_json() for c in repo.iter_all(batch_size=7)]
+    stored = [c.to_dict() for c in repo.iter_all(batch_size=7)]
     assert [c["id"] for c in stored] == sorted(expected)
     assert stored == [expected[i] for i in sorted(expected)]
 
@@ -224,7 +224,7 @@ def test_a_deleted_customer_is_not_brought_back_by_an_older_update(
     same_instant = _customer(updated_at="2024-03-01T00:00:00.000Z")
     assert repo.upsert(same_instant) is UpsertOutcome.STALE
     assert repo.get("cust_test0001") is None
-    assert repo.is_deleted("cust_test0001") == _at("2024-03-01T00:00:00Z")
+    assert repo.deleted_at("cust_test0001") == _at("2024-03-01T00:00:00Z")
 
 
 def test_a_deletion_before_the_creation_arrives_still_wins(repo: CustomerRepository) -> None:
@@ -241,7 +241,7 @@ def test_a_payload_newer_than_the_deletion_is_stored_and_clears_the_tombstone(
     payload = _customer()
     assert repo.upsert(payload) is UpsertOutcome.APPLIED
     assert _stored(repo, "cust_test0001") == payload
-    assert repo.is_deleted("cust_test0001") is None
+    assert repo.deleted_at("cust_test0001") is None
 
 
 def test_deleting_removes_every_child_row(repo: CustomerRepository) -> None:
@@ -256,7 +256,7 @@ def test_an_earlier_deletion_does_not_move_the_tombstone_back(repo: CustomerRepo
     repo.delete("cust_test0001", deleted_at=_at("2024-03-01T00:00:00Z"))
     earlier = repo.delete("cust_test0001", deleted_at=_at("2024-01-01T00:00:00Z"))
     assert earlier is DeleteOutcome.STALE
-    assert repo.is_deleted("cust_test0001") == _at("2024-03-01T00:00:00Z")
+    assert repo.deleted_at("cust_test0001") == _at("2024-03-01T00:00:00Z")
 
 
 def test_delete_refuses_a_naive_time(repo: CustomerRepository) -> None:
@@ -321,7 +321,7 @@ def test_get_json_by_source_id_answers_the_newest_live_holder_like_get_by_source
     newest = repo.get_by_source_id("jane@example.com")
     assert newest is not None and newest.id == "cust_new"
     text = repo.get_json_by_source_id("jane@example.com")
-    assert text is not None and json.loads(text) == newest.to_json()
+    assert text is not None and json.loads(text) == newest.to_dict()
 
 
 def test_a_reader_on_an_engine_reads_every_example_as_the_repository_does(
@@ -364,7 +364,7 @@ def test_a_reader_sees_each_commit_and_leaves_its_engine_transactional(
     assert reader.get("cust_test0001") is None  # not committed yet
     session.commit()
     found = reader.get("cust_test0001")
-    assert found is not None and found.to_json() == _customer()
+    assert found is not None and found.to_dict() == _customer()
     # The engine's own connections still run transactions after the reader's checkouts.
     for _ in range(3):
         reader.get_json("cust_test0001")
@@ -412,7 +412,7 @@ def test_a_reader_shows_its_statements_to_listeners_added_after_it_was_made(
     assert reader.get("cust_test0001") is not None
     event.listen(read_only, "before_cursor_execute", record)
     found = reader.get("cust_test0001")
-    assert found is not None and found.to_json() == _customer()
+    assert found is not None and found.to_dict() == _customer()
     assert len(seen) == 1 and "customers" in seen[0]
 
 
@@ -482,6 +482,33 @@ def test_iter_all_streams_every_customer_in_id_order(repo: CustomerRepository) -
     assert streamed == sorted(ids, key=lambda s: s.encode("utf-8"))
 
 
+def test_to_dict_gives_the_json_values_and_to_json_is_its_deprecated_alias() -> None:
+    customer = parse_customer(_customer(metadata={"n": 1}))
+    assert customer.to_dict() == _customer(metadata={"n": 1})
+    with pytest.warns(DeprecationWarning, match=r"Customer\.to_json\(\) is deprecated.*to_dict"):
+        assert customer.to_json() == customer.to_dict()
+
+
+def test_deleted_at_tells_when_and_is_deleted_is_its_deprecated_alias(
+    repo: CustomerRepository,
+) -> None:
+    at = _at("2024-05-01T10:00:00Z")
+    repo.delete("cust_gone", deleted_at=at)
+    assert repo.deleted_at("cust_gone") == at
+    assert repo.deleted_at("cust_never_seen") is None
+    with pytest.warns(DeprecationWarning, match=r"is_deleted\(\) is deprecated.*deleted_at"):
+        assert repo.is_deleted("cust_gone") == at
+
+
+def test_a_page_size_below_one_is_refused_by_the_name_the_caller_passed(
+    repo: CustomerRepository, session: Session
+) -> None:
+    with pytest.raises(ValueError, match=r"^limit must be at least 1, got 0$"):
+        CustomerRepository(session).page_after(None, limit=0)
+    with pytest.raises(ValueError, match=r"^batch_size must be at least 1, got 0$"):
+        next(iter(repo.iter_all(batch_size=0)))
+
+
 def test_get_costs_the_same_statements_for_one_campaign_and_for_sixty(
     repo: CustomerRepository,
 ) -> None:
@@ -507,10 +534,10 @@ def test_get_costs_the_same_statements_for_one_campaign_and_for_sixty(
 
     event.listen(engine, "before_cursor_execute", count)
     try:
-        assert repo.get("cust_small").to_json() == small  # type: ignore[union-attr]
+        assert repo.get("cust_small").to_dict() == small  # type: ignore[union-attr]
         small_count = len(statements)
         statements.clear()
-        assert repo.get("cust_large").to_json() == large  # type: ignore[union-attr]
+        assert repo.get("cust_large").to_dict() == large  # type: ignore[union-attr]
         large_count = len(statements)
     finally:
         event.remove(engine, "before_cursor_execute", count)
@@ -605,5 +632,5 @@ def test_a_batch_of_new_stored_and_deleted_customers_applies_each_as_upsert_woul
         assert _stored(repo, expected["id"]) == expected
     assert _stored(repo, "cust_stored_newer") == stored_newer
     assert _stored(repo, "cust_deleted_late") is None
-    assert repo.is_deleted("cust_deleted_early") is None
-    assert repo.is_deleted("cust_deleted_late") == _at("2024-09-01T00:00:00.000Z")
+    assert repo.deleted_at("cust_deleted_early") is None
+    assert repo.deleted_at("cust_deleted_late") == _at("2024-09-01T00:00:00.000Z")

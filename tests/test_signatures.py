@@ -176,7 +176,7 @@ class Receiving:
     def customer_json(self, customer_id: str) -> Any:
         with Session(self.engine) as session:
             customer = CustomerRepository(session).get(customer_id)
-            return None if customer is None else customer.to_json()
+            return None if customer is None else customer.to_dict()
 
 
 @pytest.fixture(scope="class", params=["sqlite", "postgresql"])

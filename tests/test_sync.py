@@ -17,20 +17,19 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from repository import (
+from repository import CustomerRepository, make_session_factory
+from repository.admin.erasure import forget_customer
+from repository.db.tables import tombstones
+from repository.voucherify import (
     ApiUnavailable,
     AuthenticationFailed,
     BudgetExhausted,
-    CustomerRepository,
+    MirrorReport,
     SweepRefused,
-    SyncReport,
     VoucherifyClient,
-    make_session_factory,
-    sync_customers,
+    mirror_customers,
 )
-from repository.admin.erasure import forget_customer
-from repository.db.tables import tombstones
-from repository.voucherify.mirror_state import load_sync_state
+from repository.voucherify.mirror_state import load_mirror_state
 from tests.voucherify_api import FakeVoucherify, make_customers
 
 APP_ID, APP_TOKEN = "app-id", "app-token"
@@ -57,17 +56,17 @@ def many_customers() -> list[dict[str, Any]]:
 
 def sync(
     sessions: sessionmaker[Session], fake: FakeVoucherify, **options: Any
-) -> SyncReport:
+) -> MirrorReport:
     client_options = {k: options.pop(k) for k in ("max_requests", "reserve") if k in options}
     with VoucherifyClient(
         app_id=APP_ID, app_token=APP_TOKEN, api_url=fake.url, **client_options
     ) as client:
-        return sync_customers(sessions, client, **options)
+        return mirror_customers(sessions, client, **options)
 
 
 def stored(sessions: sessionmaker[Session]) -> dict[str, Any]:
     with sessions() as session:
-        return {c.id: c.to_json() for c in CustomerRepository(session).iter_all()}
+        return {c.id: c.to_dict() for c in CustomerRepository(session).iter_all()}
 
 
 def listed(fake: FakeVoucherify) -> dict[str, Any]:
@@ -151,7 +150,7 @@ def test_a_full_sync_deletes_customers_voucherify_no_longer_lists_but_keeps_newe
     assert stored(sessions) == {**listed(fake), fresh["id"]: fresh}
     with sessions() as session:
         repo = CustomerRepository(session)
-        assert all(repo.is_deleted(customer_id) is not None for customer_id in gone)
+        assert all(repo.deleted_at(customer_id) is not None for customer_id in gone)
     assert not sync(sessions, fake, full=True, dry_run=True).drifted
 
 
@@ -190,7 +189,7 @@ def test_refused_keys_stop_at_once_and_store_nothing(
     fake.put_many(make_customers(20, seed=1))
     with VoucherifyClient(app_id=APP_ID, app_token="wrong", api_url=fake.url) as client:
         with pytest.raises(AuthenticationFailed, match="VOUCHERIFY_APP_TOKEN"):
-            sync_customers(sessions, client)
+            mirror_customers(sessions, client)
         assert client.requests == 1
     assert stored(sessions) == {}
 
@@ -361,14 +360,14 @@ def test_a_listing_that_ends_early_keeps_the_checkpoint_where_it_was(
     fake.put_many(make_customers(40, seed=62))
     sync(sessions, fake)
     with sessions() as session:
-        checkpoint = load_sync_state(session, fake.url)
+        checkpoint = load_mirror_state(session, fake.url)
     # Created after that run.
     fake.put_many(make_customers(110, start=datetime.now(UTC) + timedelta(seconds=2), seed=69))
     fake.list_fault = "end_early"
     with pytest.raises(SweepRefused, match="total of 150"):
         sync(sessions, fake, full=True)
     with sessions() as session:
-        after = load_sync_state(session, fake.url)
+        after = load_mirror_state(session, fake.url)
     assert checkpoint is not None and after is not None
     assert (after.created_cursor, after.listing_started_at) == (checkpoint.created_cursor, None)
     # The customers after the early end are found by the next run, not skipped.
@@ -484,7 +483,7 @@ def test_an_unchanged_overlap_is_no_repair(
     assert (report.applied, report.stale, report.repaired) == (0, 0, 0)
     assert report.unchanged == report.listed
     with sessions() as session:
-        state = load_sync_state(session, fake.url)
+        state = load_mirror_state(session, fake.url)
     assert state is not None and state.last_repaired == 0
     fake.update(customers[9]["id"], at=later(now(), seconds=1), name="Changed")
     report = sync(sessions, fake, overlap=timedelta(days=3650))

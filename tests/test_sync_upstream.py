@@ -25,16 +25,15 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from repository import (
+from repository import CustomerRepository, make_session_factory
+from repository.voucherify import (
     ApiUnavailable,
     AuthenticationFailed,
-    CustomerRepository,
     VoucherifyClient,
-    make_session_factory,
-    sync_customers,
-    sync_states,
+    mirror_customers,
+    mirror_states,
 )
-from repository.voucherify.mirror_state import save_sync_state
+from repository.voucherify.mirror_state import save_mirror_state
 from tests.servers import Reply, child_env, cli_command, free_port, request, serve_command, stop
 from tests.voucherify_api import FakeVoucherify, format_instant, make_customers
 
@@ -160,14 +159,14 @@ def upstream(fake: FakeVoucherify) -> Iterator[Upstream]:
 
 def stored(sessions: sessionmaker[Session]) -> dict[str, Any]:
     with sessions() as session:
-        return {c.id: c.to_json() for c in CustomerRepository(session).iter_all()}
+        return {c.id: c.to_dict() for c in CustomerRepository(session).iter_all()}
 
 
 def listed(fake: FakeVoucherify) -> dict[str, Any]:
     return {c["id"]: c for c in fake.customers()}
 
 
-def sync_cli(
+def mirror_cli(
     database_url: str, api_url: str, *args: str, env: Mapping[str, str] | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
@@ -203,7 +202,7 @@ def test_a_trickling_answer_is_cut_at_the_deadline_and_retried_without_losing_an
 ) -> None:
     upstream.stall, upstream.stall_headers = 1, where == "headers"
     started = time.monotonic()
-    result = sync_cli(database_url, upstream.url, "--timeout", "1.5")
+    result = mirror_cli(database_url, upstream.url, "--timeout", "1.5")
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert_told_in_one_line(result)
@@ -219,7 +218,7 @@ def test_an_upstream_that_always_stalls_ends_the_run_and_the_next_run_goes_on(
 ) -> None:
     with VoucherifyClient(app_id=APP_ID, app_token=APP_TOKEN, api_url=upstream.url,
                           timeout=0.5, attempts=2, max_requests=2) as client:
-        sync_customers(sessions, client)  # two pages, then stopped by max_requests
+        mirror_customers(sessions, client)  # two pages, then stopped by max_requests
     kept = stored(sessions)
     assert 190 <= len(kept) <= 200  # the second page re-reads the first one's last tie
     upstream.stall = -1
@@ -229,12 +228,12 @@ def test_an_upstream_that_always_stalls_ends_the_run_and_the_next_run_goes_on(
                          timeout=0.5, attempts=2) as client,
         pytest.raises(ApiUnavailable, match=r"no complete answer within 0\.5 s"),
     ):
-        sync_customers(sessions, client)
+        mirror_customers(sessions, client)
     assert time.monotonic() - started < 5
     assert stored(sessions) == kept
     upstream.stall = 0
     with VoucherifyClient(app_id=APP_ID, app_token=APP_TOKEN, api_url=upstream.url) as client:
-        assert sync_customers(sessions, client).complete
+        assert mirror_customers(sessions, client).complete
     assert stored(sessions) == listed(fake)
 
 
@@ -256,7 +255,7 @@ def test_a_proxy_named_by_the_environment_is_used_under_the_same_deadline(
 
 def test_the_timeout_option_is_checked(upstream: Upstream, tmp_path: Path) -> None:
     for wrong in ("0", "nan", "soon"):
-        result = sync_cli(f"sqlite:///{tmp_path}/none.db", upstream.url, "--timeout", wrong)
+        result = mirror_cli(f"sqlite:///{tmp_path}/none.db", upstream.url, "--timeout", wrong)
         assert result.returncode == 2
         assert "--timeout" in assert_told_in_one_line(result)
     assert upstream.requests == 0
@@ -270,17 +269,17 @@ def test_a_date_in_the_future_does_not_become_the_checkpoint(
     upstream: Upstream,
 ) -> None:
     upstream.date = "Tue, 14 Mar 2079 09:26:53 GMT"
-    first = sync_cli(database_url, upstream.url)
+    first = mirror_cli(database_url, upstream.url)
     assert first.returncode == 0, first.stderr
     with sessions() as session:
-        (state,) = sync_states(session)
+        (state,) = mirror_states(session)
     assert state.created_cursor is not None
     assert as_utc(state.created_cursor) <= datetime.now(UTC)
     # A customer created after the first run is found by the next, incremental one.
     arrival = {**make_customers(1, seed=4242)[0], "id": "cust_ArrivedAfterTheFirstRun7",
                "created_at": format_instant(datetime.now(UTC)), "updated_at": None}
     fake.put(arrival)
-    second = sync_cli(database_url, upstream.url)
+    second = mirror_cli(database_url, upstream.url)
     assert second.returncode == 0, second.stderr
     assert "1 applied" in second.stdout
     assert stored(sessions) == listed(fake)
@@ -288,7 +287,7 @@ def test_a_date_in_the_future_does_not_become_the_checkpoint(
 
 def _sync_once(sessions: sessionmaker[Session], fake: FakeVoucherify) -> Any:
     with VoucherifyClient(app_id=APP_ID, app_token=APP_TOKEN, api_url=fake.url) as client:
-        return sync_customers(sessions, client)
+        return mirror_customers(sessions, client)
 
 
 def test_a_customer_stamped_in_the_future_does_not_become_the_checkpoint(
@@ -302,7 +301,7 @@ def test_a_customer_stamped_in_the_future_does_not_become_the_checkpoint(
     report = _sync_once(sessions, fake)
     assert (report.mode, report.applied) == ("incremental", 1)
     with sessions() as session:
-        (state,) = sync_states(session)
+        (state,) = mirror_states(session)
     for cursor in (state.created_cursor, state.updated_cursor):
         assert cursor is not None and as_utc(cursor) <= datetime.now(UTC)
     # A customer changed afterwards (found only by its updated_at) is not skipped.
@@ -319,9 +318,9 @@ def test_a_checkpoint_already_in_the_future_is_not_gone_on_from(
 ) -> None:
     _sync_once(sessions, fake)
     with sessions() as session, session.begin():
-        (state,) = sync_states(session)
+        (state,) = mirror_states(session)
         state.created_cursor = state.updated_cursor = datetime(2290, 1, 1, tzinfo=UTC)
-        save_sync_state(session, state)
+        save_mirror_state(session, state)
     changed = {**next(iter(listed(fake).values())), "name": "Changed Under A Bad Checkpoint",
                "updated_at": format_instant(datetime.now(UTC))}
     fake.put(changed)
@@ -329,7 +328,7 @@ def test_a_checkpoint_already_in_the_future_is_not_gone_on_from(
     assert report.mode == "backfill"  # listed again from the start, as a first run is
     assert stored(sessions) == listed(fake)
     with sessions() as session:
-        (state,) = sync_states(session)
+        (state,) = mirror_states(session)
     assert state.updated_cursor is not None and as_utc(state.updated_cursor) <= datetime.now(UTC)
 
 
@@ -359,7 +358,7 @@ def test_absurd_rate_limit_headers_are_ignored_or_clamped(
     upstream: Upstream, case: str,
 ) -> None:
     upstream.headers, upstream.once = ABSURD[case][0], list(ABSURD[case][1])
-    result = sync_cli(database_url, upstream.url, timeout=30)
+    result = mirror_cli(database_url, upstream.url, timeout=30)
     assert result.returncode == 0, result.stderr
     assert_told_in_one_line(result)
     assert stored(sessions) == listed(fake)
@@ -390,13 +389,13 @@ def test_a_rate_limit_window_renewing_after_the_cap_stops_the_run_cleanly(
     upstream.once = [(None, {"X-Rate-Limit-Remaining": "0",
                              "X-Rate-Limit-Retry": str(renews)})]
     started = time.monotonic()
-    stopped = sync_cli(database_url, upstream.url)
+    stopped = mirror_cli(database_url, upstream.url)
     assert time.monotonic() - started < 20
     assert stopped.returncode == 0, stopped.stderr
     last = assert_told_in_one_line(stopped)
     assert "rate-limit window renews at" in last and last.endswith("run sync again to go on")
     assert len(stored(sessions)) == 100
-    rest = sync_cli(database_url, upstream.url)
+    rest = mirror_cli(database_url, upstream.url)
     assert rest.returncode == 0, rest.stderr
     assert stored(sessions) == listed(fake)
 
@@ -410,7 +409,7 @@ def test_keys_read_from_files_with_a_trailing_newline_are_used_stripped(
 ) -> None:
     (tmp_path / "app-id").write_text(f"  {APP_ID}\t\n", encoding="utf-8")
     (tmp_path / "app-token").write_text(f"{APP_TOKEN}\r\n", encoding="utf-8")
-    result = sync_cli(
+    result = mirror_cli(
         database_url, upstream.url, env={
             "VOUCHERIFY_APP_ID": (tmp_path / "app-id").read_text(encoding="utf-8"),
             "VOUCHERIFY_APP_TOKEN": (tmp_path / "app-token").read_text(encoding="utf-8"),
@@ -434,7 +433,7 @@ def test_an_unusable_key_names_its_variable_but_not_its_value(
     sessions: sessionmaker[Session], database_url: str, upstream: Upstream, case: str
 ) -> None:
     variable, value = UNUSABLE[case]
-    result = sync_cli(database_url, upstream.url, env={variable: value})
+    result = mirror_cli(database_url, upstream.url, env={variable: value})
     assert result.returncode == 2
     message = assert_told_in_one_line(result, value)
     assert result.stderr.strip() == message and variable in message

@@ -26,12 +26,11 @@ from repository import (
     CustomerFilter,
     CustomerRepository,
     ingest_delivery,
-    list_events,
     make_async_engine,
     make_engine,
     make_session_factory,
-    upgrade_to_head,
 )
+from repository.admin import list_events, upgrade_to_head
 from tests.conftest import alter_database
 from tests.webhook_streams import envelope
 
@@ -96,17 +95,17 @@ def test_customers_read_back_byte_for_byte_in_a_far_time_zone(far_url: str) -> N
             for payload in expected:
                 got = repo.get(payload["id"])
                 assert got is not None
-                assert json.dumps(got.to_json(), sort_keys=True) == json.dumps(
+                assert json.dumps(got.to_dict(), sort_keys=True) == json.dumps(
                     payload, sort_keys=True
                 )
-            streamed = [json.dumps(c.to_json(), sort_keys=True)
+            streamed = [json.dumps(c.to_dict(), sort_keys=True)
                         for c in repo.iter_all(batch_size=2)]
             assert streamed == expected_text
             page = repo.find(CustomerFilter(updated_from=datetime(9999, 12, 31, tzinfo=UTC)))
             assert [c.id for c in page.customers] == ["cust_tz_bulk", "cust_tz_edges",
                                                        "cust_tz_last"]
             found = repo.find(CustomerFilter(updated_before=datetime(2, 1, 1, tzinfo=UTC)))
-            assert [json.dumps(c.to_json(), sort_keys=True) for c in found.customers] == [
+            assert [json.dumps(c.to_dict(), sort_keys=True) for c in found.customers] == [
                 json.dumps(CUSTOMERS[1], sort_keys=True)
             ]
     finally:
@@ -122,7 +121,7 @@ def test_customers_read_back_byte_for_byte_in_a_far_time_zone(far_url: str) -> N
             await async_engine.dispose()
 
     read_back = asyncio.run(read_async())
-    assert [c.to_json() if c else None for c in read_back] == CUSTOMERS
+    assert [c.to_dict() if c else None for c in read_back] == CUSTOMERS
 
 
 def test_event_times_and_tombstones_are_right_in_a_far_time_zone(far_url: str) -> None:
@@ -143,13 +142,13 @@ def test_event_times_and_tombstones_are_right_in_a_far_time_zone(far_url: str) -
         with Session(engine) as session:
             repo = CustomerRepository(session)
             assert repo.get("cust_tz_gone") is None
-            assert repo.is_deleted("cust_tz_gone") == datetime(
+            assert repo.deleted_at("cust_tz_gone") == datetime(
                 9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC
             )
             early = datetime(1, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
             repo.delete("cust_tz_early", deleted_at=early)
             session.commit()
-            assert repo.is_deleted("cust_tz_early") == early
+            assert repo.deleted_at("cust_tz_early") == early
             rows = {row.event_id: row for row in list_events(session)}
         assert {event_id: (r.event_created_at, r.first_received_at, r.last_received_at)
                 for event_id, r in rows.items()} == {

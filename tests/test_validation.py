@@ -380,8 +380,8 @@ def stored(repo: CustomerRepository) -> dict[str, list[tuple[Any, ...]]]:
 def _assert_unchanged(session: Session, rows_before: dict[str, list[tuple[Any, ...]]]) -> None:
     repo = CustomerRepository(session)
     same, other = repo.get(SAME_ID), repo.get(OTHER_ID)
-    assert same is not None and same.to_json() == STORED_SAME
-    assert other is not None and other.to_json() == STORED_OTHER
+    assert same is not None and same.to_dict() == STORED_SAME
+    assert other is not None and other.to_dict() == STORED_OTHER
     assert repo.count() == 2
     assert _all_rows(session) == rows_before
 
@@ -486,4 +486,4 @@ def test_values_just_inside_the_limits_are_stored_as_sent(
 
     stored = repo.get(payload["id"])
     assert stored is not None
-    assert stored.to_json() == payload
+    assert stored.to_dict() == payload

@@ -112,7 +112,7 @@ def forget_customer(
     repo = CustomerRepository(session)
     stored = repo.get(customer_id)
     if stored is not None:
-        identifiers.learn(stored.to_json())
+        identifiers.learn(stored.to_dict())
     for (body,) in session.execute(
         select(events.c.body).where(events.c.customer_id == customer_id)
     ):

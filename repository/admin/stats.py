@@ -16,7 +16,7 @@ from models.wire import format_datetime
 from repository.db.engine import dialect_of
 from repository.db.tables import customers, events, tombstones
 from repository.store import queries
-from repository.voucherify.mirror_state import sync_states
+from repository.voucherify.mirror_state import mirror_states
 from repository.webhooks.event_log import count_events
 
 __all__ = ["StoreStats", "estimate_customer_count", "last_applied_at", "store_stats"]
@@ -56,7 +56,7 @@ def store_stats(session: Session) -> StoreStats:
                 "last_repaired": state.last_repaired,
                 "listing_under_way": state.listing_started_at is not None,
             }
-            for state in sync_states(session)
+            for state in mirror_states(session)
         ],
     )
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-__all__ = ["keyset_pages"]
+__all__ = ["check_page_size", "keyset_pages"]
 
 K = TypeVar("K")
 T = TypeVar("T")
+
+
+def check_page_size(name: str, value: int) -> None:
+    """ValueError naming the caller's argument ``name`` unless ``value`` is at least 1."""
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def keyset_pages(
@@ -21,8 +27,7 @@ def keyset_pages(
     """Pages from ``fetch(after)`` (``None`` first, then ``key`` of the last item), until
     one comes back with fewer than ``size`` items. ``fetch`` must order by the key and
     return at most ``size`` items."""
-    if size < 1:
-        raise ValueError("the page size must be at least 1")
+    check_page_size("size", size)
     after: K | None = None
     while True:
         page = fetch(after)

@@ -10,7 +10,7 @@ from typing import cast
 from sqlalchemy import Table
 
 from models.events import WebhookEventRow
-from models.sync import SyncListedRow, SyncStateRow
+from models.mirror import MirrorListedRow, MirrorStateRow
 from models.tables import (
     CustomerAddressRow,
     CustomerRow,
@@ -25,9 +25,9 @@ __all__ = [
     "child_tables",
     "customers",
     "events",
+    "mirror_listed_table",
+    "mirror_state_table",
     "referrals",
-    "sync_listed",
-    "sync_state",
     "tombstones",
 ]
 
@@ -37,8 +37,8 @@ campaigns = cast(Table, LoyaltyCampaignRow.__table__)
 referrals = cast(Table, ReferralEntryRow.__table__)
 tombstones = cast(Table, CustomerTombstoneRow.__table__)
 events = cast(Table, WebhookEventRow.__table__)
-sync_state = cast(Table, SyncStateRow.__table__)
-sync_listed = cast(Table, SyncListedRow.__table__)
+mirror_state_table = cast(Table, MirrorStateRow.__table__)
+mirror_listed_table = cast(Table, MirrorListedRow.__table__)
 
 #: A customer's child tables, in the order their rows are written and deleted.
 child_tables = (addresses, campaigns, referrals)

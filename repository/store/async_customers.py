@@ -23,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
+from models.deprecation import warn_renamed
 from models.validation import parse_customer
+from repository.db.keyset import check_page_size
 from repository.store.bulk import Laid, lay_out
 from repository.store.customers import (
     CustomerRepository,
@@ -98,9 +100,14 @@ class AsyncCustomerRepository:
         """See :meth:`CustomerRepository.get_by_source_id`."""
         return await self._run(CustomerRepository.get_by_source_id, source_id)
 
+    async def deleted_at(self, customer_id: str) -> datetime | None:
+        """See :meth:`CustomerRepository.deleted_at`."""
+        return await self._run(CustomerRepository.deleted_at, customer_id)
+
     async def is_deleted(self, customer_id: str) -> datetime | None:
-        """See :meth:`CustomerRepository.is_deleted`."""
-        return await self._run(CustomerRepository.is_deleted, customer_id)
+        """Deprecated: :meth:`deleted_at` (the name said a bool; it returns a datetime)."""
+        warn_renamed("AsyncCustomerRepository.is_deleted()", "deleted_at()")
+        return await self.deleted_at(customer_id)
 
     async def count(self, filters: CustomerFilter | None = None) -> int:
         """See :meth:`CustomerRepository.count`."""
@@ -118,6 +125,7 @@ class AsyncCustomerRepository:
 
     async def iter_all(self, *, batch_size: int = 500) -> AsyncIterator[Customer]:
         """See :meth:`CustomerRepository.iter_all`: a page per round trip, awaited."""
+        check_page_size("batch_size", batch_size)
         after: str | None = None
         while True:
             page = await self._run(CustomerRepository.page_after, after, limit=batch_size)

@@ -30,10 +30,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
 from models.customer import Customer
+from models.deprecation import warn_renamed
 from models.validation import parse_customer
 from repository.db.driver import fetch_first
 from repository.db.engine import dialect_of, native_insert
-from repository.db.keyset import keyset_pages
+from repository.db.keyset import check_page_size, keyset_pages
 from repository.db.locks import LOCK_STATEMENTS, lock_customers
 from repository.db.retry import read_in_session, retries_reads, run_read
 from repository.db.tables import customers, tombstones
@@ -199,7 +200,7 @@ class CustomerRepository(Lookups):
 
     # -- reads -----------------------------------------------------------------------
 
-    def is_deleted(self, customer_id: str) -> datetime | None:
+    def deleted_at(self, customer_id: str) -> datetime | None:
         """When the customer was deleted, if a tombstone says so."""
         def read() -> datetime | None:
             value: datetime | None = self.session.connection().scalar(
@@ -208,6 +209,11 @@ class CustomerRepository(Lookups):
             return value
 
         return self._read(read)
+
+    def is_deleted(self, customer_id: str) -> datetime | None:
+        """Deprecated: :meth:`deleted_at` (the name said a bool; it returns a datetime)."""
+        warn_renamed("CustomerRepository.is_deleted()", "deleted_at()")
+        return self.deleted_at(customer_id)
 
     def count(self, filters: CustomerFilter | None = None) -> int:
         """How many stored customers match ``filters`` (all of them without)."""
@@ -231,6 +237,7 @@ class CustomerRepository(Lookups):
         Pages follow the primary key (keyset pagination), so late pages cost what the
         first one does and rows written meanwhile are seen at most once.
         """
+        check_page_size("batch_size", batch_size)
         pages = keyset_pages(
             partial(self.page_after, limit=batch_size), attrgetter("id"), size=batch_size
         )
@@ -240,8 +247,7 @@ class CustomerRepository(Lookups):
     def page_after(self, after: str | None, *, limit: int) -> list[Customer]:
         """Up to ``limit`` customers ordered by id, after the id ``after`` (from the first
         without): one keyset page, one statement."""
-        if limit < 1:
-            raise ValueError("batch_size must be at least 1")
+        check_page_size("limit", limit)
         condition = customers.c.id > after if after is not None else None
         return self._read(partial(self._load, condition, limit=limit))
 
@@ -322,6 +328,7 @@ def iter_customers(sessions: sessionmaker[Session], *, batch_size: int = 500) ->
     """:meth:`CustomerRepository.iter_all` with each page read on a session of its own
     (:func:`~repository.db.retry.read_in_session`): a page that meets a lost connection is
     read again on a new one, and a long walk holds no connection between pages."""
+    check_page_size("batch_size", batch_size)
 
     def page(after: str | None) -> list[Customer]:
         return read_in_session(

@@ -60,7 +60,7 @@ class Lookups:
         return self.get(customer_id)
 
     def get_json(self, customer_id: str, *, or_source_id: bool = False) -> str | None:
-        """The stored customer as compact JSON text, equal to ``get(...).to_json()``
+        """The stored customer as compact JSON text, equal to ``get(...).to_dict()``
         serialised, or ``None``; for callers that only pass the JSON on (an HTTP answer,
         an export), without building the models.
 

@@ -332,7 +332,7 @@ def customer_value_from_rows(
     referrals: Sequence[Mapping[Any, Any]],
 ) -> dict[str, Any]:
     """The documented shape as JSON values (date-times and dates as Python objects, for
-    :func:`models.wire.json_text`), keys in the models' order: what ``to_json`` of
+    :func:`models.wire.json_text`), keys in the models' order: what ``to_dict`` of
     :func:`customer_from_rows` gives, without building the models."""
     value: dict[str, Any] = _rebuild(_as_value, customer, address, campaigns, referrals)
     return value
@@ -380,7 +380,7 @@ def _as_model(
     model: type[BaseModel], values: dict[str, Any], unknown: Mapping[str, Any] | None
 ) -> BaseModel:
     """What ``model.model_construct(**values, **unknown)`` makes (the given keys marked as
-    set, so that ``to_json`` leaves the others out; unknown keys kept), without its loop
+    set, so that ``to_dict`` leaves the others out; unknown keys kept), without its loop
     over aliases and defaults, which none of the shape's models has but ``None``."""
     instance = model.__new__(model)
     _set_attribute(instance, "__dict__", {**_FIELDS_UNSET[model], **values})

@@ -113,7 +113,7 @@ def decode_customer(row: Mapping[Any, Any]) -> Customer:
 
 def decode_customer_value(row: Mapping[Any, Any]) -> dict[str, Any]:
     """:func:`decode_customer` as JSON values, without building the models (for callers
-    that only serialise it: ``models.wire.json_text`` of it is the ``to_json`` text)."""
+    that only serialise it: ``models.wire.json_text`` of it is the ``to_dict`` text)."""
     return customer_value_from_rows(*_customer_rows(row))
 
 

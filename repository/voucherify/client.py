@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from tenacity import (
@@ -52,11 +52,13 @@ __all__ = [
     "ApiUnavailable",
     "AuthenticationFailed",
     "BudgetExhausted",
-    "CustomerPage",
+    "CustomerList",
     "RequestLimitReached",
     "VoucherifyClient",
     "VoucherifyError",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_API_URL = "https://api.voucherify.io"
 #: Share of the per-window limit left to the service's own calls.
@@ -104,14 +106,16 @@ class _Transient(Exception):
 
 
 @dataclass(frozen=True)
-class CustomerPage:
-    """One answer of ``GET /v1/customers``: the customers as decoded JSON, untouched."""
+class CustomerList(Generic[T]):
+    """One page of Voucherify's customer list (``GET /v1/customers``), whether read from
+    Voucherify (customers as decoded JSON, untouched) or answered by this store's read API
+    (customers as models, or as the ``decode`` of :func:`list_customers` gives)."""
 
-    customers: list[dict[str, Any]]
+    customers: list[T]
     total: int
     has_more: bool
-    #: The server's clock (``Date`` header), whole seconds.
-    server_time: datetime | None
+    #: The server's clock (``Date`` header), whole seconds; None when not read from a server.
+    server_time: datetime | None = None
 
 
 class VoucherifyClient:
@@ -204,7 +208,7 @@ class VoucherifyClient:
     def close(self) -> None:
         self._http.close()
 
-    def list_customers(self, params: Mapping[str, str]) -> CustomerPage:
+    def list_customers(self, params: Mapping[str, str]) -> CustomerList[dict[str, Any]]:
         """One page of ``GET /v1/customers`` with these query parameters."""
         try:
             return self._retrying(self._list_once, params)
@@ -213,7 +217,7 @@ class VoucherifyClient:
 
     # -- one request -------------------------------------------------------------------
 
-    def _list_once(self, params: Mapping[str, str]) -> CustomerPage:
+    def _list_once(self, params: Mapping[str, str]) -> CustomerList[dict[str, Any]]:
         if self.max_requests is not None and self.requests >= self.max_requests:
             raise RequestLimitReached(f"stopped after {self.requests} requests (--max-requests)")
         self._pace()
@@ -242,7 +246,7 @@ class VoucherifyClient:
             raise ApiUnavailable(f"{self.api_url} answered {status}: {_error_text(response)}")
         return _page(response)
 
-    def _refused(self, response: httpx.Response) -> CustomerPage:
+    def _refused(self, response: httpx.Response) -> CustomerList[dict[str, Any]]:
         kind = response.headers.get("X-Rate-Limit-Type", "")
         if kind == "api_calls_cycle":
             raise BudgetExhausted(
@@ -319,12 +323,12 @@ class VoucherifyClient:
         self._wait(seconds, why)
 
 
-def _page(response: httpx.Response) -> CustomerPage:
+def _page(response: httpx.Response) -> CustomerList[dict[str, Any]]:
     try:
         body = loads_json(response.content)
     except (ValueError, RecursionError) as exc:
         raise ApiUnavailable(f"the list answer is not JSON: {exc}") from None
-    # Only a well-formed list object is read: a sync's sweep deletes by what it lists.
+    # Only a well-formed list object is read: the mirror's sweep deletes by what it lists.
     if not isinstance(body, dict) or body.get("object") != "list":
         raise ApiUnavailable('the list answer is not a list object (expected "object": "list")')
     customers = body.get("customers")
@@ -336,7 +340,7 @@ def _page(response: httpx.Response) -> CustomerPage:
     has_more = body.get("has_more")
     if not isinstance(has_more, bool):
         raise ApiUnavailable("the list answer has no has_more (expected true or false)")
-    return CustomerPage(
+    return CustomerList(
         customers=customers,
         total=total,
         has_more=has_more,

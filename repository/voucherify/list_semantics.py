@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
@@ -38,13 +38,13 @@ from repository.db.engine import dialect_of
 from repository.db.tables import addresses, customers
 from repository.store.mapping import email_key, name_key
 from repository.store.reads import customer_select, decode_customer
+from repository.voucherify.client import CustomerList
 
 __all__ = [
     "DEFAULT_LIST_LIMIT",
     "LIST_ORDERS",
     "MAX_LIST_LIMIT",
     "MAX_LIST_PAGE",
-    "CustomerList",
     "InvalidListParameter",
     "ListQuery",
     "TotalCache",
@@ -89,14 +89,6 @@ class ListQuery:
     def filter_key(self) -> tuple[Any, ...]:
         """What ``total`` depends on (not the cursor, page, limit or order)."""
         return (self.dates, self.email, self.city, self.name)
-
-
-@dataclass(frozen=True)
-class CustomerList(Generic[T]):
-    #: The page, as models (the default) or as the ``decode`` of :func:`list_customers` gives.
-    customers: list[T]
-    total: int
-    has_more: bool
 
 
 def parse_list_query(params: Mapping[str, str]) -> ListQuery:

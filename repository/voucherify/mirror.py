@@ -1,4 +1,5 @@
-"""Sync from Voucherify's list API: a full backfill, then incremental runs, never a skip.
+"""The mirror of Voucherify's list API (the CLI's ``sync``): a full backfill, then
+incremental runs, never a skip.
 
 Listing follows ``GET /v1/customers`` in ascending order (``order=created_at`` for a full
 listing and for new customers, ``order=updated_at`` for changes) a page of 100 at a time.
@@ -42,18 +43,18 @@ from repository.store.mapping import CustomerRows, customer_to_rows
 from repository.store.newest_wins import UpsertOutcome, older_tombstone
 from repository.voucherify.client import (
     ApiUnavailable,
-    CustomerPage,
+    CustomerList,
     RequestLimitReached,
     VoucherifyClient,
     VoucherifyError,
 )
 from repository.voucherify.mirror_state import (
-    SyncState,
+    MirrorState,
     count_listed,
     forget_listed,
-    load_sync_state,
+    load_mirror_state,
     remember_listed,
-    save_sync_state,
+    save_mirror_state,
 )
 from repository.voucherify.sweep import (
     SweepRefused,
@@ -66,9 +67,9 @@ from repository.voucherify.sweep import (
 __all__ = [
     "DEFAULT_OVERLAP",
     "PAGE_SIZE",
-    "SyncReport",
+    "MirrorReport",
     "TieOverflow",
-    "sync_customers",
+    "mirror_customers",
 ]
 
 T = TypeVar("T")
@@ -88,8 +89,8 @@ class TieOverflow(VoucherifyError):
 
 
 @dataclass
-class SyncReport:
-    """What a sync did (or, with ``dry_run``, would do)."""
+class MirrorReport:
+    """What a mirror run did (or, with ``dry_run``, would do)."""
 
     mode: str = "incremental"
     dry_run: bool = False
@@ -126,14 +127,16 @@ class SyncReport:
 
 
 @dataclass
-class _Page:
+class _Batch:
+    """Customers of one list answer to store, and the checkpoint they let a run resume at."""
+
     customers: list[dict[str, Any]]
     #: Where the next run may resume: every customer before it is on this or an earlier page.
     checkpoint: datetime | None
     where: str
 
 
-def sync_customers(
+def mirror_customers(
     sessions: sessionmaker[Session],
     client: VoucherifyClient,
     *,
@@ -141,9 +144,9 @@ def sync_customers(
     dry_run: bool = False,
     overlap: timedelta = DEFAULT_OVERLAP,
     max_deletions: int | None = None,
-    on_progress: Callable[[SyncReport], None] | None = None,
+    on_progress: Callable[[MirrorReport], None] | None = None,
     on_reject: Callable[[Rejection], None] | None = None,
-) -> SyncReport:
+) -> MirrorReport:
     """Bring the store level with Voucherify's customer list; see the module docstring.
 
     ``max_deletions``: the most customers a sweep may delete (default
@@ -152,7 +155,7 @@ def sync_customers(
     if max_deletions is not None and max_deletions < 0:
         raise ValueError("max_deletions must not be negative")
     with sessions() as session:
-        state = load_sync_state(session, client.api_url) or SyncState(client.api_url)
+        state = load_mirror_state(session, client.api_url) or MirrorState(client.api_url)
     run = _Run(sessions, client, state, dry_run, on_progress, on_reject)
     run.max_deletions = max_deletions
     try:
@@ -173,15 +176,15 @@ class _Run:
         self,
         sessions: sessionmaker[Session],
         client: VoucherifyClient,
-        state: SyncState,
+        state: MirrorState,
         dry_run: bool,
-        on_progress: Callable[[SyncReport], None] | None,
+        on_progress: Callable[[MirrorReport], None] | None,
         on_reject: Callable[[Rejection], None] | None,
     ) -> None:
         self.sessions = sessions
         self.client = client
         self.state = state
-        self.report = SyncReport(dry_run=dry_run)
+        self.report = MirrorReport(dry_run=dry_run)
         self.on_progress = on_progress
         self.on_reject = on_reject
         self.listed_ids: set[str] = set()  # dry run only: a full listing's ids, in memory
@@ -236,7 +239,7 @@ class _Run:
 
     def _walk(
         self, order: str, after: datetime | None, *, count_total: bool = False
-    ) -> Iterator[_Page]:
+    ) -> Iterator[_Batch]:
         """Every customer listed ascending by ``order`` after ``after``, in pages."""
         boundary: datetime | None = None  # the last timestamp of the previous page
         seen: set[str] = set()  # ids seen at ``boundary``
@@ -272,7 +275,7 @@ class _Run:
             if items and all(s == last for s in stamps) and last == boundary:
                 if len(items) < PAGE_SIZE or not answer.has_more:
                     if fresh:
-                        yield _Page(fresh, last, where)
+                        yield _Batch(fresh, last, where)
                     return
                 if tie_read == last:
                     raise ApiUnavailable(
@@ -284,7 +287,7 @@ class _Run:
                 tie_read = last
                 continue
             if fresh or items:
-                yield _Page(fresh, _checkpoint(stamps), where)
+                yield _Batch(fresh, _checkpoint(stamps), where)
             if not answer.has_more:
                 return
             seen = {_id(c) for c, s in zip(items, stamps, strict=True) if s == last} | (
@@ -293,8 +296,8 @@ class _Run:
             boundary = last
 
     def _read_tie(
-        self, order: str, at: datetime, seen: set[str], first: CustomerPage
-    ) -> Iterator[_Page]:
+        self, order: str, at: datetime, seen: set[str], first: CustomerList[dict[str, Any]]
+    ) -> Iterator[_Batch]:
         base = {
             "order": order,
             "limit": str(PAGE_SIZE),
@@ -309,7 +312,7 @@ class _Run:
             fresh = [c for c in answer.customers if _id(c) not in seen]
             seen.update(_id(c) for c in fresh)
             if fresh:
-                yield _Page(fresh, at, where)
+                yield _Batch(fresh, at, where)
             if not answer.has_more:
                 return
             if not fresh and number > 1:
@@ -338,7 +341,7 @@ class _Run:
 
     # -- storing -----------------------------------------------------------------------
 
-    def _store(self, page: _Page, *, note_listed: bool) -> None:
+    def _store(self, page: _Batch, *, note_listed: bool) -> None:
         report = self.report
         rows: list[CustomerRows] = []
         for index, raw in enumerate(page.customers):
@@ -359,7 +362,7 @@ class _Run:
                 outcomes = CustomerRepository(session).upsert_rows(rows)
                 if note_listed:
                     remember_listed(session, state.api_url, ids)
-                save_sync_state(session, state)
+                save_mirror_state(session, state)
                 return outcomes
 
             for outcome in self._commit(write):
@@ -422,7 +425,7 @@ class _Run:
 
             def close(session: Session) -> None:
                 forget_listed(session, state.api_url)
-                save_sync_state(session, state)
+                save_mirror_state(session, state)
 
             self._commit(close)
         raise SweepRefused(reason)
@@ -445,7 +448,7 @@ class _Run:
         def finish(session: Session) -> None:
             if clear_listed:
                 forget_listed(session, state.api_url)
-            save_sync_state(session, state)
+            save_mirror_state(session, state)
 
         self._commit(finish)
 

@@ -1,4 +1,4 @@
-"""Where a sync from Voucherify stands, kept in the database so an interrupted run resumes.
+"""Where the mirror of Voucherify stands, kept in the database so an interrupted run resumes.
 
 Every change here is written in the transaction that stores the page it describes: the
 checkpoint never runs ahead of the customers, nor behind them.
@@ -14,24 +14,26 @@ from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from repository.db.engine import native_insert
-from repository.db.tables import customers, sync_listed, sync_state
+from repository.db.tables import customers
+from repository.db.tables import mirror_listed_table as listed_table
+from repository.db.tables import mirror_state_table as state_table
 
 __all__ = [
-    "SyncState",
+    "MirrorState",
     "count_listed",
     "count_unlisted",
     "forget_listed",
-    "load_sync_state",
+    "load_mirror_state",
+    "mirror_states",
     "remember_listed",
-    "save_sync_state",
-    "sync_states",
+    "save_mirror_state",
     "unlisted_customers",
 ]
 
 
 @dataclass
-class SyncState:
-    """A row of ``sync_state`` (see :class:`models.sync.SyncStateRow` for each field)."""
+class MirrorState:
+    """A row of the ``sync_state`` table (:class:`models.mirror.MirrorStateRow` says each field)."""
 
     api_url: str
     created_cursor: datetime | None = None
@@ -43,22 +45,22 @@ class SyncState:
     last_repaired: int | None = None
 
 
-def load_sync_state(session: Session, api_url: str) -> SyncState | None:
-    row = session.execute(select(sync_state).where(sync_state.c.api_url == api_url)).first()
-    return SyncState(**row._mapping) if row is not None else None
+def load_mirror_state(session: Session, api_url: str) -> MirrorState | None:
+    row = session.execute(select(state_table).where(state_table.c.api_url == api_url)).first()
+    return MirrorState(**row._mapping) if row is not None else None
 
 
-def sync_states(session: Session) -> list[SyncState]:
-    """Every API the store syncs from, for ``stats``."""
-    rows = session.execute(select(sync_state).order_by(sync_state.c.api_url))
-    return [SyncState(**row._mapping) for row in rows]
+def mirror_states(session: Session) -> list[MirrorState]:
+    """Every API the store mirrors, for ``stats``."""
+    rows = session.execute(select(state_table).order_by(state_table.c.api_url))
+    return [MirrorState(**row._mapping) for row in rows]
 
 
-def save_sync_state(session: Session, state: SyncState) -> None:
+def save_mirror_state(session: Session, state: MirrorState) -> None:
     values = asdict(state)
-    ins = native_insert(session, sync_state).values(values)
+    ins = native_insert(session, state_table).values(values)
     session.execute(ins.on_conflict_do_update(
-        index_elements=[sync_state.c.api_url],
+        index_elements=[state_table.c.api_url],
         set_={name: ins.excluded[name] for name in values if name != "api_url"},
     ))
 
@@ -66,19 +68,19 @@ def save_sync_state(session: Session, state: SyncState) -> None:
 def remember_listed(session: Session, api_url: str, customer_ids: Sequence[str]) -> None:
     """Note customers the full listing under way has seen (rejected ones too: they exist)."""
     if customer_ids:
-        ins = native_insert(session, sync_listed).values(
+        ins = native_insert(session, listed_table).values(
             [{"api_url": api_url, "customer_id": cid} for cid in dict.fromkeys(customer_ids)]
         )
         session.execute(ins.on_conflict_do_nothing())
 
 
 def forget_listed(session: Session, api_url: str) -> None:
-    session.execute(delete(sync_listed).where(sync_listed.c.api_url == api_url))
+    session.execute(delete(listed_table).where(listed_table.c.api_url == api_url))
 
 
 def count_listed(session: Session, api_url: str) -> int:
     """How many customers the full listing under way has seen (each once)."""
-    query = select(func.count()).select_from(sync_listed).where(sync_listed.c.api_url == api_url)
+    query = select(func.count()).select_from(listed_table).where(listed_table.c.api_url == api_url)
     return int(session.scalar(query) or 0)
 
 
@@ -115,7 +117,7 @@ def _unlisted(api_url: str | None, started_at: datetime) -> Select[tuple[str]]:
     )
     if api_url is not None:
         listed = exists().where(
-            sync_listed.c.api_url == api_url, sync_listed.c.customer_id == customers.c.id
+            listed_table.c.api_url == api_url, listed_table.c.customer_id == customers.c.id
         )
         query = query.where(~listed)
     return query

@@ -1,4 +1,4 @@
-"""A full sync's sweep: the evidence it needs before deleting, and the deletions it makes.
+"""A full mirror run's sweep: the evidence it needs before deleting, and the deletions it makes.
 
 A sweep deletes the stored customers a full listing did not show. An upstream that ends a
 listing early or lists an empty page must not empty the mirror, so a sweep deletes only
@@ -45,9 +45,9 @@ _PAGE = 500
 
 
 class SweepRefused(VoucherifyError):
-    """A full sync's sweep deleted nothing: its listing was not complete by every sign, or
+    """A full mirror run's sweep deleted nothing: its listing was not complete by every sign, or
     it would have deleted more than ``max_deletions``. The customers it listed are stored;
-    the next full sync lists again."""
+    the next full run lists again."""
 
 
 def listing_margin(total: int) -> int:

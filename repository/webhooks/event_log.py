@@ -6,17 +6,17 @@ Recording a delivery is :mod:`repository.webhooks.ingest`'s work; this module re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, Select, and_, delete, func, select
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 from models.events import EventOutcome, WebhookEventRow
-from repository.db.keyset import keyset_pages
+from repository.db.keyset import check_page_size, keyset_pages
 from repository.db.retry import run_in_transaction
 from repository.db.tables import events
 from repository.webhooks.ingest import (
@@ -30,18 +30,23 @@ __all__ = ["count_events", "iter_events", "list_events", "prune_events", "replay
 
 _PAGE = 100
 
+S = TypeVar("S", bound="Select[Any]")
+
 
 def iter_events(
     session: Session, *, outcome: EventOutcome | None = None, page_size: int = 500
 ) -> Iterator[WebhookEventRow]:
-    """Every recorded event (of ``outcome``) ordered by event id, read in keyset pages;
-    rows already yielded are expunged so memory stays flat."""
-    fetch = partial(list_events, session, outcome=outcome, limit=page_size)
-    for page in keyset_pages(
-        lambda after: fetch(after=after), attrgetter("event_id"), size=page_size
-    ):
+    """Every recorded event (of ``outcome``) ordered by event id, read in keyset pages.
+
+    The events are read as plain rows and handed out detached: the session keeps none of
+    them, so memory stays flat, and nothing the caller holds in it is touched."""
+    check_page_size("page_size", page_size)
+    def fetch(after: str | None) -> list[WebhookEventRow]:
+        query = _events_query(select(events), outcome=outcome, after=after, limit=page_size)
+        return [_detached(row._mapping) for row in session.execute(query)]
+
+    for page in keyset_pages(fetch, attrgetter("event_id"), size=page_size):
         yield from page
-        session.expunge_all()
 
 
 def list_events(
@@ -52,14 +57,28 @@ def list_events(
     limit: int = 100,
 ) -> Sequence[WebhookEventRow]:
     """Recorded events ordered by event id, a page at a time (``after`` = last id seen)."""
-    query = select(WebhookEventRow).order_by(WebhookEventRow.event_id).limit(limit)
-    if outcome is EventOutcome.DUPLICATE:
-        query = query.where(WebhookEventRow.deliveries > 1)
-    elif outcome is not None:
-        query = query.where(WebhookEventRow.outcome == outcome.value)
-    if after is not None:
-        query = query.where(WebhookEventRow.event_id > after)
+    query = _events_query(select(WebhookEventRow), outcome=outcome, after=after, limit=limit)
     return session.scalars(query).all()
+
+
+def _events_query(
+    query: S, *, outcome: EventOutcome | None, after: str | None, limit: int
+) -> S:
+    query = query.order_by(events.c.event_id).limit(limit)
+    if outcome is EventOutcome.DUPLICATE:
+        query = query.where(events.c.deliveries > 1)
+    elif outcome is not None:
+        query = query.where(events.c.outcome == outcome.value)
+    if after is not None:
+        query = query.where(events.c.event_id > after)
+    return query
+
+
+def _detached(values: Mapping[Any, Any]) -> WebhookEventRow:
+    """An event row built from column values, detached as if loaded and expunged."""
+    event = WebhookEventRow(**values)
+    make_transient_to_detached(event)
+    return event
 
 
 def count_events(

@@ -1,10 +1,10 @@
-"""Sync from a local server that follows Voucherify's list API: throughput and requests.
+"""The mirror of a local server that follows Voucherify's list API: throughput and requests.
 
-    python -m bench.sync_bench [--customers 20000] [--ties 500] [--admin-url URL]
+    python -m bench.mirror_bench [--customers 20000] [--ties 500] [--admin-url URL]
 
 Puts ``--customers`` generated customers (``--ties`` of them sharing one ``created_at``) in
 the test suite's stand-in for Voucherify (tests/voucherify_api.py, no rate limit), then
-syncs them into a throwaway PostgreSQL database (dropped at the end) and into a fresh SQLite
+mirrors them into a throwaway PostgreSQL database (dropped at the end) and into a fresh SQLite
 file, and prints for each: customers/s of the full backfill, requests per 1,000 customers,
 and the requests of an incremental run after 100 updates. Figures only; nothing asserted.
 """
@@ -19,13 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.store_bench import DEFAULT_ADMIN_URL, throwaway_database
-from repository import (
-    VoucherifyClient,
-    make_engine,
-    make_session_factory,
-    sync_customers,
-    upgrade_to_head,
-)
+from repository import make_engine, make_session_factory
+from repository.admin import upgrade_to_head
+from repository.voucherify import VoucherifyClient, mirror_customers
 from tests.voucherify_api import FakeVoucherify, format_instant, make_customers
 
 # A key made up for the run: the stand-in server accepts whatever it is started with.
@@ -43,14 +39,14 @@ def run(url: str, count: int, ties: int) -> list[tuple[str, float, str]]:
             fake.put_many(customers)
             with VoucherifyClient(app_id="bench", app_token=_TOKEN, api_url=fake.url) as client:
                 started = time.perf_counter()
-                report = sync_customers(sessions, client)
+                report = mirror_customers(sessions, client)
                 seconds = time.perf_counter() - started
             assert report.complete and report.applied == count, report
             now = format_instant(datetime.now(UTC))
             for customer in customers[:100]:
                 fake.update(customer["id"], at=now, name="Updated")
             with VoucherifyClient(app_id="bench", app_token=_TOKEN, api_url=fake.url) as client:
-                later = sync_customers(sessions, client)
+                later = mirror_customers(sessions, client)
             assert later.applied == 100, later
     finally:
         engine.dispose()

@@ -22,19 +22,19 @@ from customer_store.common import (
     read_secret,
 )
 from customer_store.progress import print_message, progress_bar
-from repository import (
+from repository import make_session_factory
+from repository.admin import Rejection
+from repository.voucherify import (
     DEFAULT_API_URL,
     DEFAULT_MAX_WAIT,
     DEFAULT_OVERLAP,
     DEFAULT_RESERVE,
     DEFAULT_TIMEOUT,
-    Rejection,
+    MirrorReport,
     SweepRefused,
-    SyncReport,
     VoucherifyClient,
     VoucherifyError,
-    make_session_factory,
-    sync_customers,
+    mirror_customers,
 )
 
 __all__ = ["add_commands"]
@@ -92,10 +92,10 @@ def add_commands(commands: Any) -> None:
         help="with --full: delete nothing when more than N stored customers would go "
         "(default: 10%% of the stored customers, at least 10)",
     )
-    sync.set_defaults(run=_sync)
+    sync.set_defaults(run=_mirror)
 
 
-def _sync(engine: Engine, args: argparse.Namespace) -> int:
+def _mirror(engine: Engine, args: argparse.Namespace) -> int:
     app_id = read_secret(APP_ID_VARIABLE)
     app_token = read_secret(APP_TOKEN_VARIABLE)
     if not app_id or not app_token:
@@ -112,7 +112,7 @@ def _sync(engine: Engine, args: argparse.Namespace) -> int:
     started = time.monotonic()
     bar = progress_bar(total=None, unit="customers")
 
-    def on_progress(report: SyncReport) -> None:
+    def on_progress(report: MirrorReport) -> None:
         if bar.total is None and report.total is not None:
             bar.total = report.total
         bar.update(report.listed - bar.n)
@@ -126,7 +126,7 @@ def _sync(engine: Engine, args: argparse.Namespace) -> int:
             app_id=app_id, app_token=app_token, api_url=api_url, reserve=args.reserve,
             max_requests=args.max_requests, timeout=args.timeout, on_wait=print_message,
         ) as client:
-            report = sync_customers(
+            report = mirror_customers(
                 make_session_factory(engine), client, full=args.full, dry_run=args.dry_run,
                 overlap=timedelta(seconds=args.overlap), max_deletions=args.max_deletions,
                 on_progress=on_progress, on_reject=on_reject,
@@ -152,6 +152,6 @@ def _sync(engine: Engine, args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.rejected else EXIT_OK
 
 
-def _counts(report: SyncReport) -> str:
+def _counts(report: MirrorReport) -> str:
     return (f"{report.applied} applied, {report.unchanged} unchanged, {report.stale} stale, "
             f"{report.forgotten} forgotten, {report.rejected} rejected, {report.deleted} deleted")

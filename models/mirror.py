@@ -1,4 +1,7 @@
-"""Where a sync from Voucherify's API stands: cursors, the listing under way, last results."""
+"""Where the mirror of Voucherify's API stands: cursors, the listing under way, last results.
+
+The tables keep the names they were created with (``sync_state``, ``sync_listed``), after
+the CLI's ``sync`` command."""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, SortedText, UTCDateTime
 
-__all__ = ["SyncListedRow", "SyncStateRow"]
+__all__ = ["MirrorListedRow", "MirrorStateRow"]
 
 
-class SyncStateRow(Base):
-    """One row per API base URL the store syncs from.
+class MirrorStateRow(Base):
+    """One row per API base URL the store mirrors.
 
     The cursors are timestamps from Voucherify's own data (its clock, never this machine's),
     each the last one of a page whose customers are all committed: a run resumes there.
@@ -35,7 +38,7 @@ class SyncStateRow(Base):
     last_repaired: Mapped[int | None]
 
 
-class SyncListedRow(Base):
+class MirrorListedRow(Base):
     """Customers listed by the full listing under way; the sweep deletes the others."""
 
     __tablename__ = "sync_listed"
