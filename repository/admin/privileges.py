@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from models.base import Base
+from repository.db.backends import backend_of
 
 __all__ = [
     "APP_TABLE_PRIVILEGES",
@@ -202,10 +203,9 @@ def _driver_connection(session_or_connection: Session | Connection) -> Any:
         if isinstance(session_or_connection, Session)
         else session_or_connection
     )
-    if connection.dialect.name != "postgresql":
-        raise ValueError(
-            f"roles and privileges are PostgreSQL's; this is {connection.dialect.name}"
-        )
+    backend = backend_of(connection)
+    if not backend.has_roles:
+        raise ValueError(f"roles and privileges are PostgreSQL's; this is {backend.name}")
     return connection.connection.driver_connection
 
 

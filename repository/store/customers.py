@@ -30,16 +30,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.customer import Customer
 from models.validation import parse_customer
+from repository.db.backends import backend_of
 from repository.db.driver import fetch_first
-from repository.db.engine import dialect_of, native_insert
 from repository.db.keyset import keyset_pages
-from repository.db.locks import lock_customers
 from repository.db.retry import read_in_session, retries_reads, run_read
 from repository.db.tables import customers, tombstones
 from repository.store import queries
 from repository.store.bulk import Laid, bulk_upsert
 from repository.store.children import replace_children
-from repository.store.lookups import Lookups, supported_dialect
+from repository.store.lookups import Lookups
 from repository.store.mapping import CustomerRows, customer_to_rows
 from repository.store.newest_wins import (
     UpsertOutcome,
@@ -98,7 +97,7 @@ class CustomerRepository(Lookups):
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._dialect = supported_dialect(dialect_of(session))
+        self._backend = backend_of(session)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -144,7 +143,7 @@ class CustomerRepository(Lookups):
         if deleted_at.tzinfo is None:
             raise ValueError("deleted_at must carry a time zone")
         self._lock(customer_id)
-        ins = native_insert(self.session, tombstones).values(
+        ins = self._backend.insert(tombstones).values(
             customer_id=customer_id, deleted_at=deleted_at, swept=swept
         )
         later = ins.excluded.deleted_at > tombstones.c.deleted_at
@@ -219,7 +218,7 @@ class CustomerRepository(Lookups):
     def _write(self, rows: CustomerRows) -> UpsertOutcome:
         self._lock(rows.id)
         connection = self.session.connection()
-        if self._dialect == "postgresql" and rows.version_at is not None:
+        if self._backend.writes_in_one_statement and rows.version_at is not None:
             # One round trip for the tombstones, the row and the old child rows.
             statement = upsert_one_unless_deleted_postgresql()
             found = fetch_first(connection, statement, rows.customer)
@@ -234,7 +233,7 @@ class CustomerRepository(Lookups):
         blocking = self._blocking_tombstone(rows)
         stored = connection.scalar(_STORED_VERSION, {"p_id": rows.id})
         written = blocking is None and fetch_first(
-            connection, upsert_one_statement(self._dialect), rows.customer
+            connection, upsert_one_statement(self._backend), rows.customer
         ) is not None
         if written:
             replace_children(self.session, [rows])
@@ -257,7 +256,7 @@ class CustomerRepository(Lookups):
         return forgotten
 
     def _lock(self, customer_id: str) -> None:
-        lock_customers(self.session, [customer_id])
+        self._backend.lock_customers(self.session, [customer_id])
 
     def _connection(self) -> AbstractContextManager[Connection]:
         return nullcontext(self.session.connection())
@@ -279,7 +278,7 @@ class CustomerRepository(Lookups):
         return run_read(attempt)
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
-        query = customer_select(self._dialect).limit(limit)
+        query = customer_select(self._backend).limit(limit)
         if condition is not None:
             query = query.where(condition)
         rows = self.session.connection().execute(query)

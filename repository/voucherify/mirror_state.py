@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from repository.db.engine import native_insert
+from repository.db.backends import backend_of
 from repository.db.tables import customers, sync_listed, sync_state
 
 __all__ = [
@@ -56,7 +56,7 @@ def sync_states(session: Session) -> list[SyncState]:
 
 def save_sync_state(session: Session, state: SyncState) -> None:
     values = asdict(state)
-    ins = native_insert(session, sync_state).values(values)
+    ins = backend_of(session).insert(sync_state).values(values)
     session.execute(ins.on_conflict_do_update(
         index_elements=[sync_state.c.api_url],
         set_={name: ins.excluded[name] for name in values if name != "api_url"},
@@ -66,7 +66,7 @@ def save_sync_state(session: Session, state: SyncState) -> None:
 def remember_listed(session: Session, api_url: str, customer_ids: Sequence[str]) -> None:
     """Note customers the full listing under way has seen (rejected ones too: they exist)."""
     if customer_ids:
-        ins = native_insert(session, sync_listed).values(
+        ins = backend_of(session).insert(sync_listed).values(
             [{"api_url": api_url, "customer_id": cid} for cid in dict.fromkeys(customer_ids)]
         )
         session.execute(ins.on_conflict_do_nothing())
