@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 from bench.customers import write_jsonl
 from bench.raw_rows import CHILD_TABLES, CUSTOMER_COLUMNS, customer_row
 from repository import CustomerFilter, CustomerReader, make_engine, make_session_factory
+from repository.db.backends import backend_of
 from repository.db.engine import without_pooler_flag
 from repository.db.schema import upgrade_to_head
 from repository.store.customers import CustomerRepository
@@ -239,7 +240,7 @@ def get_latencies(url: str, ids: list[str]) -> dict[str, tuple[float, float]]:
     sessions = make_session_factory(engine)
     # The baseline runs get's own statement, compiled by SQLAlchemy, on a raw psycopg
     # connection (prepared after five runs, as psycopg does by default) and fetches the row.
-    compiled = get_by_id_statement("postgresql").compile(dialect=engine.dialect)
+    compiled = get_by_id_statement(backend_of(engine)).compile(dialect=engine.dialect)
     raw_sql, bound = compiled.string, {k: v for k, v in compiled.params.items() if k != "id"}
 
     reader = CustomerReader(engine)

@@ -58,7 +58,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
-    if engine.dialect.name != "postgresql":
+    if engine.url.get_backend_name() != "postgresql":
         raise CommandError("grant-app-role needs a PostgreSQL database", EXIT_USAGE)
     password = None
     if args.password_env is not None:

@@ -209,7 +209,9 @@ def read_url(args: argparse.Namespace, primary: Engine) -> str | None:
         backend = parse_database_url(url).get_backend_name()
     except ValueError as exc:
         raise CommandError(f"bad read database URL: {exc}", EXIT_USAGE) from None
-    if backend not in ("postgres", "postgresql") or primary.dialect.name != "postgresql":
+    if backend not in ("postgres", "postgresql") or (
+        primary.url.get_backend_name() != "postgresql"
+    ):
         raise CommandError(
             "a read replica is a PostgreSQL standby of a PostgreSQL database: "
             f"{safe_url(url)} cannot serve reads for this one", EXIT_USAGE,

@@ -20,6 +20,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from models.tables import CustomerRow
 from repository import CustomerFilter, CustomerRepository, InvalidCursor, Page
+from repository.db.backends import backend_of
 from repository.db.schema import upgrade_to_head
 from repository.store.mapping import FOLD_LIMIT, email_key, fold
 from repository.store.queries import (
@@ -672,7 +673,8 @@ def large_postgres(make_database: Any) -> Iterator[Engine]:
 
 @pytest.mark.parametrize("name", sorted(PLAN_INDEXES))
 def test_each_filter_uses_its_index_on_postgresql(large_postgres: Engine, name: str) -> None:
-    statement = customer_select_for("postgresql", SELECTIVE[name], cursor=None, limit=100)
+    backend = backend_of(large_postgres)
+    statement = customer_select_for(backend, SELECTIVE[name], cursor=None, limit=100)
     with large_postgres.connect() as connection:
         plan = "\n".join(row[0] for row in connection.execute(Explain(statement)))
     assert PLAN_INDEXES[name] in plan, plan
@@ -701,7 +703,7 @@ def test_the_folded_filters_use_their_index_on_sqlite(
     upgrade_to_head(url)
     engine = make_engine(url)
     try:
-        statement = customer_select_for("sqlite", filters, cursor=None, limit=100)
+        statement = customer_select_for(backend_of(engine), filters, cursor=None, limit=100)
         with engine.connect() as connection:
             plan = "\n".join(str(row[-1]) for row in connection.execute(Explain(statement)))
     finally:

@@ -31,6 +31,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from models.base import Base
+from repository.db.backends import backend_of
 from repository.db.errors import driver_errors
 
 __all__ = [
@@ -210,10 +211,9 @@ def _connection(session_or_connection: Session | Connection) -> Connection:
         if isinstance(session_or_connection, Session)
         else session_or_connection
     )
-    if connection.dialect.name != "postgresql":
-        raise ValueError(
-            f"roles and privileges are PostgreSQL's; this is {connection.dialect.name}"
-        )
+    backend = backend_of(connection)
+    if not backend.has_roles:
+        raise ValueError(f"roles and privileges are PostgreSQL's; this is {backend.name}")
     return connection
 
 

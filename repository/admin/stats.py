@@ -6,14 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.base import Base
 from models.events import EventOutcome
 from models.wire import format_datetime
-from repository.db.engine import dialect_of
+from repository.db.backends import backend_of
 from repository.db.tables import customers, events, tombstones
 from repository.store import queries
 from repository.voucherify.mirror_state import mirror_states
@@ -62,24 +61,7 @@ def store_stats(session: Session) -> StoreStats:
 
 
 def _table_bytes(session: Session, table: str) -> int | None:
-    if dialect_of(session) == "postgresql":
-        size = session.scalar(
-            text("SELECT pg_total_relation_size(CAST(:table AS regclass))"), {"table": table}
-        )
-        return int(size) if size is not None else None
-    try:
-        # dbstat is compiled into most SQLite builds; where it is not, the size is unknown.
-        with session.begin_nested():
-            size = session.scalar(
-                text(
-                    "SELECT SUM(d.pgsize) FROM dbstat AS d JOIN sqlite_master AS m"
-                    " ON d.name = m.name WHERE m.tbl_name = :table"
-                ),
-                {"table": table},
-            )
-    except OperationalError:
-        return None
-    return int(size or 0)
+    return backend_of(session).table_bytes(session, table)
 
 
 def estimate_customer_count(session: Session) -> int:
@@ -89,14 +71,8 @@ def estimate_customer_count(session: Session) -> int:
     ``ANALYZE`` keep near the truth (and which costs nothing whatever the table's size); an
     exact count while the table has never been analyzed. On SQLite an exact count.
     """
-    if dialect_of(session) == "postgresql":
-        estimate = session.scalar(
-            text("SELECT reltuples FROM pg_class WHERE oid = CAST(:table AS regclass)"),
-            {"table": customers.name},
-        )
-        if estimate is not None and estimate >= 0:
-            return int(estimate)
-    return queries.count(session)
+    estimate = backend_of(session).estimated_rows(session, customers.name)
+    return estimate if estimate is not None else queries.count(session)
 
 
 def last_applied_at(session: Session) -> datetime | None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import weakref
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -19,6 +17,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from repository.db.backends import backend_of
+from repository.db.backends.sqlite import SQLITE_BUSY_TIMEOUT_MS, set_sqlite_busy_timeout
 from repository.db.database_urls import (
     POOLER_PARAMETER,
     behind_pooler,
@@ -26,7 +26,6 @@ from repository.db.database_urls import (
     normalize_url,
     without_pooler_flag,
 )
-from repository.db.errors import watch_errors
 from repository.db.jsonb import dumps_for_jsonb
 from repository.db.warm_up import build_hot_statements
 
@@ -37,13 +36,11 @@ __all__ = [
     "POOLER_PARAMETER",
     "NoDatabaseFile",
     "behind_pooler",
-    "dialect_of",
     "is_read_only",
     "make_async_engine",
     "make_async_session_factory",
     "make_engine",
     "make_session_factory",
-    "native_insert",
     "normalize_url",
     "set_sqlite_busy_timeout",
     "without_pooler_flag",
@@ -51,10 +48,6 @@ __all__ = [
 
 DEFAULT_DATABASE_URL = "sqlite:///customers.db"
 
-#: Milliseconds a SQLite writer waits for another writer's lock before giving up.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Marks a pooled SQLite connection whose busy timeout was changed for one checkout.
-_BUSY_TIMEOUT_CHANGED = "customer_store.busy_timeout_changed"
 #: Engines made with ``read_only=True``, whose connections are in autocommit from the start.
 _READ_ONLY_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -127,7 +120,7 @@ def make_async_engine(
     engine = create_async_engine(url, **options)
     _configure(engine.sync_engine)
     # What the first requests would compile on the event loop, compiled before they come.
-    build_hot_statements(engine.dialect)
+    build_hot_statements(engine.sync_engine)
     return engine
 
 
@@ -152,14 +145,6 @@ def make_async_session_factory(
     if read_only:
         engine = engine.execution_options(isolation_level="AUTOCOMMIT")
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-def set_sqlite_busy_timeout(connection: Connection, milliseconds: int) -> None:
-    """Make this checkout of a SQLite connection wait at most ``milliseconds`` for a lock;
-    the connection gets the default back when it returns to the pool."""
-    connection.info[_BUSY_TIMEOUT_CHANGED] = True
-    # PRAGMA takes no bound parameters; the value is an int rendered by %d.
-    connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(milliseconds):d}")
 
 
 def _engine_arguments(
@@ -220,44 +205,4 @@ def _existing_sqlite_file(url: str) -> str:
 
 
 def _configure(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _configure_sqlite)
-        event.listen(engine, "checkin", _restore_busy_timeout)
-    else:
-        watch_errors(engine)
-
-
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            # Leaving rollback-journal mode needs the database to itself, and SQLite does
-            # not wait for that (no busy timeout): while another connection holds a lock,
-            # stay in the current mode, whose writes do wait; a later connection switches.
-            if "locked" not in str(exc):
-                raise
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-
-
-def _restore_busy_timeout(dbapi_connection: Any, record: Any) -> None:
-    if dbapi_connection is not None and record.info.pop(_BUSY_TIMEOUT_CHANGED, False):
-        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
-
-
-def dialect_of(session: Session) -> str:
-    """The database behind ``session``: ``"postgresql"`` or ``"sqlite"``."""
-    return session.get_bind().dialect.name
-
-
-def native_insert(bind: Session | str, table: Table) -> Any:
-    """The database's own ``INSERT`` construct for ``table``, the one with
-    ``on_conflict_do_update``/``on_conflict_do_nothing`` (PostgreSQL's or SQLite's), for a
-    session or a dialect name (statements built once per dialect)."""
-    dialect = bind if isinstance(bind, str) else dialect_of(bind)
-    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    backend_of(engine).configure(engine)

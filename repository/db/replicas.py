@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from repository.db.backends import backend_of
 from repository.db.engine import make_async_session_factory, make_session_factory
 from repository.db.retry import read_in_session, read_in_session_async
 from repository.db.standby import (
@@ -163,7 +164,7 @@ E = TypeVar("E", Engine, AsyncEngine)
 
 def _replica_on_postgresql(primary: E, replica: E | None) -> E | None:
     """``replica``, unless the primary is not PostgreSQL (SQLite has no standbys)."""
-    return replica if primary.dialect.name == "postgresql" else None
+    return replica if backend_of(primary).has_standbys else None
 
 
 def _check_wait(after: str | None, wait: float) -> None:

@@ -36,7 +36,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,8 +46,8 @@ from tenacity import (
     retry_if_exception,
 )
 
+from repository.db.backends import backend_of
 from repository.db.commit_wait import NotReplicated, guarded_commit
-from repository.db.engine import set_sqlite_busy_timeout
 from repository.db.errors import first_line, is_pooler_clash, is_server_gone
 
 __all__ = [
@@ -77,9 +76,6 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, d
 _TIMEOUT_SQLSTATES = frozenset({"55P03", "57014"})
 # Transaction-local (is_local = true): nothing outlives the transaction, so the setting is
 # safe behind a transaction pooler too.
-_BOUND_WAITS = text(
-    "SELECT set_config('lock_timeout', :ms, true), set_config('statement_timeout', :ms, true)"
-)
 _log = logging.getLogger(__name__)
 #: The longest wait either database takes, in milliseconds: PostgreSQL's lock_timeout and
 #: statement_timeout and SQLite's busy timeout are C ints. A longer bound waits this long.
@@ -197,10 +193,7 @@ class _Bound:
             raise self.exceeded()
         remaining_ms = min(remaining_ms, _MAX_WAIT_MS)
         connection = session.connection()
-        if connection.dialect.name == "postgresql":
-            connection.execute(_BOUND_WAITS, {"ms": str(remaining_ms)})
-        else:
-            set_sqlite_busy_timeout(connection, remaining_ms)
+        backend_of(connection).bound_waits(connection, remaining_ms)
 
 
 def _attempt(session: Session, work: Callable[[Session], T], bound: _Bound) -> T:

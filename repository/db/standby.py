@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from repository.db.backends import backend_of
 from repository.db.retry import is_lost_connection
 
 __all__ = [
@@ -68,7 +69,7 @@ def commit_position(connection: Connection) -> str | None:
     """The primary's WAL insert position, read after a commit on ``connection`` (any of
     the primary's): at or past the end of that commit's record. None on SQLite.
     (``AsyncConnection.run_sync(commit_position)`` for asyncio.)"""
-    if connection.dialect.name != "postgresql":
+    if not backend_of(connection).has_standbys:
         return None
     value: str = connection.execute(_INSERT_POSITION).scalar_one()
     return value

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import Dialect
+from sqlalchemy import Engine
 from sqlalchemy.sql.expression import Executable
 
+from repository.db.backends import Backend, backend_of
 from repository.db.driver import build_plans
 
 __all__ = ["HotStatements", "build_hot_statements", "hot_statements"]
 
-#: The statements to build for a dialect (given by its name).
-HotStatements = Callable[[str], Iterable[Executable]]
+#: The statements to build for a database (given by its backend).
+HotStatements = Callable[[Backend], Iterable[Executable]]
 
 _registered: list[HotStatements] = []
 
@@ -32,7 +33,9 @@ def hot_statements(statements: HotStatements) -> HotStatements:
     return statements
 
 
-def build_hot_statements(dialect: Dialect) -> None:
-    """Build and compile the registered statements for ``dialect``."""
+def build_hot_statements(engine: Engine) -> None:
+    """Build and compile the registered statements, and the backend's own, for ``engine``."""
+    backend = backend_of(engine)
+    build_plans(backend.hot_statements(), engine.dialect)
     for statements in _registered:
-        build_plans(statements(dialect.name), dialect)
+        build_plans(statements(backend), engine.dialect)

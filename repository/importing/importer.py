@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import CustomerValidationError
 from models.validation import parse_customer
-from repository.db.engine import dialect_of
+from repository.db.backends import Backend, backend_of
 from repository.db.retry import database_refusal, run_in_transaction
 from repository.importing.records import Record, decode_line
 from repository.store.bulk import Laid
@@ -133,7 +133,7 @@ def import_records(
     # running could inherit a lock one of them holds.
     # On PostgreSQL, batches are laid out as COPY text where they are validated (in workers,
     # if any): the writing thread then only sends them.
-    lay_out = partial(_prepare, for_copy=_dialect(sessions) == "postgresql")
+    lay_out = partial(_prepare, for_copy=_backend(sessions).copies)
     with (
         _sparse(collection),
         _preparing(lay_out, workers, freeze=tune_gc) as prepare,
@@ -324,9 +324,9 @@ def _upsert_one(session: Session, *, rows: Laid) -> UpsertOutcome:
     return _upsert_rows(session, batch=[rows])[0]
 
 
-def _dialect(sessions: sessionmaker[Session]) -> str:
+def _backend(sessions: sessionmaker[Session]) -> Backend:
     with sessions() as session:  # no connection is made to ask
-        return dialect_of(session)
+        return backend_of(session)
 
 
 def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from models.customer import Customer
 from models.deprecation import warn_renamed
 from models.validation import parse_customer
-from repository.db.keyset import check_page_size
+from repository.db.keyset import check_page_size, keyset_pages_async
 from repository.store.bulk import Laid, lay_out
 from repository.store.customers import (
     CustomerRepository,
@@ -126,14 +127,13 @@ class AsyncCustomerRepository:
     async def iter_all(self, *, batch_size: int = 500) -> AsyncIterator[Customer]:
         """See :meth:`CustomerRepository.iter_all`: a page per round trip, awaited."""
         check_page_size("batch_size", batch_size)
-        after: str | None = None
-        while True:
-            page = await self._run(CustomerRepository.page_after, after, limit=batch_size)
+
+        async def fetch(after: str | None) -> list[Customer]:
+            return await self._run(CustomerRepository.page_after, after, limit=batch_size)
+
+        async for page in keyset_pages_async(fetch, attrgetter("id"), size=batch_size):
             for customer in page:
                 yield customer
-            if len(page) < batch_size:
-                return
-            after = page[-1].id
 
     async def _run(
         self,

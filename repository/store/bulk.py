@@ -17,15 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, Connection, column, delete, exists, select, table, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
 from models.validation import parse_customer
-from repository.db.engine import dialect_of
-from repository.db.locks import lock_customers
+from repository.db.backends import Backend, backend_of
 from repository.db.tables import customers, tombstones
-from repository.store.children import copy_children, delete_children, replace_children
+from repository.store.children import copy_children, replace_children
 from repository.store.mapping import CUSTOMER_COLUMNS, CustomerRows, customer_to_rows
 from repository.store.newest_wins import (
     UpsertOutcome,
@@ -59,7 +58,7 @@ def lay_out(session: Session, batch: Iterable[Customer | Mapping[str, Any]]) -> 
     :class:`models.CustomerValidationError` at the first bad one. Needs no connection, only
     the session's database: the async face runs it in a worker thread.
     """
-    for_copy = dialect_of(session) == "postgresql"
+    for_copy = backend_of(session).copies
     laid: list[Laid] = []
     for customer in batch:
         rows = customer_to_rows(parse_customer(customer))
@@ -75,10 +74,11 @@ def bulk_upsert(session: Session, batch: Sequence[Laid]) -> list[UpsertOutcome]:
     """
     if not batch:
         return []
-    if dialect_of(session) == "postgresql":
-        merged = _merge_postgresql(session, batch)
+    backend = backend_of(session)
+    if backend.copies:
+        merged = _merge_copied(session, backend, batch)
     else:
-        merged = _merge_sqlite(session, [_rows_of(laid) for laid in batch])
+        merged = _merge_rows(session, backend, [_rows_of(laid) for laid in batch])
     winners = _winners(batch)
     return [
         upsert_outcome(
@@ -113,14 +113,14 @@ def _at_least_as_new(incoming: Laid, stored: Laid) -> bool:
     return incoming.version_at is not None and incoming.version_at >= stored.version_at
 
 
-# -- PostgreSQL ------------------------------------------------------------------------
+# -- PostgreSQL: COPY ------------------------------------------------------------------
 
-def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> _Merged:
+def _merge_copied(session: Session, backend: Backend, batch: Sequence[Laid]) -> _Merged:
     winners = [
         laid if isinstance(laid, CopyReady) else copy_ready(laid)
         for laid in (batch[i] for i in sorted(_winners(batch)))
     ]
-    lock_customers(session, [rows.id for rows in winners])
+    backend.lock_customers(session, [rows.id for rows in winners])
     connection = session.connection()
     # Customers neither stored nor deleted are copied straight into the table. Checking
     # first is safe only because every writer holds the customer's lock (taken above) while
@@ -140,7 +140,9 @@ def _merge_postgresql(session: Session, batch: Sequence[Laid]) -> _Merged:
     if stored:
         merged.applied |= _merge_staged(connection, stored)
     # A payload carries the whole customer: the stored versions' child rows all go.
-    delete_children(session, [rows.id for rows in stored if rows.id in merged.applied])
+    backend.delete_children(
+        connection, [rows.id for rows in stored if rows.id in merged.applied]
+    )
     copy_children(connection, [rows for rows in winners if rows.id in merged.applied])
     return merged
 
@@ -188,12 +190,12 @@ _MERGE_CUSTOMERS = upsert_newest(
 )
 
 
-# -- SQLite ----------------------------------------------------------------------------
+# -- SQLite: multi-row upserts ---------------------------------------------------------
 
 _SQLITE_ROWS_PER_STATEMENT = 200
 
 
-def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> _Merged:
+def _merge_rows(session: Session, backend: Backend, batch: Sequence[CustomerRows]) -> _Merged:
     # SQLite has one writer at a time, so the batch needs no per-customer locks; the first
     # statement is a write so the write lock is taken before anything is read.
     winners = [batch[i] for i in sorted(_winners(batch))]
@@ -215,7 +217,7 @@ def _merge_sqlite(session: Session, batch: Sequence[CustomerRows]) -> _Merged:
     # Few enough rows per statement to stay under SQLite's limit of bound parameters.
     for start in range(0, len(candidates), _SQLITE_ROWS_PER_STATEMENT):
         chunk = candidates[start:start + _SQLITE_ROWS_PER_STATEMENT]
-        upsert = upsert_newest(sqlite.insert(customers).values([r.customer for r in chunk]))
+        upsert = upsert_newest(backend.insert(customers).values([r.customer for r in chunk]))
         merged.applied.update(session.scalars(upsert))
     replace_children(session, [rows for rows in candidates if rows.id in merged.applied])
     return merged

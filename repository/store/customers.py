@@ -32,17 +32,16 @@ from sqlalchemy.sql.expression import Executable
 from models.customer import Customer
 from models.deprecation import warn_renamed
 from models.validation import parse_customer
+from repository.db.backends import Backend, backend_of
 from repository.db.driver import fetch_first
-from repository.db.engine import dialect_of, native_insert
 from repository.db.keyset import check_page_size, keyset_pages
-from repository.db.locks import LOCK_STATEMENTS, lock_customers
 from repository.db.retry import read_in_session, retries_reads, run_read
 from repository.db.tables import customers, tombstones
 from repository.db.warm_up import hot_statements
 from repository.store import queries
 from repository.store.bulk import Laid, bulk_upsert, lay_out
 from repository.store.children import replace_children
-from repository.store.lookups import Lookups, supported_dialect
+from repository.store.lookups import Lookups
 from repository.store.mapping import CustomerRows, customer_to_rows
 from repository.store.newest_wins import (
     UpsertOutcome,
@@ -111,16 +110,16 @@ _CLEAR_OLDER = clear_older_tombstones(_P_ID, _P_VERSION_AT)
 
 
 @hot_statements
-def _hot_statements(dialect: str) -> list[Executable]:
+def _hot_statements(backend: Backend) -> list[Executable]:
     """A single write's and a ``get``'s statements sent through the driver, built when an
     async engine is made (:mod:`repository.db.warm_up`)."""
     statements = [
-        upsert_one_statement(dialect),
-        get_by_id_statement(dialect),
-        get_by_source_id_statement(dialect),
+        upsert_one_statement(backend),
+        get_by_id_statement(backend),
+        get_by_source_id_statement(backend),
     ]
-    if dialect == "postgresql":
-        statements += [upsert_one_unless_deleted_postgresql(), *LOCK_STATEMENTS]
+    if backend.writes_in_one_statement:
+        statements.append(upsert_one_unless_deleted_postgresql())
     return statements
 
 
@@ -129,7 +128,7 @@ class CustomerRepository(Lookups):
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._dialect = supported_dialect(dialect_of(session))
+        self._backend = backend_of(session)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -176,7 +175,7 @@ class CustomerRepository(Lookups):
         if deleted_at.tzinfo is None:
             raise ValueError("deleted_at must carry a time zone")
         self._lock(customer_id)
-        ins = native_insert(self.session, tombstones).values(
+        ins = self._backend.insert(tombstones).values(
             customer_id=customer_id, deleted_at=deleted_at, swept=swept
         )
         later = ins.excluded.deleted_at > tombstones.c.deleted_at
@@ -256,7 +255,7 @@ class CustomerRepository(Lookups):
     def _write(self, rows: CustomerRows) -> UpsertOutcome:
         self._lock(rows.id)
         connection = self.session.connection()
-        if self._dialect == "postgresql" and rows.version_at is not None:
+        if self._backend.writes_in_one_statement and rows.version_at is not None:
             # One round trip for the tombstones, the row and the old child rows.
             statement = upsert_one_unless_deleted_postgresql()
             found = fetch_first(connection, statement, rows.customer)
@@ -271,7 +270,7 @@ class CustomerRepository(Lookups):
         blocking = self._blocking_tombstone(rows)
         stored = connection.scalar(_STORED_VERSION, {"p_id": rows.id})
         written = blocking is None and fetch_first(
-            connection, upsert_one_statement(self._dialect), rows.customer
+            connection, upsert_one_statement(self._backend), rows.customer
         ) is not None
         if written:
             replace_children(self.session, [rows])
@@ -294,7 +293,7 @@ class CustomerRepository(Lookups):
         return forgotten
 
     def _lock(self, customer_id: str) -> None:
-        lock_customers(self.session, [customer_id])
+        self._backend.lock_customers(self.session, [customer_id])
 
     def _connection(self) -> AbstractContextManager[Connection]:
         return nullcontext(self.session.connection())
@@ -316,7 +315,7 @@ class CustomerRepository(Lookups):
         return run_read(attempt)
 
     def _load(self, condition: ColumnElement[bool] | None, *, limit: int) -> list[Customer]:
-        query = customer_select(self._dialect).limit(limit)
+        query = customer_select(self._backend).limit(limit)
         if condition is not None:
             query = query.where(condition)
         rows = self.session.connection().execute(query)

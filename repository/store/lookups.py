@@ -19,6 +19,7 @@ from sqlalchemy import Engine, Select
 from models.customer import Customer
 from models.storability import text_problem
 from models.wire import json_text
+from repository.db.backends import Backend, backend_of
 from repository.db.driver import AnyConnection, PooledConnection, fetch_first, needs_execute
 from repository.db.engine import is_read_only
 from repository.db.retry import run_read
@@ -30,22 +31,15 @@ from repository.store.reads import (
     get_by_source_id_statement,
 )
 
-__all__ = ["CustomerReader", "Lookups", "supported_dialect"]
+__all__ = ["CustomerReader", "Lookups"]
 
 T = TypeVar("T")
-
-
-def supported_dialect(name: str) -> str:
-    """``name`` if the store runs on that database (PostgreSQL, SQLite); else ValueError."""
-    if name not in ("postgresql", "sqlite"):
-        raise ValueError(f"unsupported database dialect {name!r}")
-    return name
 
 
 class Lookups:
     """The reads of one whole customer; a subclass says which connection they run on."""
 
-    _dialect: str
+    _backend: Backend
 
     def _connection(self) -> AbstractContextManager[AnyConnection]:
         raise NotImplementedError
@@ -86,13 +80,13 @@ class Lookups:
         return _json_or_none(self._fetch(get_by_source_id_statement, source_id=source_id))
 
     def _fetch(
-        self, statement: Callable[[str], Select[Any]], **params: Any
+        self, statement: Callable[[Backend], Select[Any]], **params: Any
     ) -> dict[str, Any] | None:
         # A key no column can hold (NUL, a lone surrogate) is no stored customer's: the
         # answer is "none", not a driver error (PostgreSQL refuses NUL in text).
         if any(text_problem(key) for key in params.values()):
             return None
-        compiled = statement(self._dialect)
+        compiled = statement(self._backend)
 
         def read() -> dict[str, Any] | None:
             # The hot path: the driver's cursor, with SQLAlchemy's compiled statement and
@@ -122,7 +116,7 @@ class CustomerReader(Lookups):
         self.engine = engine if self._read_only else engine.execution_options(
             isolation_level="AUTOCOMMIT"
         )
-        self._dialect = supported_dialect(engine.dialect.name)
+        self._backend = backend_of(engine)
 
     def _read(self, read: Callable[[], T]) -> T:
         # Each read checks out a connection of its own: one lost is retried on a new one.

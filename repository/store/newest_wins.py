@@ -26,8 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from repository.db.engine import native_insert
-from repository.db.tables import child_tables, customers, tombstones
+from repository.db.backends import Backend
+from repository.db.backends.postgresql import delete_children_of
+from repository.db.tables import customers, tombstones
 from repository.store.mapping import CUSTOMER_COLUMNS
 
 __all__ = [
@@ -100,11 +101,11 @@ def upsert_newest(insert: Any) -> Any:
 
 
 @functools.cache
-def upsert_one_statement(dialect: str) -> Any:
+def upsert_one_statement(backend: Backend) -> Any:
     """:func:`upsert_newest` of one customer row, every column a bound parameter named as
-    the column: built once per dialect, so that each upsert skips building the ~40 column
+    the column: built once per backend, so that each upsert skips building the ~40 column
     statement and its cache key."""
-    insert = native_insert(dialect, customers)
+    insert = backend.insert(customers)
     return upsert_newest(insert.values({
         name: bindparam(name, type_=customers.c[name].type) for name in CUSTOMER_COLUMNS
     }))
@@ -137,10 +138,7 @@ def upsert_one_unless_deleted_postgresql() -> Any:
         postgresql.insert(customers).from_select(CUSTOMER_COLUMNS, row)
     ).cte("written")
     # Each reads what the upsert returned, so it runs after it.
-    gone = [
-        delete(table).where(table.c.customer_id.in_(select(written.c.id))).cte(f"gone_{i}")
-        for i, table in enumerate(child_tables)
-    ]
+    gone = [d.cte(f"gone_{i}") for i, d in enumerate(delete_children_of(written))]
     cleared = clear_older_tombstones(value("id"), value("version_at")).cte("cleared")
     # Read in the statement's snapshot: the version held before the upsert.
     stored = select(customers.c.version_at).where(customers.c.id == value("id"))

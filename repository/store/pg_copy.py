@@ -18,17 +18,13 @@ import psycopg
 from sqlalchemy import Connection
 from sqlalchemy.engine import AdaptedConnection
 
+from repository.db.backends import column_names
 from repository.db.errors import driver_errors
 from repository.db.jsonb import dumps_for_jsonb
-from repository.store.mapping import (
-    ADDRESS_COLUMNS,
-    CAMPAIGN_COLUMNS,
-    CUSTOMER_COLUMNS,
-    REFERRAL_COLUMNS,
-    CustomerRows,
-)
+from repository.db.tables import child_tables
+from repository.store.mapping import CUSTOMER_COLUMNS, CustomerRows
 
-__all__ = ["CHILD_COLUMNS", "CopyReady", "copy_line", "copy_ready", "copy_rows", "copy_text"]
+__all__ = ["CHILD_COLUMNS", "CopyReady", "copy_line", "copy_ready", "copy_text"]
 
 _JSON_COLUMNS = frozenset({"metadata", "system_metadata", "extra"})
 
@@ -95,8 +91,9 @@ class CopyReady(NamedTuple):
     children: tuple[bytes, bytes, bytes]
 
 
-#: The child tables' columns, in the order of :attr:`CopyReady.children`.
-CHILD_COLUMNS = (ADDRESS_COLUMNS, CAMPAIGN_COLUMNS, REFERRAL_COLUMNS)
+#: The columns of each child table (:data:`~repository.db.tables.child_tables`), in the
+#: order of :attr:`CopyReady.children`.
+CHILD_COLUMNS = tuple(column_names(table) for table in child_tables)
 
 
 _CUSTOMER, _ADDRESS, _CAMPAIGN, _REFERRAL = (
@@ -117,14 +114,6 @@ def copy_ready(rows: CustomerRows) -> CopyReady:
             "".join([_REFERRAL.line(row) for row in rows.referrals]).encode(),
         ),
     )
-
-
-def copy_rows(
-    connection: Connection, table: str, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """Append ``rows`` (dicts keyed by column name) to ``table`` with one ``COPY``."""
-    layout = _Layout(columns)
-    copy_text(connection, table, columns, [layout.line(row).encode() for row in rows])
 
 
 def copy_text(

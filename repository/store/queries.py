@@ -22,21 +22,18 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
-    case,
     exists,
     func,
-    literal,
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from models.customer import Customer
 from models.long_text import equals_indexed
 from models.storability import text_problem
 from models.wire import INT64_MAX, INT64_MIN
-from repository.db.engine import dialect_of
+from repository.db.backends import Backend, backend_of
 from repository.db.tables import campaigns, customers, referrals
 from repository.store.mapping import FOLD_LIMIT, campaign_key, email_key, fold
 from repository.store.reads import customer_select, decode_customer
@@ -157,9 +154,9 @@ def find(
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidArgument("limit", f"must be a whole number from 1 to {MAX_PAGE_SIZE}")
-    dialect = dialect_of(session)
+    backend = backend_of(session)
     # One row more than asked tells whether another page exists.
-    statement = customer_select_for(dialect, filters, cursor=cursor, limit=limit + 1)
+    statement = customer_select_for(backend, filters, cursor=cursor, limit=limit + 1)
     rows = session.execute(statement).all()
     found = [decode_customer(row._mapping) for row in rows[:limit]]
     next_cursor = _encode_cursor(found[-1].id) if len(rows) > limit else None
@@ -167,20 +164,19 @@ def find(
 
 
 def customer_select_for(
-    dialect: str, filters: CustomerFilter | None, *, cursor: str | None, limit: int
+    backend: Backend, filters: CustomerFilter | None, *, cursor: str | None, limit: int
 ) -> Select[Any]:
     """The statement behind a page of :func:`find` (for ``EXPLAIN`` and tests)."""
-    condition = _conditions(filters or CustomerFilter(), dialect)
+    condition = _conditions(filters or CustomerFilter(), backend)
     if cursor is not None:
         condition = and_(condition, customers.c.id > _decode_cursor(cursor))
-    return customer_select(dialect).where(condition).limit(limit)
+    return customer_select(backend).where(condition).limit(limit)
 
 
 def count(session: Session, filters: CustomerFilter | None = None) -> int:
     """How many customers match."""
-    dialect = dialect_of(session)
     query = select(func.count()).select_from(customers).where(
-        _conditions(filters or CustomerFilter(), dialect)
+        _conditions(filters or CustomerFilter(), backend_of(session))
     )
     return int(session.scalar(query) or 0)
 
@@ -268,7 +264,7 @@ def _check_metadata(wanted: object) -> None:
 # -- SQL -------------------------------------------------------------------------------
 
 
-def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
+def _conditions(f: CustomerFilter, backend: Backend) -> ColumnElement[bool]:
     c = customers.c
     parts: list[ColumnElement[bool]] = []
     if f.email is not None:
@@ -276,7 +272,7 @@ def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
     if f.source_id is not None:
         parts.append(equals_indexed(c.source_id, f.source_id))
     if f.name_prefix is not None:
-        parts.append(_starts_with(c.name_folded, fold(f.name_prefix), dialect))
+        parts.append(backend.starts_with(c.name_folded, fold(f.name_prefix)))
     if f.created_from is not None:
         parts.append(c.created_at >= f.created_from)
     if f.created_before is not None:
@@ -286,7 +282,7 @@ def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
     if f.updated_before is not None:
         parts.append(c.updated_at < f.updated_before)
     if f.metadata_contains is not None:
-        parts.append(_metadata_contains(f.metadata_contains, dialect))
+        parts.append(backend.json_contains(c.metadata, f.metadata_contains))
     if f.campaign is not None:
         entry = [campaigns.c.customer_id == c.id, campaigns.c.campaign == campaign_key(f.campaign)]
         if f.min_points is not None:
@@ -305,95 +301,6 @@ def _conditions(f: CustomerFilter, dialect: str) -> ColumnElement[bool]:
             since = datetime(since.year, since.month, since.day, tzinfo=UTC)
         parts.append(c.orders_last_order_date >= since)
     return and_(true(), *parts)
-
-
-def _starts_with(column: Any, prefix: str, dialect: str) -> ColumnElement[bool]:
-    """``column`` starts with ``prefix``, as a pattern the column's index serves: LIKE with
-    text_pattern_ops on PostgreSQL, GLOB on SQLite (its LIKE ignores ASCII case and so
-    cannot use an index)."""
-    if dialect == "postgresql":
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return column.like(escaped + "%", escape="\\")  # type: ignore[no-any-return]
-    escaped = "".join(f"[{ch}]" if ch in "*?[" else ch for ch in prefix)
-    return column.op("GLOB", is_comparison=True)(escaped + "*")  # type: ignore[no-any-return]
-
-
-def _metadata_contains(wanted: Mapping[str, Any], dialect: str) -> ColumnElement[bool]:
-    if dialect == "postgresql":
-        return customers.c.metadata.op("@>")(literal(_plain(wanted), JSONB))
-    document = customers.c.metadata
-    return and_(func.json_type(document) == "object", *_sqlite_members(document, wanted))
-
-
-def _plain(value: Any) -> Any:
-    """JSON values as the serializer takes them: any Mapping as a dict."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-# PostgreSQL's @> rules, spelled with SQLite's JSON functions. Keys are compared as values
-# (json_each's key column), never written into a JSON path: SQLite's paths cannot quote
-# every key (one holding a double quote, for one). A nested value is read by json_each only
-# where its type says it is an object or an array (a CASE), never as text that is not JSON.
-# The members of nested objects are joined in one subquery (a key names at most one
-# member, so the join cannot multiply rows); each wanted array element is a subquery of its
-# own. Nesting subqueries costs SQLite's parser stack, hence MAX_METADATA_DEPTH.
-
-
-def _sqlite_members(document: Any, wanted: Mapping[str, Any]) -> list[ColumnElement[bool]]:
-    """For each wanted key, the object ``document`` has the key with a matching value."""
-    out: list[ColumnElement[bool]] = []
-    for key, item in wanted.items():
-        member = func.json_each(document).table_valued("key", "value", "type")
-        froms: list[Any] = [member]
-        where: list[ColumnElement[bool]] = [member.c.key == key]
-        _sqlite_match(member, item, froms, where)
-        out.append(_exists(froms, where))
-    return out
-
-
-def _sqlite_match(
-    node: Any, wanted: Any, froms: list[Any], where: list[ColumnElement[bool]]
-) -> None:
-    """Add to ``froms`` and ``where`` what makes ``node`` (a json_each row) contain
-    ``wanted``."""
-    value, kind = node.c.value, node.c.type
-    if isinstance(wanted, Mapping):
-        where.append(kind == "object")
-        inner = case((kind == "object", value))
-        for key, item in wanted.items():
-            member = func.json_each(inner).table_valued("key", "value", "type")
-            froms.append(member)
-            where.append(member.c.key == key)
-            _sqlite_match(member, item, froms, where)
-    elif isinstance(wanted, list):
-        where.append(kind == "array")
-        inner = case((kind == "array", value))
-        for item in wanted:
-            element = func.json_each(inner).table_valued("value", "type")
-            element_froms: list[Any] = [element]
-            element_where: list[ColumnElement[bool]] = []
-            _sqlite_match(element, item, element_froms, element_where)
-            where.append(_exists(element_froms, element_where))
-    elif wanted is None:
-        where.append(kind == "null")
-    elif isinstance(wanted, bool):
-        where.append(kind == ("true" if wanted else "false"))
-    elif isinstance(wanted, (int, float)):
-        where.append(and_(kind.in_(["integer", "real"]), value == wanted))
-    else:
-        where.append(and_(kind == "text", value == wanted))
-
-
-def _exists(froms: list[Any], where: list[ColumnElement[bool]]) -> ColumnElement[bool]:
-    # Each json_each reads a column of one before it: a join on nothing more.
-    joined = froms[0]
-    for later in froms[1:]:
-        joined = joined.join(later, true())
-    return exists().select_from(joined).where(true(), *where)
 
 
 def cursor_after(customer_id: str) -> str:

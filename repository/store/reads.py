@@ -24,9 +24,9 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from models.base import UTCDateTime, in_utc
 from models.customer import Customer
 from models.long_text import equals_indexed
+from repository.db.backends import Backend
 from repository.db.tables import addresses, campaigns, customers, referrals
 from repository.store.mapping import (
     ADDRESS_COLUMNS,
@@ -53,7 +53,7 @@ _REFERRAL_FIELDS = [name for name in REFERRAL_COLUMNS if name != "customer_id"]
 _CUSTOMER_FIELDS = [c for c in customers.c if c.name not in SEARCH_KEY_COLUMNS]
 
 
-def customer_select(dialect: str) -> Select[Any]:
+def customer_select(backend: Backend) -> Select[Any]:
     """``SELECT`` of whole customers, ordered by id; add ``where``/``limit`` to use it.
 
     Child rows, the address included, come from correlated subqueries rather than joins:
@@ -63,36 +63,36 @@ def customer_select(dialect: str) -> Select[Any]:
     """
     return select(
         *_CUSTOMER_FIELDS,
-        _aggregate(addresses, _ADDRESS_FIELDS, dialect).label("address_json"),
-        _aggregate(campaigns, _CAMPAIGN_FIELDS, dialect).label("campaigns_json"),
-        _aggregate(referrals, _REFERRAL_FIELDS, dialect).label("referrals_json"),
+        _aggregate(addresses, _ADDRESS_FIELDS, backend).label("address_json"),
+        _aggregate(campaigns, _CAMPAIGN_FIELDS, backend).label("campaigns_json"),
+        _aggregate(referrals, _REFERRAL_FIELDS, backend).label("referrals_json"),
     ).order_by(customers.c.id)
 
 
 @functools.cache
-def get_by_id_statement(dialect: str) -> Select[Any]:
-    """:func:`customer_select` for one id (bound as ``id``), built once per dialect so that
+def get_by_id_statement(backend: Backend) -> Select[Any]:
+    """:func:`customer_select` for one id (bound as ``id``), built once per backend so that
     each call skips building and compiling it."""
-    return customer_select(dialect).where(customers.c.id == bindparam("id")).limit(1)
+    return customer_select(backend).where(customers.c.id == bindparam("id")).limit(1)
 
 
 @functools.cache
-def get_by_source_id_statement(dialect: str) -> Select[Any]:
+def get_by_source_id_statement(backend: Backend) -> Select[Any]:
     """:func:`customer_select` for the live customer with a ``source_id`` (bound as
     ``source_id``) and the newest version: out-of-order deliveries can leave two customers
     with one ``source_id`` for a while (the old holder's rename not yet received)."""
     newest = _newest_with_source_id(bindparam("source_id"))
-    return customer_select(dialect).where(customers.c.id == newest).limit(1)
+    return customer_select(backend).where(customers.c.id == newest).limit(1)
 
 
 @functools.cache
-def get_by_key_statement(dialect: str) -> Select[Any]:
+def get_by_key_statement(backend: Backend) -> Select[Any]:
     """:func:`customer_select` for the customer whose id is ``key`` or else the one
     :func:`get_by_source_id_statement` finds for ``key`` as a ``source_id``: one statement
     (``coalesce`` looks for the second only when the first is not there)."""
     by_id = select(customers.c.id).where(customers.c.id == bindparam("key")).scalar_subquery()
     found = func.coalesce(by_id, _newest_with_source_id(bindparam("key")))
-    return customer_select(dialect).where(customers.c.id == found).limit(1)
+    return customer_select(backend).where(customers.c.id == found).limit(1)
 
 
 def _newest_with_source_id(source_id: ColumnElement[Any]) -> ScalarSelect[Any]:
@@ -135,22 +135,9 @@ def _customer_rows(
     return head, address, campaign_rows, referral_rows
 
 
-def _aggregate(table: Table, fields: list[str], dialect: str) -> ColumnElement[Any]:
+def _aggregate(table: Table, fields: list[str], backend: Backend) -> ColumnElement[Any]:
     """A JSON array of ``[field, ...]`` arrays, one per child row of the outer customer."""
-    columns: list[Any] = [table.c[name] for name in fields]
-    if dialect == "postgresql":
-        # JSON renders a timestamptz in the session's time zone, where the last instants of
-        # year 9999 fall in year 10000: render times as UTC wall-clock time instead (ISO
-        # 8601, no offset), which reads the same in any zone.
-        columns = [in_utc(c) if isinstance(c.type, UTCDateTime) else c for c in columns]
-        aggregate = func.json_agg(func.json_build_array(*columns))
-    else:
-        # SQLite keeps JSON as text: json() embeds it as JSON rather than as a string.
-        columns = [
-            func.json(c) if name == "extra" else c
-            for name, c in zip(fields, columns, strict=True)
-        ]
-        aggregate = func.json_group_array(func.json(func.json_array(*columns)))
+    aggregate = backend.json_rows([table.c[name] for name in fields])
     subquery = select(aggregate).where(table.c.customer_id == customers.c.id).scalar_subquery()
     return type_coerce(subquery, JSON)
 

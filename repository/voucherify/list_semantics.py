@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from models.customer import Customer
 from models.long_text import equals_indexed, indexed_prefix
 from models.storability import text_problem
-from repository.db.engine import dialect_of
+from repository.db.backends import backend_of
 from repository.db.tables import addresses, customers
 from repository.store.mapping import email_key, name_key
 from repository.store.reads import customer_select, decode_customer
@@ -144,7 +144,7 @@ def list_customers(
     ids = ids[: query.limit]
     found: dict[str, Any] = {}
     if ids:
-        statement = customer_select(dialect_of(session)).where(customers.c.id.in_(ids))
+        statement = customer_select(backend_of(session)).where(customers.c.id.in_(ids))
         for row in session.connection().execute(statement):
             found[row.id] = decode(row._mapping)
     count = total() if total is not None else count_listed(session, query)

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from repository.db.engine import native_insert
+from repository.db.backends import backend_of
 from repository.db.tables import customers
 from repository.db.tables import mirror_listed_table as listed_table
 from repository.db.tables import mirror_state_table as state_table
@@ -58,7 +58,7 @@ def mirror_states(session: Session) -> list[MirrorState]:
 
 def save_mirror_state(session: Session, state: MirrorState) -> None:
     values = asdict(state)
-    ins = native_insert(session, state_table).values(values)
+    ins = backend_of(session).insert(state_table).values(values)
     session.execute(ins.on_conflict_do_update(
         index_elements=[state_table.c.api_url],
         set_={name: ins.excluded[name] for name in values if name != "api_url"},
@@ -68,7 +68,7 @@ def save_mirror_state(session: Session, state: MirrorState) -> None:
 def remember_listed(session: Session, api_url: str, customer_ids: Sequence[str]) -> None:
     """Note customers the full listing under way has seen (rejected ones too: they exist)."""
     if customer_ids:
-        ins = native_insert(session, listed_table).values(
+        ins = backend_of(session).insert(listed_table).values(
             [{"api_url": api_url, "customer_id": cid} for cid in dict.fromkeys(customer_ids)]
         )
         session.execute(ins.on_conflict_do_nothing())

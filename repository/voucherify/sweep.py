@@ -103,15 +103,19 @@ def missing_from(session: Session, started: datetime, listed: Set[str]) -> int:
 def delete_unlisted(sessions: sessionmaker[Session], api_url: str, started: datetime) -> int:
     """Delete the stored customers older than ``started`` that the listing did not record,
     a page per transaction; how many were removed."""
-    deleted, after = 0, None
-    while True:
+    deleted = 0
+
+    def delete_after(after: str | None) -> list[str]:
+        nonlocal deleted
         ids, removed = run_in_transaction(
             sessions, partial(_delete_page, api_url=api_url, started=started, after=after)
         )
         deleted += removed
-        if len(ids) < _PAGE:
-            return deleted
-        after = ids[-1]
+        return ids
+
+    for _ in keyset_pages(delete_after, str, size=_PAGE):
+        pass
+    return deleted
 
 
 def _delete_page(

@@ -123,18 +123,19 @@ def prune_events(
     if not include_rejected:
         condition = and_(condition, events.c.outcome != EventOutcome.REJECTED.value)
     pruned = 0
-    after: str | None = None
-    while True:
-        batch = partial(
-            _prune_batch, condition=condition, after=after, batch_size=batch_size
-        )
-        seen, last, deleted = run_in_transaction(sessions, batch)
+
+    def prune_after(after: str | None) -> list[str]:
+        nonlocal pruned
+        batch = partial(_prune_batch, condition=condition, after=after, batch_size=batch_size)
+        seen, deleted = run_in_transaction(sessions, batch)
         pruned += deleted
         if on_progress is not None and seen:
             on_progress(pruned)
-        if seen < batch_size or last is None:
-            return pruned
-        after = last
+        return seen
+
+    for _ in keyset_pages(prune_after, str, size=batch_size):
+        pass
+    return pruned
 
 
 def _prune_batch(
@@ -143,23 +144,20 @@ def _prune_batch(
     condition: ColumnElement[bool],
     after: str | None,
     batch_size: int,
-) -> tuple[int, str | None, int]:
+) -> tuple[list[str], int]:
     """Delete the next ``batch_size`` events meeting ``condition`` after the id ``after``:
-    how many were found, the last id of the range, how many were deleted."""
+    the ids of the range, in order, and how many were deleted."""
     window = select(events.c.event_id).where(condition)
     if after is not None:
         window = window.where(events.c.event_id > after)
-    window_sq = window.order_by(events.c.event_id).limit(batch_size).subquery()
-    seen, last = session.execute(
-        select(func.count(), func.max(window_sq.c.event_id))
-    ).one()
+    seen = list(session.scalars(window.order_by(events.c.event_id).limit(batch_size)))
     if not seen:
-        return 0, None, 0
-    in_range = events.c.event_id <= last
+        return [], 0
+    in_range = events.c.event_id <= seen[-1]
     if after is not None:
         in_range = and_(events.c.event_id > after, in_range)
     result = session.execute(delete(events).where(in_range, condition))
-    return int(seen), str(last), int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return seen, int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _aware(moment: datetime) -> datetime:

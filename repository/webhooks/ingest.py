@@ -27,8 +27,8 @@ from models.ids import customer_id_problem
 from models.validation import parse_customer
 from models.webhook import CUSTOMER_CHANGE_EVENTS, Envelope, MalformedDelivery, parse_envelope
 from models.wire import parse_datetime
+from repository.db.backends import Backend, backend_of
 from repository.db.driver import Sent, fetch_first, pipelined, send
-from repository.db.engine import dialect_of, native_insert
 from repository.db.locks import lock_customers
 from repository.db.retry import (
     RetryListener,
@@ -245,11 +245,11 @@ async def ingest_delivery_async(
 
 
 @hot_statements
-def _hot_statements(dialect: str) -> list[Executable]:
+def _hot_statements(backend: Backend) -> list[Executable]:
     """What recording a delivery sends through the driver, for building ahead of use."""
     return [
-        _claim_statement(dialect, True),
-        _claim_statement(dialect, False),
+        _claim_statement(backend, True),
+        _claim_statement(backend, False),
         _REDELIVERED,
         _OWN_ATTEMPT,
         _SET_OUTCOME,
@@ -332,8 +332,8 @@ def _claim(
     A delivery about a forgotten customer is recorded without its body and error text: both
     may carry the personal data that was erased.
     """
-    dialect = dialect_of(session)
-    return send(session.connection(), _claim_statement(dialect, count_delivery), {
+    statement = _claim_statement(backend_of(session), count_delivery)
+    return send(session.connection(), statement, {
         "p_event_id": envelope.event_id,
         "p_envelope_id": envelope.envelope_id,
         "p_event_type": envelope.event_type,
@@ -381,7 +381,7 @@ def _own_earlier_attempt(
 
 
 @functools.cache
-def _claim_statement(dialect: str, count_delivery: bool) -> Any:
+def _claim_statement(backend: Backend, count_delivery: bool) -> Any:
     """The claim of :func:`_claim`, built once: a delivery binds its values to it (named
     ``p_…``: SQLAlchemy keeps the columns' own names for itself)."""
     forgotten = is_forgotten(bindparam("p_customer_id", type_=events.c.customer_id.type))
@@ -398,7 +398,7 @@ def _claim_statement(dialect: str, count_delivery: bool) -> Any:
         "error": case((and_(forgotten, error.is_not(None)), literal(ERASED_ERROR)), else_=error),
         "body": case((forgotten, literal(b"", LargeBinary)), else_=body),
     }
-    ins = native_insert(dialect, events).values(
+    ins = backend.insert(events).values(
         event_id=bindparam("p_event_id", type_=events.c.event_id.type),
         first_received_at=bindparam("p_now", type_=events.c.first_received_at.type),
         deliveries=1,
