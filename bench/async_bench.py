@@ -33,7 +33,7 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.admin import upgrade_to_head
+from repository.db import upgrade_to_head
 
 CONCURRENT = 50
 POOL = int(os.environ.get("BENCH_POOL", "10"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.store_bench import DEFAULT_ADMIN_URL, throwaway_database
 from repository import make_engine, make_session_factory
-from repository.admin import upgrade_to_head
+from repository.db import upgrade_to_head
 from repository.voucherify import VoucherifyClient, mirror_customers
 from tests.voucherify_api import FakeVoucherify, format_instant, make_customers
 

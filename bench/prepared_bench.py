@@ -34,7 +34,7 @@ from bench.async_bench import store
 from bench.ingest_rate import state_is_newest
 from bench.store_bench import DEFAULT_ADMIN_URL, percentiles, throwaway_database
 from repository import CustomerRepository, ingest_delivery, make_engine, make_session_factory
-from repository.admin import upgrade_to_head
+from repository.db import upgrade_to_head
 from tests.pgbouncer import PgBouncer, find_pgbouncer, running_pgbouncer
 from tests.webhook_streams import build_stream, customers_for_deliveries, split_round_robin
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from bench.customers import write_jsonl
 from bench.store_bench import DEFAULT_ADMIN_URL, sample_ids, throwaway_database
 from repository import CustomerReader, make_engine
-from repository.admin import upgrade_to_head
+from repository.db import upgrade_to_head
 
 RATE = 250
 # (stage, what a frame's text contains), the first match of the innermost matching frame.

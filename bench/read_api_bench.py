@@ -47,7 +47,7 @@ from bench.store_bench import (
 )
 from customer_store.read_api import APP_ID_VARIABLE, APP_TOKEN_VARIABLE
 from repository import CustomerRepository, make_engine, make_session_factory
-from repository.admin import upgrade_to_head
+from repository.db import upgrade_to_head
 from tests.servers import running_server
 
 APP_ID = "bench-app"

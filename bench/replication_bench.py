@@ -81,7 +81,7 @@ from repository import (
     make_session_factory,
     run_in_transaction,
 )
-from repository.admin import upgrade_to_head
+from repository.db import upgrade_to_head
 from tests.replication import (
     STORE_DATABASE,
     Cluster,

@@ -44,19 +44,16 @@ from customer_store.common import (
 from customer_store.progress import print_message, progress_bar
 from models import Customer
 from repository import CustomerRepository, make_session_factory, read_in_session
-from repository.admin import (
+from repository.admin import require_customer_id
+from repository.db import DEFAULT_DATABASE_URL, current_revision, first_line, upgrade_to_head
+from repository.importing import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_DATABASE_URL,
     ImportReport,
     Rejection,
-    current_revision,
-    first_line,
     import_records,
-    iter_customers,
     read_records,
-    require_customer_id,
-    upgrade_to_head,
 )
+from repository.store import iter_customers
 
 __all__ = ["MAX_BATCH_SIZE", "MAX_WORKERS", "build_parser", "main"]
 

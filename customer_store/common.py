@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from repository import make_engine
-from repository.admin import (
+from repository.db import (
     DEFAULT_MAX_LAG,
     NoDatabaseFile,
     ReadRouter,

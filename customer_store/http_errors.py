@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from customer_store.logs import FIELDS, safe_traceback
 from models import json_text
-from repository.admin import is_retryable
+from repository.db import is_retryable
 
 __all__ = [
     "REQUEST_ID_HEADER",

@@ -55,7 +55,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from repository.admin import AsyncReadRouter, estimate_customer_count, last_applied_at
+from repository.admin import estimate_customer_count, last_applied_at
+from repository.db import AsyncReadRouter
 from repository.voucherify import mirror_states
 
 __all__ = ["REFRESH_INTERVAL", "ReceiverMetrics"]

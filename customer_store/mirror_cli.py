@@ -23,7 +23,7 @@ from customer_store.common import (
 )
 from customer_store.progress import print_message, progress_bar
 from repository import make_session_factory
-from repository.admin import Rejection
+from repository.importing import Rejection
 from repository.voucherify import (
     DEFAULT_API_URL,
     DEFAULT_MAX_WAIT,

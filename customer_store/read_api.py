@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 from customer_store.http_errors import error_response
 from models import json_text
 from repository import CustomerRepository, read_in_session_async
-from repository.admin import AsyncReadRouter
+from repository.db import AsyncReadRouter
 from repository.voucherify import (
     CustomerList,
     InvalidListParameter,

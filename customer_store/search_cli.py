@@ -23,13 +23,8 @@ from customer_store.common import (
 )
 from models import INT64_MAX, INT64_MIN, loads_json, parse_datetime
 from repository import CustomerFilter, CustomerRepository, InvalidArgument, Page, read_in_session
-from repository.admin import (
-    FOLD_LIMIT,
-    MAX_METADATA_DEPTH,
-    MAX_METADATA_TERMS,
-    MAX_PAGE_SIZE,
-    store_stats,
-)
+from repository.admin import store_stats
+from repository.store import FOLD_LIMIT, MAX_METADATA_DEPTH, MAX_METADATA_TERMS, MAX_PAGE_SIZE
 
 __all__ = ["add_commands"]
 

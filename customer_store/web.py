@@ -56,15 +56,14 @@ from models import (
     verify_signature,
 )
 from repository import DeadlineExceeded, IngestResult, ingest_delivery_async
-from repository.admin import (
-    DEFAULT_DELIVERY_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES,
+from repository.db import (
     NotReplicated,
     current_revision,
     first_line,
     head_revision,
     with_pooler_hint,
 )
+from repository.webhooks import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 

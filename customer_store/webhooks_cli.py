@@ -44,10 +44,10 @@ from repository import (
     make_async_session_factory,
     make_session_factory,
 )
-from repository.admin import (
+from repository.db import AsyncReadRouter
+from repository.webhooks import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
-    AsyncReadRouter,
     count_events,
     ingest_or_record_refusal,
     iter_events,

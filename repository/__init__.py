@@ -2,9 +2,11 @@
 
 Engines and sessions, the repository and its async face, the reader, the outcomes of a
 write, search filters and pages, webhook ingestion, the transaction runners, and
-:class:`~models.Customer` with its errors. Operators' tools live in
-:mod:`repository.admin`; Voucherify's API (client, mirror, list semantics) in
-:mod:`repository.voucherify`. All SQL of the project lives in this package.
+:class:`~models.Customer` with its errors. Each sub-package has a face of its own for the
+rest: :mod:`repository.db` (URLs, errors, replicas, the schema), :mod:`repository.store`,
+:mod:`repository.webhooks` (the event log), :mod:`repository.importing`,
+:mod:`repository.voucherify` (client, mirror, list semantics) and :mod:`repository.admin`
+(erasure, privileges, statistics). All SQL of the project lives in this package.
 """
 
 from models.customer import Customer
@@ -69,44 +71,52 @@ __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
     "InvalidCustomerId",
 ]
 
-_ADMIN = "repository.admin"
-_VOUCHERIFY = "repository.voucherify"
-
 #: Names this package exported before it became the service's face: each still resolves
 #: for one release, with a DeprecationWarning, to (the face that holds it, its name there).
-_MOVED: dict[str, tuple[str, str]] = {
-    name: (_ADMIN, name)
-    for name in (
-        "AsyncReadRouter", "CONNECTION_DEFAULTS", "DEFAULT_BATCH_SIZE", "DEFAULT_DATABASE_URL",
-        "DEFAULT_DELIVERY_TIMEOUT", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_LAG", "ErasureReport",
-        "FOLD_LIMIT", "FallbackReason", "GrantReport", "ImportReport", "InvalidRoleName",
-        "MAX_METADATA_DEPTH", "MAX_METADATA_TERMS", "MAX_PAGE_SIZE", "MissingPrivilege",
-        "NoDatabaseFile", "NotReplicated", "POOLER_HINT", "POOLER_PARAMETER", "ReadRouter",
-        "Record", "Rejection", "RetryListener", "StoreStats", "alembic_config",
-        "behind_pooler", "commit_position", "count_events", "current_revision",
-        "estimate_customer_count", "fold", "forget_customer", "grant_app_role", "head_revision",
-        "import_records", "ingest_or_record_refusal", "is_lost_connection", "is_pooler_clash",
-        "is_retryable", "iter_customers", "iter_events", "last_applied_at", "list_events",
-        "parse_database_url", "prune_events", "read_records", "replay_rejected",
-        "require_customer_id", "require_position", "require_role_name", "store_stats",
-        "upgrade_to_head",
-    )
-} | {
-    name: (_VOUCHERIFY, name)
-    for name in (
+_MOVED_TO: dict[str, tuple[str, ...]] = {
+    "repository.admin": (
+        "ErasureReport", "GrantReport", "InvalidRoleName", "MissingPrivilege",
+        "StoreStats", "estimate_customer_count", "forget_customer", "grant_app_role",
+        "last_applied_at", "require_customer_id", "require_role_name", "store_stats",
+    ),
+    "repository.db": (
+        "AsyncReadRouter", "CONNECTION_DEFAULTS", "DEFAULT_DATABASE_URL",
+        "DEFAULT_MAX_LAG", "FallbackReason", "NoDatabaseFile", "NotReplicated",
+        "POOLER_HINT", "POOLER_PARAMETER", "ReadRouter", "RetryListener",
+        "alembic_config", "behind_pooler", "commit_position", "current_revision",
+        "head_revision", "is_lost_connection", "is_pooler_clash", "is_retryable",
+        "parse_database_url", "require_position", "upgrade_to_head",
+    ),
+    "repository.store": (
+        "FOLD_LIMIT", "MAX_METADATA_DEPTH", "MAX_METADATA_TERMS", "MAX_PAGE_SIZE",
+        "fold", "iter_customers",
+    ),
+    "repository.importing": (
+        "DEFAULT_BATCH_SIZE", "ImportReport", "Record", "Rejection", "import_records",
+        "read_records",
+    ),
+    "repository.webhooks": (
+        "DEFAULT_DELIVERY_TIMEOUT", "DEFAULT_MAX_BODY_BYTES", "count_events",
+        "ingest_or_record_refusal", "iter_events", "list_events", "prune_events",
+        "replay_rejected",
+    ),
+    "repository.voucherify": (
         "CustomerList", "DEFAULT_API_URL", "DEFAULT_MAX_WAIT", "DEFAULT_OVERLAP",
         "DEFAULT_RESERVE", "DEFAULT_TIMEOUT", "ApiUnavailable", "AuthenticationFailed",
         "BudgetExhausted", "InvalidListParameter", "ListQuery", "RequestLimitReached",
-        "SweepRefused", "TieOverflow", "TotalCache", "VoucherifyClient", "VoucherifyError",
-        "count_listed", "decode_customer_value", "default_max_deletions", "list_customers",
-        "parse_list_query",
-    )
+        "SweepRefused", "TieOverflow", "TotalCache", "VoucherifyClient",
+        "VoucherifyError", "count_listed", "decode_customer_value",
+        "default_max_deletions", "list_customers", "parse_list_query",
+    ),
+}
+_MOVED: dict[str, tuple[str, str]] = {
+    name: (face, name) for face, names in _MOVED_TO.items() for name in names
 } | {
-    "CustomerPage": (_VOUCHERIFY, "CustomerList"),
-    "SyncReport": (_VOUCHERIFY, "MirrorReport"),
-    "SyncState": (_VOUCHERIFY, "MirrorState"),
-    "sync_customers": (_VOUCHERIFY, "mirror_customers"),
-    "sync_states": (_VOUCHERIFY, "mirror_states"),
+    "CustomerPage": ("repository.voucherify", "CustomerList"),
+    "SyncReport": ("repository.voucherify", "MirrorReport"),
+    "SyncState": ("repository.voucherify", "MirrorState"),
+    "sync_customers": ("repository.voucherify", "mirror_customers"),
+    "sync_states": ("repository.voucherify", "mirror_states"),
 }
 
 

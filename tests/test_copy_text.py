@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from models import Base
 from models.validation import parse_customer
 from repository import CustomerRepository, make_session_factory
-from repository.admin import import_records
+from repository.importing import import_records
 from repository.importing.records import read_records
 from repository.store.mapping import CUSTOMER_COLUMNS, customer_to_rows
 from repository.store.pg_copy import copy_line, copy_ready, copy_text

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from customer_store.common import mask_passwords, safe_url
-from repository.admin import CONNECTION_DEFAULTS, parse_database_url
+from repository.db import CONNECTION_DEFAULTS, parse_database_url
 from repository.db.engine import (
     behind_pooler,
     make_async_engine,

@@ -24,7 +24,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from repository import CustomerRepository, make_engine, make_session_factory
-from repository.admin import current_revision
+from repository.db import current_revision
 from repository.db.schema import upgrade_to_head
 from tests.servers import ROOT, running_server
 from tests.voucherify_api import FakeVoucherify, make_customers

@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import Executable
 
 from repository.db import driver
+from repository.db.backends import backend_of
 from repository.db.driver import PooledConnection, fetch_first, needs_execute, pipelined, send
 from repository.store.reads import (
     get_by_id_statement,
@@ -132,11 +133,11 @@ def test_statements_go_through_execute_while_the_engine_logs_them(
 
 
 def test_a_plan_names_the_columns_as_sqlalchemys_own_result_does(engine: Engine) -> None:
-    dialect = engine.dialect.name
+    backend = backend_of(engine)
     statements: dict[Executable, dict[str, str]] = {
-        get_by_id_statement(dialect): {"id": "cust_none"},
-        get_by_source_id_statement(dialect): {"source_id": "none"},
-        get_by_key_statement(dialect): {"key": "none"},
+        get_by_id_statement(backend): {"id": "cust_none"},
+        get_by_source_id_statement(backend): {"source_id": "none"},
+        get_by_key_statement(backend): {"key": "none"},
         _PERCENT_AND_REPEATS: {"a": "a", "b": "b"},
     }
     with engine.connect() as connection:

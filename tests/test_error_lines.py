@@ -22,8 +22,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import customer_store
-from repository import CustomerRepository, first_line, make_engine
+from repository import CustomerRepository, make_engine
 from repository.admin.privileges import grant_app_role
+from repository.db import first_line
 from repository.db.schema import upgrade_to_head
 from tests.test_forget import T0, customer_of, delivery
 from tests.test_ingest_cli import POSTGRES_TRIGGER, REFUSED_NAME

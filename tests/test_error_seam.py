@@ -39,7 +39,7 @@ from repository import (
     make_session_factory,
     read_in_session_async,
 )
-from repository.admin import POOLER_HINT, is_pooler_clash
+from repository.db import POOLER_HINT, is_pooler_clash
 from repository.db.retry import run_in_transaction
 from repository.db.schema import upgrade_to_head
 from tests.conftest import StoreCustomers

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from customer_store.cli import main
 from models import EventOutcome, WebhookEventRow
 from repository import make_engine, make_session_factory
-from repository.admin import count_events, iter_events, prune_events
 from repository.db.schema import upgrade_to_head
 from repository.db.tables import events
+from repository.webhooks import count_events, iter_events, prune_events
 from tests.conftest import load_example_customers
 from tests.servers import running_server
 from tests.test_cli_arguments import assert_usage_error

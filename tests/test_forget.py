@@ -27,9 +27,9 @@ from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session
 
 from repository import CustomerRepository, make_engine
-from repository.admin import list_events
 from repository.db.schema import upgrade_to_head
 from repository.db.tables import events
+from repository.webhooks import list_events
 from tests.test_secrets import Run, cli
 from tests.webhook_streams import envelope, iso
 

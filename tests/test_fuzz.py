@@ -36,7 +36,7 @@ from models import Base
 from models.events import EventOutcome, WebhookEventRow
 from models.storability import MAX_NESTING
 from repository import CustomerRepository, make_session_factory
-from repository.admin import import_records, read_records
+from repository.importing import import_records, read_records
 from repository.webhooks.ingest import MalformedDelivery, ingest_delivery
 from tests.invariants import assert_invariants
 from tests.servers import Server, cli_command, running_server

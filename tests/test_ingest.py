@@ -27,7 +27,8 @@ from repository import (
     ingest_delivery_async,
     make_async_session_factory,
 )
-from repository.admin import count_events, forget_customer, replay_rejected
+from repository.admin import forget_customer
+from repository.webhooks import count_events, replay_rejected
 from tests.aio import APIS
 from tests.conftest import load_example_events
 from tests.webhook_streams import build_stream, envelope, legacy_envelope

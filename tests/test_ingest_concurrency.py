@@ -31,7 +31,7 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.admin import count_events
+from repository.webhooks import count_events
 from tests.servers import cli_command
 from tests.webhook_streams import build_stream, envelope, iso
 

@@ -43,10 +43,11 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.admin import import_records, list_events, read_records
 from repository.db.schema import alembic_config, current_revision, head_revision
+from repository.importing import import_records, read_records
 from repository.store.mapping import email_key, name_key
 from repository.store.queries import MAX_PAGE_SIZE
+from repository.webhooks import list_events
 from tests.conftest import load_example_customers, load_example_events
 from tests.webhook_streams import envelope, iso
 

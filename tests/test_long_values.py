@@ -23,8 +23,8 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.admin import import_records, read_records
 from repository.db.schema import alembic_config
+from repository.importing import import_records, read_records
 from repository.store.mapping import FOLD_LIMIT, campaign_key
 from repository.store.queries import InvalidArgument
 from repository.voucherify import VoucherifyClient, mirror_customers

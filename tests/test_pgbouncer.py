@@ -38,7 +38,7 @@ from repository import (
     make_async_session_factory,
     make_engine,
 )
-from repository.admin import (
+from repository.db import (
     POOLER_HINT,
     behind_pooler,
     current_revision,

@@ -1,6 +1,7 @@
 """The public faces: the entry points (the CLI and the receiver) use the library only
-through ``repository`` (the service's face), ``repository.admin``, ``repository.voucherify``
-and ``models``, by names those faces export; names that left a face still resolve, with a
+through ``repository`` (the service's face), its sub-packages' faces (``repository.db``,
+``repository.admin``, ``repository.voucherify``...) and ``models``, by names those faces
+export; names that left a face still resolve, with a
 warning, for one release."""
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("repository", "models")
-FACES = ("repository", "repository.admin", "repository.voucherify", "models")
+FACES = (
+    "repository",
+    "repository.admin",
+    "repository.db",
+    "repository.importing",
+    "repository.store",
+    "repository.voucherify",
+    "repository.webhooks",
+    "models",
+)
 ENTRY_POINTS = sorted((ROOT / "customer_store").glob("*.py"))
 
 
@@ -56,6 +66,13 @@ def test_the_check_notices_a_private_import(tmp_path: Path) -> None:
     assert library_imports(probe) == [("repository.store.queries", "_conditions", 2)]
 
 
+def test_every_sub_package_of_repository_has_a_face() -> None:
+    packages = {p.parent.name for p in (ROOT / "repository").glob("*/__init__.py")}
+    assert {f"repository.{name}" for name in packages} <= set(FACES)
+    for name in packages:
+        assert importlib.import_module(f"repository.{name}").__all__
+
+
 def test_the_check_refuses_a_sub_package_module(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("from repository.voucherify.client import VoucherifyClient\n")
@@ -74,13 +91,19 @@ def test_the_service_face_is_small_and_holds_no_cli_helper() -> None:
 def test_the_faces_export_what_a_service_needs() -> None:
     import repository
     import repository.admin
+    import repository.db
+    import repository.importing
     import repository.voucherify
+    import repository.webhooks
 
     assert {"make_engine", "make_async_engine", "CustomerRepository", "AsyncCustomerRepository",
             "CustomerReader", "CustomerFilter", "Page", "ingest_delivery",
             "run_in_transaction", "Customer"} <= set(repository.__all__)
-    assert {"forget_customer", "grant_app_role", "store_stats",
-            "upgrade_to_head"} <= set(repository.admin.__all__)
+    assert {"forget_customer", "grant_app_role", "store_stats"} <= set(repository.admin.__all__)
+    assert {"upgrade_to_head", "parse_database_url", "ReadRouter",
+            "first_line"} <= set(repository.db.__all__)
+    assert {"import_records", "read_records"} <= set(repository.importing.__all__)
+    assert {"prune_events", "replay_rejected"} <= set(repository.webhooks.__all__)
     assert {"VoucherifyClient", "mirror_customers", "MirrorState",
             "CustomerList"} <= set(repository.voucherify.__all__)
 

@@ -31,8 +31,8 @@ from models import Base, CustomerValidationError, parse_customer
 from models.events import WebhookEventRow
 from models.signature import sign
 from repository import CustomerRepository, make_engine
-from repository.admin import list_events
 from repository.db.schema import upgrade_to_head
+from repository.webhooks import list_events
 from tests.conftest import alter_database
 from tests.servers import (
     ROOT,

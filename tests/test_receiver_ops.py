@@ -44,7 +44,7 @@ from repository import (
     run_in_transaction,
     run_in_transaction_async,
 )
-from repository.admin import alembic_config, head_revision
+from repository.db import alembic_config, head_revision
 from repository.db.schema import upgrade_to_head
 from repository.db.tables import events
 from repository.voucherify import MirrorState

@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from models import Base
 from repository import CustomerRepository, make_engine, make_session_factory
-from repository.admin import Record, import_records
 from repository.db.schema import upgrade_to_head
+from repository.importing import Record, import_records
 from repository.importing.records import decode_line, read_records
 from tests.test_cli import BACKENDS, cli, describe, rejections, summary
 

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from repository import CustomerRepository, make_async_engine, make_engine, make_session_factory
-from repository.admin import AsyncReadRouter, FallbackReason, ReadRouter, require_position
+from repository.db import AsyncReadRouter, FallbackReason, ReadRouter, require_position
 from repository.db.schema import upgrade_to_head
 from tests.replication import Pair, postgres_bindir, replicated_pair, wait_for_replay
 from tests.servers import (

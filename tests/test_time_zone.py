@@ -30,7 +30,8 @@ from repository import (
     make_engine,
     make_session_factory,
 )
-from repository.admin import list_events, upgrade_to_head
+from repository.db import upgrade_to_head
+from repository.webhooks import list_events
 from tests.conftest import alter_database
 from tests.webhook_streams import envelope
 
