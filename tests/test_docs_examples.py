@@ -103,7 +103,7 @@ def _assert_deleted(url: str, customer_id: str) -> None:
         with make_session_factory(engine)() as session:
             repo = CustomerRepository(session)
             assert repo.get(customer_id) is None
-            assert repo.is_deleted(customer_id) is not None
+            assert repo.deleted_at(customer_id) is not None
     finally:
         engine.dispose()
 
