@@ -33,6 +33,9 @@ from repository.db.tables import tombstones
 from repository.voucherify.mirror_state import load_sync_state
 from tests.voucherify_api import FakeVoucherify, make_customers
 
+# make test-slow: runs the Voucherify mirror end to end through CLI processes (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 APP_ID, APP_TOKEN = "app-id", "app-token"
 
 
