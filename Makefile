@@ -1,7 +1,9 @@
 # customer-store: the newcomer's and developer's tasks (GNU make).
 #
 #   make run    install into a virtualenv, migrate customers.db, import the samples, print one
-#   make test   install with the dev tools, run the whole test suite (PYTEST_ARGS passed on)
+#   make test   install with the dev tools, run the fast tests on every core (PYTEST_ARGS passed on)
+#   make test-slow  the slow end-to-end tests, one at a time (CI runs both; docs/testing.md)
+#   make test-all   both
 #   make lint   ruff check + mypy
 #   make bench  the store against raw PostgreSQL baselines (BENCH_ARGS passed on)
 #   make clean  remove the virtualenv, customers.db and caches
@@ -11,6 +13,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: one per core ("auto"), or a number, or 0 for none.
+TEST_WORKERS ?= auto
 SAMPLES ?= samples/customers.jsonl
 # Jane Smith, a full customer (address, summary, loyalty campaigns, referrals) from the samples.
 SAMPLE_ID ?= cust_X0hU04x7FeisPnD5lctZcQkI
@@ -22,12 +26,16 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
 DEV_STAMP := $(VENV)/.dev-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run dev test lint bench clean
+.PHONY: help run dev test test-slow test-all lint bench clean
 
 help:
 	@echo "make run    install, migrate customers.db, import $(SAMPLES), print $(SAMPLE_ID)"
-	@echo "make test   run the test suite (PostgreSQL at 127.0.0.1:5432 or"
-	@echo "            CUSTOMER_STORE_TEST_POSTGRES_URL; PYTEST_ARGS='...' is passed to pytest)"
+	@echo "make test   run the fast tests in parallel, a few minutes (PostgreSQL at"
+	@echo "            127.0.0.1:5432 or CUSTOMER_STORE_TEST_POSTGRES_URL, where it creates and"
+	@echo "            drops cstest_* databases; PYTEST_ARGS='...' is passed to pytest)"
+	@echo "make test-slow  the slow end-to-end tests (clusters, failover, PgBouncer, processes),"
+	@echo "            one at a time; CI runs test and test-slow (docs/testing.md)"
+	@echo "make test-all   test, then test-slow"
 	@echo "make lint   ruff check and mypy"
 	@echo "make bench  benchmark on a throwaway PostgreSQL database (docs/benchmarks.md)"
 	@echo "make clean  remove $(VENV), customers.db and caches"
@@ -51,8 +59,15 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 
 dev: $(DEV_STAMP)
 
+# The fast set (everything not marked slow) in parallel; the slow set alone, so that tests that
+# measure time or start servers are not squeezed by other workers.
 test: $(DEV_STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+test-slow: $(DEV_STAMP)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

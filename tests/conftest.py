@@ -161,12 +161,31 @@ def make_database(
     return create
 
 
+@pytest.fixture(scope="session")
+def shared_database(make_database: Any) -> Callable[[str], str]:
+    """``shared_database(backend)``: the run's migrated database of a backend, made once."""
+    made: dict[str, str] = {}
+
+    def get(backend: str) -> str:
+        if backend not in made:
+            made[backend] = make_database(backend)
+            upgrade_to_head(made[backend])
+        return made[backend]
+
+    return get
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, make_database: Any) -> str:
+def database_url(request: pytest.FixtureRequest, shared_database: Callable[[str], str]) -> str:
     """A migrated database of each backend, shared by the tests of a run."""
-    url: str = make_database(request.param)
-    upgrade_to_head(url)
-    return url
+    return shared_database(request.param)
+
+
+@pytest.fixture(scope="session")
+def any_database_url(shared_database: Callable[[str], str]) -> str:
+    """The run's migrated PostgreSQL database (``database_url``'s), for tests whose rule
+    lives before any database, such as the CLI's argument checks: one backend suffices."""
+    return shared_database("postgresql")
 
 
 @pytest.fixture(scope="session")

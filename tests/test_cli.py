@@ -529,6 +529,7 @@ def input_forms(records: list[dict[str, Any]]) -> dict[str, tuple[bytes, str | N
     }
 
 
+@pytest.mark.slow
 def test_every_input_form_stores_the_same_customers(
     migrated_url: str, tmp_path: Path, valid_examples: list[dict[str, Any]]
 ) -> None:
@@ -846,6 +847,7 @@ FULL_BYTES_BAR_RE = re.compile(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_import_draws_a_bar_of_the_bytes_read_only_on_a_terminal(
     migrated_url: str, tmp_path: Path
@@ -882,6 +884,7 @@ def test_import_draws_a_bar_of_the_bytes_read_only_on_a_terminal(
     assert "Traceback" not in terminal
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_import_from_a_pipe_draws_the_bytes_read_without_a_percentage(
     migrated_url: str, tmp_path: Path
@@ -899,6 +902,7 @@ def test_import_from_a_pipe_draws_the_bytes_read_without_a_percentage(
     assert drawn[-1].startswith("imported 30 records in "), terminal
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_export_draws_a_bar_of_the_stored_customers_only_on_a_terminal(
     migrated_url: str, tmp_path: Path
@@ -924,6 +928,7 @@ def test_export_draws_a_bar_of_the_stored_customers_only_on_a_terminal(
 # -- a large import ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_large_import_in_small_batches_stores_every_customer(
     migrated_url: str, tmp_path: Path
 ) -> None:

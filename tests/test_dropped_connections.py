@@ -26,6 +26,9 @@ from tests.servers import Server, request, running_server
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope, iso
 
+# make test-slow: stops a database under server processes and waits out the outage.
+pytestmark = pytest.mark.slow
+
 APP_ID, APP_TOKEN = "store-reader", "store-reader-token-0123456789"
 READ_ENV = {"CUSTOMER_STORE_APP_ID": APP_ID, "CUSTOMER_STORE_APP_TOKEN": APP_TOKEN}
 AUTH = {"X-App-Id": APP_ID, "X-App-Token": APP_TOKEN}

@@ -32,6 +32,9 @@ from tests.failover_load import READ_ENV, FailoverLoad, Timeline, assert_survive
 from tests.replication import replicated_pair
 from tests.servers import ROOT, child_env, cli_command, running_server
 
+# make test-slow: starts clusters and pg_auto_failover formations, and kills them.
+pytestmark = pytest.mark.slow
+
 SECRET = "whsec-failover-test"
 #: Acknowledged deliveries before the crash: the stream is well under way.
 WARM_UP = 60
@@ -91,7 +94,6 @@ def run_through_failover(load: FailoverLoad, *, crash: Callable[[], None],
     return Timeline(killed, promotion, recovered)
 
 
-@pytest.mark.slow
 def test_webhook_stream_survives_killed_primary_and_promoted_sync_standby(
     tmp_path: Path,
 ) -> None:
@@ -112,7 +114,6 @@ def test_webhook_stream_survives_killed_primary_and_promoted_sync_standby(
                         label="streaming standby")
 
 
-@pytest.mark.slow
 def test_webhook_stream_survives_killed_primary_under_pg_auto_failover(tmp_path: Path) -> None:
     _require_pg_autoctl()
     with auto_failover_formation() as formation:

@@ -36,6 +36,9 @@ from tests.replication import Pair, replicated_pair
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope, iso
 
+# make test-slow: starts a primary and a standby, and measures deadlines (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 #: The writes' deadline, as the receiver's (Voucherify waits 10 s for an answer).
 DEADLINE = 10.0
 #: read_only_sql_transaction: what the demoted primary answers a write.

@@ -43,6 +43,9 @@ from repository.db.schema import upgrade_to_head
 from tests.servers import ROOT, Reply, Server, child_env, cli_command, running_server
 from tests.webhook_streams import build_stream, envelope
 
+# make test-slow: kills connections under running processes and measures recovery (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 SECRET = f"whsec-faults-{uuid.uuid4().hex}"
 RETRY_LOG = "retrying transaction"
 #: (total, applied, unchanged, stale, rejected): no customer is forgotten in these imports.
@@ -210,7 +213,6 @@ def _run_terminating_its_connections_twice(
 # --- 1. the importer loses its connection twice -------------------------------------------------
 
 
-@pytest.mark.slow
 def test_import_survives_its_connection_being_terminated_twice(
     pg_url: str, postgres_admin_url: str, tmp_path: Path
 ) -> None:
@@ -306,7 +308,6 @@ class Poster(threading.Thread):
             time.sleep(0.005)
 
 
-@pytest.mark.slow
 def test_receiver_answers_503_during_a_database_outage_and_recovers_without_losing_events(
     pg_url: str, postgres_admin_url: str, tmp_path: Path
 ) -> None:
@@ -443,7 +444,6 @@ def _assert_stored_once(
 # --- 3. ingest (CLI) loses its connection -------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_ingest_survives_its_connection_being_terminated(
     pg_url: str, postgres_admin_url: str, tmp_path: Path
 ) -> None:
@@ -506,7 +506,6 @@ def sqlite_write_lock(url: str) -> Iterator[sqlite3.Connection]:
         holder.close()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
 def test_sqlite_import_and_ingest_side_by_side_wait_out_a_held_write_lock(
     make_database: Callable[[str], str], tmp_path: Path, journal_mode: str

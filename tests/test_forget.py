@@ -33,6 +33,9 @@ from repository.webhooks import list_events
 from tests.test_secrets import Run, cli
 from tests.webhook_streams import envelope, iso
 
+# make test-slow: erasure end to end through CLI processes (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 EVENT_EXAMPLES = Path(__file__).parent / "fixtures" / "voucherify" / "events"
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 

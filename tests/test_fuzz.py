@@ -41,6 +41,9 @@ from repository.webhooks.ingest import MalformedDelivery, ingest_delivery
 from tests.invariants import assert_invariants
 from tests.servers import Server, cli_command, running_server
 
+# make test-slow: property and fuzz tests through real processes (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 #: Every subprocess and HTTP call is bounded: a hang fails the test instead of the run (the
 #: HTTP calls and the server's start by tests.servers).
 CLI_TIMEOUT = 90.0

@@ -35,6 +35,9 @@ from repository.webhooks import count_events
 from tests.servers import cli_command
 from tests.webhook_streams import build_stream, envelope, iso
 
+# make test-slow: races several customer-store processes (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 THREADS = 16
 T = TypeVar("T")

@@ -51,6 +51,9 @@ from repository.webhooks import list_events
 from tests.conftest import load_example_customers, load_example_events
 from tests.webhook_streams import envelope, iso
 
+# make test-slow: measures how long writers wait on migrations (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "0002"
 #: An index of 0004 on both backends, to see which revision the schema really has.

@@ -33,6 +33,9 @@ from tests.flaky_proxy import FlakyProxy, flaky_proxy
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope, iso
 
+# make test-slow: drops commits through a proxy and measures retries (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def proxy(postgres_url: str) -> Iterator[FlakyProxy]:

@@ -52,6 +52,9 @@ from tests.servers import running_server
 from tests.test_cli import Run, cli, describe, parse_jsonl
 from tests.webhook_streams import envelope
 
+# make test-slow: starts PgBouncer and customer-store processes (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 FLAG_HINT = "?pgbouncer=true"
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 THREADS = 4

@@ -51,14 +51,18 @@ def oracle(customers: list[dict[str, Any]]) -> Iterator[FakeVoucherify]:
         yield fake
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def store(
-    engine: Engine, database_url: str, customers: list[dict[str, Any]], tmp_path: Path
+    engine: Engine, database_url: str, customers: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
+    """The customers, served by one ``serve`` process for the tests of a backend (they only
+    read)."""
     with make_session_factory(engine).begin() as session:
         CustomerRepository(session).upsert_many(customers)
     try:
-        with running_server(database_url, log_path=tmp_path / "serve.log", secret="whsec",
+        log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+        with running_server(database_url, log_path=log_path, secret="whsec",
                             env=READ_ENV) as server:
             yield server
     finally:

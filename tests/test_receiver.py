@@ -640,6 +640,7 @@ def test_serve_refuses_to_start_without_a_secret(
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.slow  # waits out connection timeouts of a server process
 def test_unreachable_database_answers_503_with_retry_after_and_the_server_stays_up(
     make_database: Any, postgres_admin_url: str, tmp_path: Path
 ) -> None:

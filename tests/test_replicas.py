@@ -37,6 +37,9 @@ from tests.servers import (
 )
 from tests.voucherify_api import make_customers
 
+# make test-slow: starts a primary and a standby, and measures replay lag (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 APP_ID, APP_TOKEN = "replica-reader", "replica-reader-token-0123456789"
 READ_ENV = {"CUSTOMER_STORE_APP_ID": APP_ID, "CUSTOMER_STORE_APP_TOKEN": APP_TOKEN}
 CREDENTIALS = {"X-App-Id": APP_ID, "X-App-Token": APP_TOKEN}

@@ -31,6 +31,9 @@ from repository import CustomerRepository, UpsertOutcome, make_engine
 from repository.store.mapping import customer_from_rows, customer_to_rows
 from tests.strategies import customers, customers_with_offset_datetimes
 
+# make test-slow: property tests with many examples (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 # function_scoped_fixture: one session (a function-scoped fixture) serves all examples of
 # a test, on purpose; every example rolls back or deletes what it wrote, so examples do
 # not see each other's rows. too_slow: dense customers take a while to generate.

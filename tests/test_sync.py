@@ -32,6 +32,9 @@ from repository.voucherify import (
 from repository.voucherify.mirror_state import load_mirror_state
 from tests.voucherify_api import FakeVoucherify, make_customers
 
+# make test-slow: runs the Voucherify mirror end to end through CLI processes (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 APP_ID, APP_TOKEN = "app-id", "app-token"
 
 

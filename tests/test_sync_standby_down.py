@@ -19,6 +19,9 @@ from tests.servers import Server, running_server
 from tests.voucherify_api import make_customers
 from tests.webhook_streams import envelope
 
+# make test-slow: starts a primary and a synchronous standby (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 DELIVERY_TIMEOUT = 2.0
 
 

@@ -37,6 +37,9 @@ from repository.voucherify.mirror_state import save_mirror_state
 from tests.servers import Reply, child_env, cli_command, free_port, request, serve_command, stop
 from tests.voucherify_api import FakeVoucherify, format_instant, make_customers
 
+# make test-slow: the Voucherify mirror against a misbehaving upstream, through processes.
+pytestmark = pytest.mark.slow
+
 APP_ID, APP_TOKEN = "upstream-app-7f3c", "upstream-token-5d0e91"
 #: How often a stalling answer sends its next byte, and for how long at most.
 TRICKLE_EVERY, TRICKLE_FOR = 0.1, 30.0

@@ -159,6 +159,7 @@ def test_generated_customers_are_valid_and_shaped_like_voucherify() -> None:
     assert make_customers(50, seed=3) != make_customers(50, seed=4)
 
 
+@pytest.mark.slow  # asserts on elapsed time
 def test_default_tie_block_is_in_the_middle_and_generation_is_fast() -> None:
     started = time.perf_counter()
     customers = make_customers(10_000, tie_block=150)
