@@ -22,6 +22,7 @@ from repository.admin import (
     require_customer_id,
     require_role_name,
 )
+from repository.db import backend_of
 
 __all__ = ["add_commands"]
 
@@ -58,7 +59,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _grant_app_role(engine: Engine, args: argparse.Namespace) -> int:
-    if engine.url.get_backend_name() != "postgresql":
+    if not backend_of(engine).has_roles:
         raise CommandError("grant-app-role needs a PostgreSQL database", EXIT_USAGE)
     password = None
     if args.password_env is not None:

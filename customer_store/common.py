@@ -23,6 +23,7 @@ from repository.db import (
     DEFAULT_MAX_LAG,
     NoDatabaseFile,
     ReadRouter,
+    backend_of,
     current_revision,
     first_line,
     head_revision,
@@ -209,9 +210,7 @@ def read_url(args: argparse.Namespace, primary: Engine) -> str | None:
         backend = parse_database_url(url).get_backend_name()
     except ValueError as exc:
         raise CommandError(f"bad read database URL: {exc}", EXIT_USAGE) from None
-    if backend not in ("postgres", "postgresql") or (
-        primary.url.get_backend_name() != "postgresql"
-    ):
+    if backend not in ("postgres", "postgresql") or not backend_of(primary).has_standbys:
         raise CommandError(
             "a read replica is a PostgreSQL standby of a PostgreSQL database: "
             f"{safe_url(url)} cannot serve reads for this one", EXIT_USAGE,

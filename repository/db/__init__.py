@@ -2,10 +2,12 @@
 the PostgreSQL driver path, read replicas, locks and the schema (Alembic).
 
 This is the face of the sub-package for operators' code and the command line: database
-URLs and the pooler, what a person reads of an error, what a failed transaction means,
-reads on a standby, and the schema. Engines and sessions are on :mod:`repository`.
+URLs and the pooler, the backend (what the database behind an engine can do), what a
+person reads of an error, what a failed transaction means, reads on a standby, and the
+schema. Engines and sessions are on :mod:`repository`.
 """
 
+from repository.db.backends import Backend, backend_of
 from repository.db.database_urls import CONNECTION_DEFAULTS, parse_database_url
 from repository.db.engine import (
     DEFAULT_DATABASE_URL,
@@ -26,6 +28,9 @@ from repository.db.retry import NotReplicated, RetryListener, is_lost_connection
 from repository.db.schema import alembic_config, current_revision, head_revision, upgrade_to_head
 
 __all__ = [  # noqa: RUF022 (grouped by concern, not sorted)
+    # what the database behind an engine can do (roles, standbys...), decided once
+    "Backend",
+    "backend_of",
     # database URLs (libpq's multi-host spelling too), connection defaults, the pooler
     "CONNECTION_DEFAULTS",
     "DEFAULT_DATABASE_URL",
